@@ -1,0 +1,116 @@
+//! Command line and environment configuration (`fhirgate --help`).
+//!
+//! Every setting is a flag with an environment variable of the same meaning. Secrets (the master
+//! keys, the database URL, which may hold a password) are never printed: their `Debug` is redacted
+//! and clap hides their environment values in `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// fhirgate: a FHIR R4 server for personal health data, with consent and audit built in.
+#[derive(Debug, Parser)]
+#[command(name = "fhirgate", version, about)]
+pub struct Cli {
+    /// Database and key settings shared by every subcommand.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every subcommand takes.
+#[derive(Clone, Args)]
+pub struct DbArgs {
+    /// PostgreSQL URL. When unset, fhirgate runs a private PostgreSQL in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Directory for the private PostgreSQL and the development master key.
+    #[arg(long, env = "FHIRGATE_DATA_DIR", default_value = "./fhirgate-data", global = true)]
+    pub data_dir: PathBuf,
+    /// Master key (base64 or hex of 32 bytes). Prefer FHIRGATE_MASTER_KEY_FILE.
+    #[arg(long = "master-key", env = "FHIRGATE_MASTER_KEY", hide_env_values = true, hide = true, global = true)]
+    pub master_key: Option<String>,
+    /// File holding the master key.
+    #[arg(long, env = "FHIRGATE_MASTER_KEY_FILE", global = true)]
+    pub master_key_file: Option<PathBuf>,
+    /// Files of previous master keys still accepted while a rotation is under way (comma-separated).
+    #[arg(long, env = "FHIRGATE_PREVIOUS_MASTER_KEY_FILES", value_delimiter = ',', global = true)]
+    pub previous_master_key_files: Vec<PathBuf>,
+    /// `production` refuses to start without a real master key.
+    #[arg(long = "env", env = "FHIRGATE_ENV", default_value = "development", global = true)]
+    pub environment: String,
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "FHIRGATE_DB_POOL_SIZE", default_value_t = 16, global = true)]
+    pub db_pool_size: u32,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &self.database_url.as_ref().map(|_| "[redacted]"))
+            .field("data_dir", &self.data_dir)
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field("master_key_file", &self.master_key_file)
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the FHIR server.
+    Serve(ServeArgs),
+    /// Apply database migrations to DATABASE_URL (or the private database) and exit.
+    Migrate,
+    /// Manage the master key.
+    Keys {
+        /// Key operation.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// `fhirgate serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "FHIRGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Public base URL (scheme://host[:port]) used in Location headers and fullUrls; defaults to the bound address.
+    #[arg(long, env = "FHIRGATE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest accepted request body in bytes (413 above).
+    #[arg(long, env = "FHIRGATE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take before it is answered with 503.
+    #[arg(long, env = "FHIRGATE_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub request_timeout_secs: u64,
+}
+
+/// `fhirgate keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new random master key to a file (mode 0600).
+    Generate {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Wrap every data key under a new master key while servers keep serving.
+    ///
+    /// Run with the current key configured. Then restart servers with the new key as
+    /// FHIRGATE_MASTER_KEY_FILE and the old one in FHIRGATE_PREVIOUS_MASTER_KEY_FILES, run rotate
+    /// again, and finally run it with --retire-old to delete the wrappings under the old key.
+    Rotate {
+        /// File holding the new master key.
+        #[arg(long)]
+        new_key_file: PathBuf,
+        /// Delete every wrapping not under the new key (only once all data keys have one).
+        #[arg(long)]
+        retire_old: bool,
+    },
+}

@@ -1,0 +1,422 @@
+//! batch and transaction Bundles (<https://hl7.org/fhir/R4/http.html#transaction>).
+//!
+//! A transaction is all-or-nothing in one database transaction. Its entries are processed in the
+//! order the specification gives (DELETE, POST, PUT, GET); `urn:uuid:` fullUrls and conditional
+//! references (`Practitioner?identifier=system|value`) are resolved before validation; `ifNoneExist`
+//! and `ifMatch` are honoured. A batch runs each entry on its own and answers each separately.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::error::{outcome, FhirError, Result};
+use crate::fhir::body::FhirBody;
+use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::fhir::respond::{prefer_return, Return};
+use crate::fhir::write::{self, check_resource, instant, parse_etag, WriteKind, WriteOp};
+use crate::fhir::{logical_id, resource_type};
+use crate::state::AppState;
+use crate::storage::{self, conditional};
+
+/// Largest number of entries in one Bundle (security-test-plan B13).
+pub const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Method {
+    Delete,
+    Post,
+    Put,
+    Get,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    index: usize,
+    method: Method,
+    resource_type: String,
+    /// `Some` for `Type/id` URLs.
+    id: Option<String>,
+    /// `Some` for `Type?criteria` URLs.
+    criteria: Option<String>,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    if_none_exist: Option<String>,
+    if_match: Option<i32>,
+}
+
+/// What one entry produced.
+#[derive(Debug, Clone)]
+struct EntryResult {
+    status: StatusCode,
+    resource_type: String,
+    id: String,
+    version_id: i32,
+    last_modified: Option<chrono::DateTime<chrono::Utc>>,
+    body: Option<Vec<u8>>,
+}
+
+/// `POST [base]` with a Bundle of type `batch` or `transaction`.
+pub async fn batch_or_transaction(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    FhirBody(bundle): FhirBody,
+) -> Result<Response> {
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let ret = prefer_return(&headers);
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(FhirError::bad_request("resourceType", "POST to the base URL takes a Bundle of type batch or transaction"));
+    }
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let raw_entries = match bundle.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(FhirError::bad_request("Bundle.entry", "Bundle.entry must be an array")),
+    };
+    if raw_entries.len() > MAX_ENTRIES {
+        return Err(FhirError::PayloadTooLarge(MAX_ENTRIES));
+    }
+    let results: Vec<std::result::Result<EntryResult, FhirError>> = match kind.as_str() {
+        "transaction" => {
+            let entries = raw_entries.iter().enumerate().map(|(i, e)| parse_entry(&state, i, e)).collect::<Result<Vec<_>>>()?;
+            check_distinct_targets(&entries)?;
+            let mut tx = state.db.begin().await?;
+            let done = process(&state, &mut tx, entries, true).await?;
+            tx.commit().await?;
+            done.into_iter().map(Ok).collect()
+        }
+        "batch" => {
+            let mut out = Vec::with_capacity(raw_entries.len());
+            for (i, raw) in raw_entries.iter().enumerate() {
+                out.push(batch_entry(&state, i, raw).await);
+            }
+            out
+        }
+        _ => return Err(FhirError::bad_request("Bundle.type", "Bundle.type must be batch or transaction")),
+    };
+    let base = &state.fhir_base;
+    let mut response_entries = Vec::with_capacity(results.len());
+    for r in results {
+        response_entries.push(match r {
+            Ok(r) => {
+                let mut resp = json!({"status": status_line(r.status)});
+                if r.version_id > 0 {
+                    resp["etag"] = json!(format!("W/\"{}\"", r.version_id));
+                }
+                if r.status != StatusCode::NO_CONTENT && r.version_id > 0 {
+                    resp["location"] = json!(format!("{}/{}/_history/{}", r.resource_type, r.id, r.version_id));
+                }
+                if let Some(t) = &r.last_modified {
+                    resp["lastModified"] = json!(instant(t));
+                }
+                let mut e = json!({"response": resp});
+                if r.version_id > 0 && r.status != StatusCode::NO_CONTENT {
+                    e["fullUrl"] = json!(format!("{base}/{}/{}", r.resource_type, r.id));
+                }
+                // The resources go back only when asked for: ingest Bundles are large.
+                if let (Return::Representation, Some(b), true) = (ret, &r.body, headers.contains_key("prefer")) {
+                    e["resource"] = fhirgate_codec::parse_json(b)?;
+                }
+                e
+            }
+            Err(err) => {
+                let (status, issues) = err.client_response();
+                json!({"response": {"status": status_line(status), "outcome": outcome(&issues, "error")}})
+            }
+        });
+    }
+    let mut out = json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4().to_string(),
+        "type": format!("{kind}-response"),
+    });
+    if !response_entries.is_empty() {
+        out["entry"] = Value::Array(response_entries);
+    }
+    format::resource_value(StatusCode::OK, fmt, &out)
+}
+
+async fn batch_entry(state: &AppState, i: usize, raw: &Value) -> Result<EntryResult> {
+    let entry = parse_entry(state, i, raw)?;
+    let mut tx = state.db.begin().await?;
+    let mut done = process(state, &mut tx, vec![entry], false).await?;
+    tx.commit().await?;
+    done.pop().ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
+}
+
+fn status_line(s: StatusCode) -> String {
+    format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
+}
+
+/// Prefixes an error with the entry it came from, keeping its status.
+fn in_entry(i: usize, e: FhirError) -> FhirError {
+    let prefix = |m: &str| format!("Bundle.entry[{i}]: {m}");
+    match e {
+        FhirError::BadRequest(mut issue) => {
+            issue.message = prefix(&issue.message);
+            FhirError::BadRequest(issue)
+        }
+        FhirError::InvalidResource { status, mut issues } => {
+            for issue in &mut issues {
+                issue.message = prefix(&issue.message);
+            }
+            FhirError::InvalidResource { status, issues }
+        }
+        FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(prefix(&m)),
+        FhirError::NotFound(m) => FhirError::NotFound(prefix(&m)),
+        FhirError::Conflict(m) => FhirError::Conflict(prefix(&m)),
+        other => other,
+    }
+}
+
+fn parse_entry(state: &AppState, i: usize, raw: &Value) -> Result<Entry> {
+    let at = |what: &str| format!("Bundle.entry[{i}].{what}");
+    let request = raw.get("request").ok_or_else(|| FhirError::bad_request(&at("request"), "every entry needs a request"))?;
+    let method = match request.get("method").and_then(Value::as_str) {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("DELETE") => Method::Delete,
+        Some(m) => return Err(FhirError::bad_request(&at("request.method"), format!("method {m} is not supported in bundles"))),
+        None => return Err(FhirError::bad_request(&at("request.method"), "request.method is missing")),
+    };
+    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| FhirError::bad_request(&at("request.url"), "request.url is missing"))?;
+    let url = url.strip_prefix(&format!("{}/", state.fhir_base)).unwrap_or(url).trim_start_matches('/');
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (url, None),
+    };
+    let mut parts = path.split('/');
+    let rt = resource_type(parts.next().unwrap_or_default()).map_err(|e| in_entry(i, e))?.to_owned();
+    let id = match parts.next() {
+        Some(id) => Some(logical_id(id).map_err(|e| in_entry(i, e))?.to_owned()),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return Err(FhirError::bad_request(&at("request.url"), "only Type, Type/id and Type?criteria URLs are supported in bundles"));
+    }
+    let resource = raw.get("resource").cloned();
+    match method {
+        Method::Post | Method::Put if resource.is_none() => {
+            return Err(FhirError::bad_request(&at("resource"), "POST and PUT entries need a resource"));
+        }
+        Method::Post if id.is_some() => return Err(FhirError::bad_request(&at("request.url"), "POST goes to the type, not an id")),
+        Method::Put | Method::Delete if id.is_none() && query.is_none() => {
+            return Err(FhirError::bad_request(&at("request.url"), "PUT and DELETE need Type/id or Type?criteria"));
+        }
+        Method::Delete if id.is_none() => {
+            return Err(FhirError::NotSupported(format!("conditional delete (Bundle.entry[{i}])")));
+        }
+        Method::Get if id.is_none() => return Err(FhirError::NotSupported(format!("search inside a bundle (Bundle.entry[{i}])"))),
+        _ => {}
+    }
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        Some(v) => Some(parse_etag(v).ok_or_else(|| FhirError::bad_request(&at("request.ifMatch"), "ifMatch must be a version ETag"))?),
+        None => None,
+    };
+    Ok(Entry {
+        index: i,
+        method,
+        resource_type: rt,
+        id,
+        criteria: if method == Method::Put { query } else { None },
+        full_url: raw.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        resource,
+        if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(|s| s.trim_start_matches('?').to_owned()),
+        if_match,
+    })
+}
+
+/// Two entries may not write the same resource (B13).
+fn check_distinct_targets(entries: &[Entry]) -> Result<()> {
+    let mut seen = HashSet::new();
+    for e in entries {
+        if let (Some(id), Method::Put | Method::Delete) = (&e.id, e.method) {
+            if !seen.insert((e.resource_type.clone(), id.clone())) {
+                return Err(FhirError::bad_request(
+                    &format!("Bundle.entry[{}].request.url", e.index),
+                    format!("{}/{id} is the target of more than one entry", e.resource_type),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves, validates and writes `entries` in `tx`; results in entry order.
+async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut entries: Vec<Entry>, transaction: bool) -> Result<Vec<EntryResult>> {
+    let mut ids: HashMap<String, String> = HashMap::new();
+    let mut existing: HashMap<usize, String> = HashMap::new();
+    // 1. Assign ids and run the conditions of POST and conditional PUT.
+    for e in &mut entries {
+        let i = e.index;
+        match e.method {
+            Method::Post => {
+                let new_id = Uuid::new_v4().to_string();
+                let mut target = new_id.clone();
+                if let Some(text) = &e.if_none_exist {
+                    let criteria = conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
+                    match criteria.matches(tx, &state.keys, &e.resource_type).await?.as_slice() {
+                        [] => {
+                            if let conditional::Claim::Existing(other) =
+                                conditional::claim_create(tx, &state.keys, &e.resource_type, &criteria, &new_id).await?
+                            {
+                                target = other;
+                            }
+                        }
+                        [one] => target = one.clone(),
+                        _ => return Err(in_entry(i, FhirError::PreconditionFailed("ifNoneExist matches more than one resource".into()))),
+                    }
+                    if target != new_id {
+                        existing.insert(i, target.clone());
+                    }
+                }
+                e.id = Some(target);
+            }
+            Method::Put if e.id.is_none() => {
+                let text = e.criteria.clone().unwrap_or_default();
+                let criteria = conditional::Criteria::parse(&text).map_err(|x| in_entry(i, x))?;
+                let body_id = e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+                let target = match criteria.matches(tx, &state.keys, &e.resource_type).await?.as_slice() {
+                    [] => body_id.unwrap_or_else(|| Uuid::new_v4().to_string()),
+                    [one] => one.clone(),
+                    _ => return Err(in_entry(i, FhirError::PreconditionFailed("the conditional update matches more than one resource".into()))),
+                };
+                e.id = Some(target);
+            }
+            _ => {}
+        }
+        if let (Some(full), Some(id)) = (&e.full_url, &e.id) {
+            ids.insert(full.clone(), format!("{}/{id}", e.resource_type));
+        }
+    }
+    // 2. Rewrite references, then validate.
+    let mut resolved: HashMap<String, String> = HashMap::new();
+    for e in &mut entries {
+        let i = e.index;
+        let Some(resource) = e.resource.as_mut() else {
+            continue;
+        };
+        let mut conditional_refs = Vec::new();
+        rewrite_references(resource, &ids, &mut conditional_refs);
+        for reference in conditional_refs {
+            if !resolved.contains_key(&reference) {
+                let target = resolve_conditional_reference(state, tx, &reference).await.map_err(|x| in_entry(i, x))?;
+                resolved.insert(reference.clone(), target);
+            }
+        }
+        if !resolved.is_empty() {
+            let mut none = Vec::new();
+            rewrite_references(resource, &resolved, &mut none);
+        }
+        if e.method == Method::Put {
+            if let Some(id) = &e.id {
+                resource["id"] = Value::String(id.clone());
+            }
+        }
+        if matches!(e.method, Method::Post | Method::Put) {
+            let url_id = if e.method == Method::Put { e.id.as_deref() } else { None };
+            check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
+        }
+    }
+    // 3. Write in the order the specification gives; GETs read afterwards.
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    if transaction {
+        order.sort_by_key(|&k| (entries[k].method, k));
+    }
+    let mut ops = Vec::new();
+    let mut op_entry = Vec::new();
+    for &k in &order {
+        let e = &entries[k];
+        if existing.contains_key(&e.index) {
+            continue;
+        }
+        let kind = match e.method {
+            Method::Post => WriteKind::Create,
+            Method::Put => WriteKind::Update,
+            Method::Delete => WriteKind::Delete,
+            Method::Get => continue,
+        };
+        let id = e.id.clone().unwrap_or_default();
+        ops.push(WriteOp { kind, resource_type: e.resource_type.clone(), id, resource: e.resource.clone(), if_match: e.if_match });
+        op_entry.push(k);
+    }
+    let written = write::apply(state, tx, ops).await.map_err(|x| match op_entry.first() {
+        Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
+        _ => x,
+    })?;
+    let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
+    for (w, k) in written.into_iter().zip(op_entry) {
+        results[k] = Some(EntryResult {
+            status: w.status,
+            resource_type: w.resource_type,
+            id: w.id,
+            version_id: w.version_id,
+            last_modified: Some(w.last_updated),
+            body: w.body,
+        });
+    }
+    for (k, e) in entries.iter().enumerate() {
+        if results[k].is_some() {
+            continue;
+        }
+        let id = existing.get(&e.index).cloned().or_else(|| e.id.clone()).unwrap_or_default();
+        let v = storage::read_current(state, &e.resource_type, &id).await?;
+        results[k] = Some(match (e.method, v) {
+            (Method::Get, Some(v)) if v.body.is_none() => {
+                return Err(in_entry(e.index, FhirError::Gone { resource_type: e.resource_type.clone(), id, version: v.version_id }))
+            }
+            (_, Some(v)) => EntryResult {
+                status: StatusCode::OK,
+                resource_type: e.resource_type.clone(),
+                id,
+                version_id: v.version_id,
+                last_modified: Some(v.last_updated),
+                body: v.body,
+            },
+            (_, None) => return Err(in_entry(e.index, FhirError::not_found(&e.resource_type, &id))),
+        });
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Replaces mapped references (`urn:uuid:…` → `Type/id`) in place and collects conditional ones.
+fn rewrite_references(v: &mut Value, map: &HashMap<String, String>, conditional_refs: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get_mut("reference") {
+                if let Some(target) = map.get(r.as_str()) {
+                    *r = target.clone();
+                } else if r.contains('?') && !r.contains("://") && !r.starts_with("urn:") {
+                    conditional_refs.push(r.clone());
+                }
+            }
+            for (_, child) in o.iter_mut() {
+                rewrite_references(child, map, conditional_refs);
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                rewrite_references(child, map, conditional_refs);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Type?criteria` → `Type/id` when exactly one resource matches; otherwise 412 (http.html#trules).
+async fn resolve_conditional_reference(state: &AppState, tx: &mut Transaction<'static, Postgres>, reference: &str) -> Result<String> {
+    let (rt, query) = reference.split_once('?').unwrap_or((reference, ""));
+    let rt = resource_type(rt)?;
+    let criteria = conditional::Criteria::parse(query)?;
+    match criteria.matches(tx, &state.keys, rt).await?.as_slice() {
+        [one] => Ok(format!("{rt}/{one}")),
+        [] => Err(FhirError::PreconditionFailed(format!("the conditional reference to {rt} matches no resource"))),
+        _ => Err(FhirError::PreconditionFailed(format!("the conditional reference to {rt} matches more than one resource"))),
+    }
+}

@@ -1,0 +1,64 @@
+//! `GET [base]/metadata`: the CapabilityStatement (<https://hl7.org/fhir/R4/capabilitystatement.html>).
+//! It lists exactly what this server implements; later features add to it here.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::error::Result;
+use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::state::AppState;
+
+/// The interactions every resource type supports.
+const TYPE_INTERACTIONS: &[&str] = &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+
+/// Builds the CapabilityStatement for `base`.
+pub fn capability_statement(base: &str) -> Value {
+    let resources: Vec<Value> = fhirgate_codec::resource_types()
+        .iter()
+        .map(|rt| {
+            let mut params = vec![json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"})];
+            if fhirgate_codec::has_element(rt, "identifier") {
+                params.push(json!({"name": "identifier", "type": "token",
+                    "documentation": "Exact match on system|value, |value, value or system|; stored as a keyed blind index (no :text, :contains or :missing)."}));
+            }
+            json!({
+                "type": rt,
+                "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "not-supported",
+                "referencePolicy": ["literal", "logical"],
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "fhirgate",
+        "kind": "instance",
+        "software": {"name": "fhirgate", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "fhirgate FHIR R4 server", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured.",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+        }],
+    })
+}
+
+/// `GET [base]/metadata`.
+pub async fn metadata(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    format::resource_value(StatusCode::OK, fmt, &capability_statement(&state.fhir_base))
+}

@@ -1,0 +1,208 @@
+//! The instance interactions read, vread, create, update and delete
+//! (<https://hl7.org/fhir/R4/http.html#read> … `#delete`), with conditional create
+//! (`If-None-Exist`), conditional update (`PUT [type]?criteria`) and `If-Match`.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use crate::error::{FhirError, Result};
+use crate::fhir::body::FhirBody;
+use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::fhir::respond::{self, prefer_return, version_headers, Return};
+use crate::fhir::write::{self, check_resource, parse_etag, WriteKind, WriteOp};
+use crate::fhir::{logical_id, resource_type};
+use crate::state::AppState;
+use crate::storage::{self, conditional};
+
+/// `GET [base]/{type}/{id}`: 200 with the current version, 404 unknown, 410 deleted,
+/// 304 when `If-None-Match` names the current version.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn read(
+    State(state): State<AppState>,
+    Path((rt, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = logical_id(&id)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let v = storage::read_current(&state, rt, id).await?.ok_or_else(|| FhirError::not_found(rt, id))?;
+    let Some(body) = v.body else {
+        return Err(FhirError::Gone { resource_type: rt.to_owned(), id: id.to_owned(), version: v.version_id });
+    };
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|h| h.to_str().ok())
+        .and_then(parse_etag)
+        .is_some_and(|e| e == v.version_id);
+    let mut resp = if not_modified { StatusCode::NOT_MODIFIED.into_response() } else { format::resource_bytes(StatusCode::OK, fmt, body)? };
+    version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
+    Ok(resp)
+}
+
+/// `GET [base]/{type}/{id}/_history/{vid}`: that version; 410 for a tombstone, 404 otherwise.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn vread(
+    State(state): State<AppState>,
+    Path((rt, id, vid)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = logical_id(&id)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let missing = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
+    let n: i32 = vid.parse().map_err(|_| missing())?;
+    let v = storage::read_version(&state, rt, id, n).await?.ok_or_else(missing)?;
+    let Some(body) = v.body else {
+        return Err(FhirError::Gone { resource_type: rt.to_owned(), id: id.to_owned(), version: v.version_id });
+    };
+    let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
+    version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
+    Ok(resp)
+}
+
+/// `POST [base]/{type}`: 201 with a server-assigned id (a body `id` is ignored, as the spec says).
+/// With `If-None-Exist`, 200 and the existing resource when exactly one matches, 412 when several do.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt))]
+pub async fn create(
+    State(state): State<AppState>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    FhirBody(resource): FhirBody,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let ret = prefer_return(&headers);
+    check_resource(&resource, rt, None)?;
+    let id = Uuid::new_v4().to_string();
+    let mut tx = state.db.begin().await?;
+    if let Some(criteria) = headers.get("if-none-exist") {
+        let criteria = criteria.to_str().map_err(|_| FhirError::bad_request("If-None-Exist", "If-None-Exist is not ASCII"))?;
+        let criteria = conditional::Criteria::parse(criteria.trim_start_matches('?'))?;
+        let existing = match criteria.matches(&mut tx, &state.keys, rt).await?.as_slice() {
+            [] => match conditional::claim_create(&mut tx, &state.keys, rt, &criteria, &id).await? {
+                conditional::Claim::Create => None,
+                conditional::Claim::Existing(other) => Some(other),
+            },
+            [one] => Some(one.clone()),
+            _ => return Err(FhirError::PreconditionFailed("If-None-Exist matches more than one resource".into())),
+        };
+        if let Some(existing) = existing {
+            tx.rollback().await?;
+            return existing_response(&state, rt, &existing, fmt, ret).await;
+        }
+    }
+    let op = WriteOp { kind: WriteKind::Create, resource_type: rt.to_owned(), id, resource: Some(resource), if_match: None };
+    let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
+    tx.commit().await?;
+    respond::written(r.status, fmt, ret, &state.fhir_base, rt, &r.id, r.version_id, &r.last_updated, r.body)
+}
+
+/// The 200 answer of a conditional create that found its resource.
+async fn existing_response(state: &AppState, rt: &str, id: &str, fmt: format::Format, ret: Return) -> Result<Response> {
+    let v = storage::read_current(state, rt, id).await?.ok_or_else(|| FhirError::not_found(rt, id))?;
+    respond::written(StatusCode::OK, fmt, ret, &state.fhir_base, rt, id, v.version_id, &v.last_updated, v.body)
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(parse_etag)
+            .map(Some)
+            .ok_or_else(|| FhirError::bad_request("If-Match", "If-Match must be a version ETag such as W/\"3\"")),
+    }
+}
+
+/// `PUT [base]/{type}/{id}`: 200 updated, 201 created (update-as-create), 412 on an `If-Match`
+/// mismatch, 400 when the body's type or id differs from the URL.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path((rt, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    FhirBody(resource): FhirBody,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = logical_id(&id)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    check_resource(&resource, rt, Some(id))?;
+    put(&state, rt, id.to_owned(), resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
+}
+
+async fn put(
+    state: &AppState,
+    rt: &str,
+    id: String,
+    resource: serde_json::Value,
+    if_match: Option<i32>,
+    fmt: format::Format,
+    ret: Return,
+) -> Result<Response> {
+    let mut tx = state.db.begin().await?;
+    let op = WriteOp { kind: WriteKind::Update, resource_type: rt.to_owned(), id, resource: Some(resource), if_match };
+    let r = write::apply(state, &mut tx, vec![op]).await?.remove(0);
+    tx.commit().await?;
+    respond::written(r.status, fmt, ret, &state.fhir_base, rt, &r.id, r.version_id, &r.last_updated, r.body)
+}
+
+/// `PUT [base]/{type}?criteria`: no match creates (with the body id if it has one), one match
+/// updates it, several give 412.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt))]
+pub async fn conditional_update(
+    State(state): State<AppState>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    FhirBody(resource): FhirBody,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let pairs = query_pairs(q.as_deref());
+    let fmt = negotiate(&headers, &pairs)?;
+    let criteria_text: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(k, _)| k != "_format"))
+        .finish();
+    let criteria = conditional::Criteria::parse(&criteria_text)?;
+    let body_id = resource.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+    let mut conn = state.db.acquire().await?;
+    let matches = criteria.matches(&mut conn, &state.keys, rt).await?;
+    drop(conn);
+    let id = match matches.as_slice() {
+        [] => body_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string()),
+        [one] => {
+            if body_id.as_deref().is_some_and(|b| b != one) {
+                return Err(FhirError::bad_request(&format!("{rt}.id"), "the body id differs from the resource the criteria match"));
+            }
+            one.clone()
+        }
+        _ => return Err(FhirError::PreconditionFailed("the criteria match more than one resource".into())),
+    };
+    let mut resource = resource;
+    resource["id"] = serde_json::Value::String(id.clone());
+    check_resource(&resource, rt, Some(&id))?;
+    put(&state, rt, id, resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
+}
+
+/// `DELETE [base]/{type}/{id}`: 204; a tombstone version is written, later reads give 410.
+/// Deleting a resource that does not exist or is already deleted is also 204, with no new version.
+#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn delete(State(state): State<AppState>, Path((rt, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = logical_id(&id)?;
+    let mut tx = state.db.begin().await?;
+    let op = WriteOp { kind: WriteKind::Delete, resource_type: rt.to_owned(), id: id.to_owned(), resource: None, if_match: if_match(&headers)? };
+    let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
+    tx.commit().await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    if r.version_id > 0 {
+        version_headers(resp.headers_mut(), r.version_id, &r.last_updated);
+    }
+    Ok(resp)
+}

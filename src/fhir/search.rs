@@ -1,0 +1,115 @@
+//! Type-level search (<https://hl7.org/fhir/R4/search.html>) over the parameters the store indexes
+//! today: `_id` and `identifier` (blind-indexed), with `_count`. Unknown parameters follow
+//! `Prefer: handling` (strict → 400; lenient → ignored and reported in the Bundle).
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::error::{FhirError, Result};
+use crate::fhir::body::read_limited;
+use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::fhir::history::{link, parse_count, DEFAULT_COUNT};
+use crate::fhir::resource_type;
+use crate::fhir::respond::prefer_strict;
+use crate::fhir::write::{instant, now};
+use crate::state::AppState;
+use crate::storage::{self, conditional};
+
+
+/// `GET [base]/{type}?params`.
+pub async fn search_type(State(state): State<AppState>, Path(rt): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    run(&state, rt, query_pairs(q.as_deref()), &headers).await
+}
+
+/// `POST [base]/{type}/_search` with an `application/x-www-form-urlencoded` body.
+pub async fn search_type_post(
+    State(state): State<AppState>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let form = read_limited(body, state.max_body_bytes).await?;
+    let mut pairs = query_pairs(q.as_deref());
+    pairs.extend(query_pairs(Some(&String::from_utf8_lossy(&form))));
+    run(&state, rt, pairs, &headers).await
+}
+
+async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> Result<Response> {
+    let fmt = negotiate(headers, &pairs)?;
+    let strict = prefer_strict(headers);
+    let mut count = DEFAULT_COUNT;
+    let mut after: Option<String> = None;
+    let mut criteria = Vec::new();
+    let mut ignored = Vec::new();
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_count" => count = parse_count(v)?,
+            "_cursor" => after = Some(v.clone()),
+            "_format" => {}
+            _ if conditional::SUPPORTED.contains(&k.as_str()) => criteria.push((k.clone(), v.clone())),
+            _ if strict => {
+                return Err(FhirError::bad_request(k, format!("search parameter '{k}' is not supported for {rt}")));
+            }
+            _ => ignored.push(k.clone()),
+        }
+    }
+    let ids: Vec<String> = if criteria.is_empty() {
+        // language=PostgreSQL
+        sqlx::query_scalar(
+            "select id from resource where resource_type = $1 and not deleted and ($2::text is null or id > $2) order by id limit $3",
+        )
+        .bind(rt)
+        .bind(&after)
+        .bind(count + 1)
+        .fetch_all(&state.db)
+        .await?
+    } else {
+        let text = form_urlencoded::Serializer::new(String::new()).extend_pairs(&criteria).finish();
+        let parsed = conditional::Criteria::parse(&text)?;
+        let mut conn = state.db.acquire().await?;
+        let mut all = parsed.matches(&mut conn, &state.keys, rt).await?;
+        all.retain(|i| after.as_ref().is_none_or(|a| i > a));
+        all.truncate(count as usize + 1);
+        all
+    };
+    let more = ids.len() as i64 > count;
+    let page: Vec<String> = ids.into_iter().take(count as usize).collect();
+    let found = storage::read_many(state, rt, &page).await?;
+    let base = &state.fhir_base;
+    let used: Vec<(String, String)> = pairs.iter().filter(|(k, _)| !ignored.contains(k) && k != "_cursor").cloned().collect();
+    let mut links = vec![json!({"relation": "self", "url": link(base, rt, &used)})];
+    if more {
+        if let Some(last) = page.last() {
+            let mut next = used.clone();
+            next.push(("_cursor".into(), last.clone()));
+            links.push(json!({"relation": "next", "url": link(base, rt, &next)}));
+        }
+    }
+    let mut entries = Vec::with_capacity(found.len() + 1);
+    for v in &found {
+        let resource: Value = match &v.body {
+            Some(b) => fhirgate_codec::parse_json(b)?,
+            None => continue,
+        };
+        entries.push(json!({"fullUrl": format!("{base}/{rt}/{}", v.id), "resource": resource, "search": {"mode": "match"}}));
+    }
+    if !ignored.is_empty() {
+        let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "not-supported",
+            "diagnostics": format!("ignored unknown search parameters: {}", ignored.join(", ")), "expression": ignored}]});
+        entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant(&now())},
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    });
+    format::resource_value(StatusCode::OK, fmt, &bundle)
+}

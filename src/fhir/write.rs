@@ -1,0 +1,196 @@
+//! The write path shared by the single interactions and by batch/transaction Bundles: version
+//! numbering, `If-Match`, `meta`, the patient compartment, and one batched store call.
+
+use std::collections::HashMap;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use sqlx::{Postgres, Transaction};
+
+use crate::error::{FhirError, Result};
+use crate::state::AppState;
+use crate::storage::{self, conditional, NewVersion};
+
+/// What to do to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Create with a fresh server-assigned id.
+    Create,
+    /// Update, or create with the given id when it does not exist.
+    Update,
+    /// Delete (a versioned tombstone).
+    Delete,
+}
+
+/// One write of a request or a Bundle entry.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    /// Kind of write.
+    pub kind: WriteKind,
+    /// Resource type.
+    pub resource_type: String,
+    /// Logical id (assigned by the caller for creates).
+    pub id: String,
+    /// The validated resource (`None` for deletes).
+    pub resource: Option<Value>,
+    /// The version `If-Match` requires, if any.
+    pub if_match: Option<i32>,
+}
+
+/// The result of one write.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    /// Resource type.
+    pub resource_type: String,
+    /// Logical id.
+    pub id: String,
+    /// The version now current (for a delete of nothing: 0).
+    pub version_id: i32,
+    /// Time stamp of the version.
+    pub last_updated: DateTime<Utc>,
+    /// 201 created, 200 updated, 204 deleted (or nothing to delete).
+    pub status: StatusCode,
+    /// The stored canonical JSON (creates and updates).
+    pub body: Option<Vec<u8>>,
+}
+
+/// `W/"n"` → n. Also accepts a bare `"n"` and `n`, as some clients send.
+pub fn parse_etag(v: &str) -> Option<i32> {
+    v.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+/// The time stamp of a write, at the millisecond precision the JSON carries.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
+/// `lastUpdated` as an R4 instant.
+pub fn instant(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// The patient a resource belongs to: itself for a Patient, else the first of `subject`,
+/// `patient`, `beneficiary` or `individual` that references a Patient.
+pub fn compartment(rt: &str, id: &str, resource: Option<&Value>) -> Option<String> {
+    if rt == "Patient" {
+        return Some(id.to_owned());
+    }
+    let r = resource?;
+    ["subject", "patient", "beneficiary", "individual"].iter().find_map(|k| {
+        let reference = r.get(*k)?.get("reference")?.as_str()?;
+        let rest = reference.strip_prefix("Patient/")?;
+        let pid = rest.split('/').next()?;
+        fhirgate_codec::is_valid_id(pid).then(|| pid.to_owned())
+    })
+}
+
+/// Puts `resourceType`, `id` and `meta` first, with the server's `versionId` and `lastUpdated`.
+fn stamp(resource: Value, id: &str, version: i32, at: &DateTime<Utc>) -> Result<Vec<u8>> {
+    let Value::Object(mut obj) = resource else {
+        return Err(FhirError::bad_request("resourceType", "the body must be a JSON object"));
+    };
+    let rt = obj.remove("resourceType").unwrap_or(Value::Null);
+    obj.remove("id");
+    let mut meta = match obj.remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    meta.remove("versionId");
+    meta.remove("lastUpdated");
+    let mut new_meta = Map::new();
+    new_meta.insert("versionId".into(), Value::String(version.to_string()));
+    new_meta.insert("lastUpdated".into(), Value::String(instant(at)));
+    new_meta.extend(meta);
+    let mut out = Map::with_capacity(obj.len() + 3);
+    out.insert("resourceType".into(), rt);
+    out.insert("id".into(), Value::String(id.to_owned()));
+    out.insert("meta".into(), Value::Object(new_meta));
+    out.extend(obj);
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| FhirError::Internal(e.into()))
+}
+
+/// Applies `ops` inside `tx`: locks the current versions, checks `If-Match`, writes every new
+/// version in one batch. Results come back in the order of `ops`.
+pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
+    let targets: Vec<(String, String)> =
+        ops.iter().filter(|o| o.kind != WriteKind::Create).map(|o| (o.resource_type.clone(), o.id.clone())).collect();
+    let current = storage::lock_current(tx, &targets).await?;
+    let at = now();
+    let mut versions = Vec::with_capacity(ops.len());
+    let mut results = Vec::with_capacity(ops.len());
+    let mut bumped: HashMap<(String, String), i32> = HashMap::new();
+    for op in ops {
+        let key = (op.resource_type.clone(), op.id.clone());
+        let cur = bumped
+            .get(&key)
+            .map(|v| storage::Current { version_id: *v, deleted: false })
+            .or_else(|| current.get(&key).copied());
+        if let Some(want) = op.if_match {
+            if cur.is_none_or(|c| c.version_id != want || c.deleted) {
+                return Err(FhirError::PreconditionFailed(format!(
+                    "If-Match W/\"{want}\" does not match the current version of {}/{}",
+                    op.resource_type, op.id
+                )));
+            }
+        }
+        let (version, status) = match (op.kind, cur) {
+            (WriteKind::Create, _) => (1, StatusCode::CREATED),
+            (WriteKind::Update, None) => (1, StatusCode::CREATED),
+            (WriteKind::Update, Some(c)) => (c.version_id + 1, if c.deleted { StatusCode::CREATED } else { StatusCode::OK }),
+            (WriteKind::Delete, Some(c)) if !c.deleted => (c.version_id + 1, StatusCode::NO_CONTENT),
+            (WriteKind::Delete, c) => {
+                // Nothing to delete: 204 without a new version (http.html#delete).
+                results.push(WriteResult {
+                    resource_type: op.resource_type,
+                    id: op.id,
+                    version_id: c.map_or(0, |c| c.version_id),
+                    last_updated: at,
+                    status: StatusCode::NO_CONTENT,
+                    body: None,
+                });
+                continue;
+            }
+        };
+        bumped.insert(key, version);
+        let compartment = compartment(&op.resource_type, &op.id, op.resource.as_ref());
+        let identifier_hashes = op
+            .resource
+            .as_ref()
+            .map(|r| conditional::identifier_hashes(&state.keys, &op.resource_type, r))
+            .unwrap_or_default();
+        let body = op.resource.map(|r| stamp(r, &op.id, version, &at)).transpose()?;
+        versions.push(NewVersion {
+            resource_type: op.resource_type.clone(),
+            id: op.id.clone(),
+            version_id: version,
+            compartment,
+            last_updated: at,
+            body: body.clone(),
+            identifier_hashes,
+        });
+        results.push(WriteResult { resource_type: op.resource_type, id: op.id, version_id: version, last_updated: at, status, body });
+    }
+    storage::write_versions(state, tx, &versions).await?;
+    Ok(results)
+}
+
+/// Checks a body against the URL before anything else: its `resourceType` must be the URL's type
+/// and, for an update, its `id` must be present and equal to the URL's id. Then full validation.
+pub fn check_resource(resource: &Value, rt: &str, url_id: Option<&str>) -> Result<()> {
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == rt => {}
+        Some(t) => {
+            return Err(FhirError::bad_request("resourceType", format!("the body is a {t} but the URL is for {rt}")));
+        }
+        None => return Err(FhirError::bad_request("resourceType", "the body has no resourceType")),
+    }
+    if let Some(id) = url_id {
+        match resource.get("id").and_then(Value::as_str) {
+            Some(b) if b == id => {}
+            Some(_) => return Err(FhirError::bad_request(&format!("{rt}.id"), format!("the body id does not match the URL id {id}"))),
+            None => return Err(FhirError::bad_request(&format!("{rt}.id"), "an update needs the resource id in the body")),
+        }
+    }
+    fhirgate_codec::validate(resource).map_err(FhirError::from_codec_issues)
+}

@@ -1,0 +1,15 @@
+//! fhirgate: a FHIR R4 server for personal health data, with envelope encryption, consent and
+//! audit built in. See `README.md` and `../shared/docs/DESIGN.md` for the architecture.
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod fhir;
+pub mod health;
+pub mod pg;
+pub mod startup;
+pub mod state;
+pub mod storage;
+pub mod telemetry;
+
+pub use startup::app;

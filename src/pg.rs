@@ -1,0 +1,181 @@
+//! A private PostgreSQL cluster run from the machine's own PostgreSQL binaries, for
+//! `fhirgate serve` without `DATABASE_URL` and for the test harness when no server answers.
+//!
+//! The cluster lives in `<data-dir>/postgres` and listens only on a Unix socket in
+//! `<data-dir>/run`. PostgreSQL refuses to run as root, so when we are root the cluster is created
+//! and started as the `postgres` system user, which then owns those two directories.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgConnectOptions;
+
+/// A running private cluster; [`PrivatePostgres::stop`] stops it if we started it.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bindir: PathBuf,
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    as_postgres: bool,
+    started_here: bool,
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Finds `initdb`/`pg_ctl`: `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_bindir() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p).context("no PostgreSQL binaries found (install the postgresql package, or set DATABASE_URL)")
+}
+
+impl PrivatePostgres {
+    /// Creates the cluster on first use, starts it unless it already runs, and returns it.
+    pub fn ensure(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let data_dir = data_dir.canonicalize()?;
+        let as_postgres = is_root();
+        let bindir = find_bindir()?;
+        let pgdata = data_dir.join("postgres");
+        // Unix socket paths are limited to 107 bytes; fall back to a short private directory.
+        let mut socket_dir = data_dir.join("run");
+        if socket_dir.as_os_str().len() > 80 {
+            socket_dir = std::env::temp_dir().join(format!("fhirgate-{}", short_hash(&data_dir)));
+        }
+        std::fs::create_dir_all(&socket_dir)?;
+        let pg = Self { bindir, pgdata, socket_dir, as_postgres, started_here: false };
+        if as_postgres {
+            pg.check_postgres_can_reach(&data_dir)?;
+        }
+        if !pg.pgdata.join("PG_VERSION").exists() {
+            std::fs::create_dir_all(&pg.pgdata)?;
+            pg.chown(&pg.pgdata)?;
+            pg.run("initdb", &["-D", path_str(&pg.pgdata)?, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+                .context("initdb failed")?;
+        }
+        pg.chown(&pg.socket_dir)?;
+        let started = pg.start()?;
+        Ok(Self { started_here: started, ..pg })
+    }
+
+    fn check_postgres_can_reach(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--", "test", "-x"])
+            .arg(data_dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            bail!(
+                "the postgres system user cannot enter {}; choose a --data-dir it can reach (for example under /var/tmp), or set DATABASE_URL",
+                data_dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn chown(&self, dir: &Path) -> anyhow::Result<()> {
+        if self.as_postgres {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+            if !st.success() {
+                bail!("chown of {} to postgres failed", dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let bin = self.bindir.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let out = self.command(tool).args(args).output().with_context(|| format!("running {tool}"))?;
+        if !out.status.success() {
+            bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    fn is_running(&self) -> bool {
+        self.command("pg_ctl").args(["status", "-D"]).arg(&self.pgdata).output().map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    /// Starts the cluster; `false` if it was already running (then we leave it running on exit).
+    fn start(&self) -> anyhow::Result<bool> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        let log = self.pgdata.join("server.log");
+        let opts = format!("-c listen_addresses='' -k {} -c port=5432 -c max_connections=200", path_str(&self.socket_dir)?);
+        self.run("pg_ctl", &["start", "-w", "-t", "60", "-D", path_str(&self.pgdata)?, "-l", path_str(&log)?, "-o", &opts])
+            .context("starting the private PostgreSQL")?;
+        Ok(true)
+    }
+
+    /// Connection options for database `db` on this cluster.
+    pub fn connect_options(&self, db: &str) -> PgConnectOptions {
+        PgConnectOptions::new().socket(&self.socket_dir).port(5432).username("postgres").database(db)
+    }
+
+    /// Stops the cluster if this process started it.
+    pub fn stop(&self) {
+        if self.started_here {
+            let _ = self.run("pg_ctl", &["stop", "-m", "fast", "-w", "-D", &self.pgdata.to_string_lossy()]);
+        }
+    }
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str().context("data directory path is not valid UTF-8")
+}
+
+fn short_hash(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(p.as_os_str().as_encoded_bytes())[..6])
+}
+
+/// Creates database `name` through `admin` (a connection to an existing database) unless it exists.
+pub async fn create_database(admin: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = admin.clone().database("postgres").connect().await.context("connecting to PostgreSQL")?;
+    // language=PostgreSQL
+    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1").bind(name).fetch_optional(&mut conn).await?;
+    if exists.is_none() {
+        // Identifiers cannot be bound as parameters; `name` is quoted and comes from configuration.
+        let stmt = format!("create database \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sqlx::raw_sql(&stmt).execute(&mut conn).await {
+            // A concurrent creator may have won; anything else is real.
+            if !e.as_database_error().is_some_and(|d| d.code().as_deref() == Some("42P04")) {
+                return Err(e.into());
+            }
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}

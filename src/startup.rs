@@ -1,0 +1,159 @@
+//! Start-up: database (external or private), migrations, keys, router and listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{HeaderName, StatusCode};
+use axum::Router;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::{DbArgs, ServeArgs};
+use crate::crypto::{Keyring, LocalKeyProvider, MasterKey};
+use crate::pg::{self, PrivatePostgres};
+use crate::state::{AppInner, AppState};
+
+/// The database fhirgate uses, and the private cluster behind it if there is one.
+pub struct Database {
+    /// Connection pool.
+    pub pool: PgPool,
+    /// The private cluster, stopped by [`Database::close`].
+    pub private: Option<PrivatePostgres>,
+}
+
+impl Database {
+    /// Connects to `DATABASE_URL`, or runs the private cluster in `--data-dir`, creating the
+    /// `fhirgate` database there. Applies migrations.
+    pub async fn connect(args: &DbArgs) -> anyhow::Result<Self> {
+        let (options, private) = match &args.database_url {
+            Some(url) => (url.parse::<PgConnectOptions>().context("DATABASE_URL is not a valid PostgreSQL URL")?, None),
+            None => {
+                let dir = args.data_dir.clone();
+                let private = tokio::task::spawn_blocking(move || PrivatePostgres::ensure(&dir)).await??;
+                let opts = private.connect_options("fhirgate");
+                pg::create_database(&opts, "fhirgate").await?;
+                (opts, Some(private))
+            }
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(args.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::migrate!().run(&pool).await.context("applying migrations")?;
+        Ok(Self { pool, private })
+    }
+
+    /// Closes the pool and stops the private cluster if we started it.
+    pub async fn close(self) {
+        self.pool.close().await;
+        if let Some(p) = self.private {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+        }
+    }
+}
+
+/// Loads the master key (and previous ones) as configured; in development, creates a key file in
+/// the data directory with a loud warning.
+pub fn master_keys(args: &DbArgs) -> anyhow::Result<LocalKeyProvider> {
+    let primary = if let Some(text) = &args.master_key {
+        MasterKey::parse(&secrecy::SecretBox::from(text.clone().into_boxed_str()))?
+    } else if let Some(path) = &args.master_key_file {
+        MasterKey::from_file(path)?
+    } else if args.environment == "production" {
+        anyhow::bail!("FHIRGATE_ENV=production needs FHIRGATE_MASTER_KEY or FHIRGATE_MASTER_KEY_FILE; refusing to use a development key");
+    } else {
+        std::fs::create_dir_all(&args.data_dir)?;
+        let path = args.data_dir.join("master.key");
+        let key = if path.exists() { MasterKey::from_file(&path)? } else { MasterKey::generate_file(&path)? };
+        tracing::warn!(
+            path = %path.display(),
+            "!!! USING A DEVELOPMENT MASTER KEY stored beside the data. Anyone with this directory can decrypt everything. \
+             Set FHIRGATE_MASTER_KEY_FILE (and FHIRGATE_ENV=production) for real data. !!!"
+        );
+        eprintln!("WARNING: using the development master key {} — not for real patient data", path.display());
+        key
+    };
+    let previous = args.previous_master_key_files.iter().map(|p| MasterKey::from_file(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(LocalKeyProvider::new(primary, previous))
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Opens the key ring, builds the router and binds the listener.
+    pub async fn build(args: &ServeArgs, db: &DbArgs, pool: PgPool) -> anyhow::Result<Self> {
+        let keys = Keyring::open(&pool, Box::new(master_keys(db)?)).await?;
+        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let public = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let state = AppState(Arc::new(AppInner {
+            db: pool,
+            keys,
+            fhir_base: format!("{}/fhir", public.trim_end_matches('/')),
+            max_body_bytes: args.max_body_bytes,
+        }));
+        let router = app(state, Duration::from_secs(args.request_timeout_secs));
+        Ok(Self { listener, router, addr })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The whole HTTP application with its middleware. Layers wrap from the inside out, so the list
+/// below reads from the outermost: request id → trace → timeout → panic catcher → routes.
+pub fn app(state: AppState, timeout: Duration) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    crate::fhir::router()
+        .merge(crate::health::router())
+        .fallback(crate::fhir::fallback)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(crate::fhir::panic_response))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(crate::health::request_span))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

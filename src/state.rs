@@ -1,0 +1,31 @@
+//! Shared application state, cheap to clone into every handler.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::crypto::Keyring;
+
+/// Application state: `AppState(Arc<AppInner>)`, dereferencing to the inner struct.
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppInner>);
+
+/// What every request can reach.
+pub struct AppInner {
+    /// The PostgreSQL pool.
+    pub db: PgPool,
+    /// Data keys and the blind-index key.
+    pub keys: Keyring,
+    /// Public base URL of the FHIR endpoint, e.g. `http://127.0.0.1:8080/fhir` (no trailing slash).
+    pub fhir_base: String,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
