@@ -103,11 +103,12 @@ fn structure(expression: &str, message: String) -> Issue {
     Issue { kind: IssueKind::Structure, expression: expression.to_owned(), message }
 }
 
-/// Validates a FHIR R4 resource given as JSON.
+/// Validates a FHIR R4 resource given as JSON and returns its canonical form (elements in the
+/// order of the specification, as fhirbolt serialises them).
 ///
-/// First fhirbolt's strict typed parse (structure, unknown elements, cardinality of arrays), then
-/// the element-by-element walk of [`walk`] for what fhirbolt accepts but R4 forbids.
-pub fn validate(value: &Value) -> Result<(), Vec<Issue>> {
+/// First the element-by-element walk of `walk` for what fhirbolt accepts but R4 forbids, then
+/// fhirbolt's strict typed parse (structure, unknown elements, cardinality of arrays).
+pub fn validate(value: &Value) -> Result<Value, Vec<Issue>> {
     let Some(rt) = value.get("resourceType").and_then(Value::as_str) else {
         return Err(vec![structure("resourceType", "resourceType is missing".to_owned())]);
     };
@@ -119,11 +120,11 @@ pub fn validate(value: &Value) -> Result<(), Vec<Issue>> {
     if !issues.is_empty() {
         return Err(issues);
     }
-    match typed(value) {
-        Ok(_) => Ok(()),
-        Err(CodecError::Invalid(issues)) => Err(issues),
-        Err(e) => Err(vec![structure(rt, e.to_string())]),
-    }
+    let resource = typed(value).map_err(|e| match e {
+        CodecError::Invalid(issues) => issues,
+        other => vec![structure(rt, other.to_string())],
+    })?;
+    fhirbolt::json::to_json_value(resource, None).map_err(|e| vec![structure(rt, e.to_string())])
 }
 
 #[cfg(test)]
@@ -141,7 +142,7 @@ mod tests {
             "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
             "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2024-01-02T10:00:00+01:00",
             "valueQuantity":{"value":72.50,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}});
-        assert_eq!(validate(&v), Ok(()));
+        assert!(validate(&v).is_ok());
     }
 
     #[test]
@@ -166,7 +167,7 @@ mod tests {
         assert_eq!(expr_of(unknown), ["Observation.subject.reference"]);
         for ok in ["Patient/1", "Patient/1/_history/2", "#c1", "urn:uuid:0d6f3b68-8f42-4a59-9c8e-6a2f0b7c1d11", "http://example.org/fhir/Patient/1"] {
             let v = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":ok}});
-            assert_eq!(validate(&v), Ok(()), "{ok}");
+            assert!(validate(&v).is_ok(), "{ok}");
         }
     }
 

@@ -321,7 +321,7 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
         }
         if matches!(e.method, Method::Post | Method::Put) {
             let url_id = if e.method == Method::Put { e.id.as_deref() } else { None };
-            check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
+            *resource = check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
         }
     }
     // 3. Write in the order the specification gives; GETs read afterwards.

@@ -77,7 +77,7 @@ pub async fn create(
     let rt = resource_type(&rt)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
-    check_resource(&resource, rt, None)?;
+    let resource = check_resource(&resource, rt, None)?;
     let id = Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
@@ -133,7 +133,7 @@ pub async fn update(
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    check_resource(&resource, rt, Some(id))?;
+    let resource = check_resource(&resource, rt, Some(id))?;
     put(&state, rt, id.to_owned(), resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
 }
 
@@ -186,7 +186,7 @@ pub async fn conditional_update(
     };
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
-    check_resource(&resource, rt, Some(&id))?;
+    let resource = check_resource(&resource, rt, Some(&id))?;
     put(&state, rt, id, resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
 }
 

@@ -176,8 +176,9 @@ pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, op
 }
 
 /// Checks a body against the URL before anything else: its `resourceType` must be the URL's type
-/// and, for an update, its `id` must be present and equal to the URL's id. Then full validation.
-pub fn check_resource(resource: &Value, rt: &str, url_id: Option<&str>) -> Result<()> {
+/// and, for an update, its `id` must be present and equal to the URL's id. Then full validation;
+/// returns the canonical form to store.
+pub fn check_resource(resource: &Value, rt: &str, url_id: Option<&str>) -> Result<Value> {
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == rt => {}
         Some(t) => {

@@ -1,0 +1,98 @@
+//! Races: conditional create and If-Match under concurrency (security-test-plan F5, F6).
+
+use serde_json::json;
+
+use crate::helpers::{json, spawn_app};
+
+#[tokio::test]
+async fn fifty_parallel_conditional_creates_make_one_resource() {
+    let app = spawn_app().await;
+    for round in 0..3 {
+        let ident = format!("race-{round}");
+        let body = json!({"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": ident}]}).to_string();
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let client = app.client.clone();
+            let url = format!("{}/Patient", app.base);
+            let body = body.clone();
+            let criteria = format!("identifier=urn:race|{ident}");
+            tasks.push(tokio::spawn(async move {
+                let resp = client
+                    .post(url)
+                    .header("content-type", "application/fhir+json")
+                    .header("if-none-exist", criteria)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("post");
+                let status = resp.status().as_u16();
+                (status, json(resp).await["id"].as_str().unwrap_or_default().to_owned())
+            }));
+        }
+        let mut created = 0;
+        let mut ok = 0;
+        let mut ids = std::collections::HashSet::new();
+        for t in tasks {
+            let (status, id) = t.await.expect("task");
+            match status {
+                201 => created += 1,
+                200 => ok += 1,
+                other => panic!("unexpected status {other}"),
+            }
+            ids.insert(id);
+        }
+        assert_eq!((created, ok), (1, 49), "round {round}");
+        assert_eq!(ids.len(), 1, "all answers point at one resource");
+    }
+    assert_eq!(app.count("resource where resource_type = 'Patient'").await, 3);
+}
+
+#[tokio::test]
+async fn ten_parallel_if_match_updates_one_wins() {
+    let app = spawn_app().await;
+    app.put("Patient/contended", &json!({"resourceType": "Patient", "id": "contended"})).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let client = app.client.clone();
+        let url = format!("{}/Patient/contended", app.base);
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"resourceType": "Patient", "id": "contended", "name": [{"family": format!("w{i}")}]});
+            client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .header("if-match", "W/\"1\"")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("put")
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 412, 412, 412, 412, 412, 412, 412, 412, 412]);
+    assert_eq!(app.count("resource_version").await, 2);
+}
+
+#[tokio::test]
+async fn parallel_updates_without_if_match_keep_every_version() {
+    let app = spawn_app().await;
+    app.put("Patient/busy", &json!({"resourceType": "Patient", "id": "busy"})).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = app.client.clone();
+        let url = format!("{}/Patient/busy", app.base);
+        tasks.push(tokio::spawn(async move {
+            client.put(url).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient", "id": "busy"}).to_string()).send().await.expect("put").status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), 200);
+    }
+    let versions: Vec<i32> = sqlx::query_scalar("select version_id from resource_version where id = 'busy' order by version_id").fetch_all(&app.pool).await.expect("v");
+    assert_eq!(versions, (1..=21).collect::<Vec<_>>());
+}

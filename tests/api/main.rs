@@ -1,0 +1,9 @@
+//! API integration tests against a real PostgreSQL and the real server over HTTP.
+
+mod bundles;
+mod concurrency;
+mod crud;
+mod encryption;
+mod helpers;
+mod spec_examples;
+mod validation;

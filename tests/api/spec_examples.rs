@@ -1,0 +1,86 @@
+//! Round trip of the official R4 examples: every one is PUT and read back equal apart from `meta`.
+//! The examples the server rejects are listed here with the defect in each.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde_json::Value;
+
+use crate::helpers::{json, spawn_app};
+
+/// Examples that are not valid R4, with the reason. Each reason is a real defect of that example.
+const KNOWN_INVALID: &[(&str, &str)] = &[];
+
+fn examples() -> Vec<(String, Vec<u8>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/r4-examples.tgz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).expect("fixture")));
+    let mut out = Vec::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read");
+        out.push((name, bytes));
+    }
+    out.sort();
+    out
+}
+
+fn without_meta(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("meta");
+        if let Some(Value::Object(_)) = o.get("meta") {}
+    }
+    v
+}
+
+#[tokio::test]
+async fn every_official_example_round_trips() {
+    let app = spawn_app().await;
+    let all = examples();
+    assert_eq!(all.len(), 746);
+    let mut rejected: BTreeMap<String, String> = BTreeMap::new();
+    let mut differing = Vec::new();
+    for (name, bytes) in &all {
+        let original: Value = serde_json::from_slice(bytes).expect("example is JSON");
+        let rt = original["resourceType"].as_str().expect("rt");
+        let id = original["id"].as_str().expect("id");
+        let resp = app
+            .client
+            .put(format!("{}/{rt}/{id}", app.base))
+            .header("content-type", "application/fhir+json")
+            .body(bytes.clone())
+            .send()
+            .await
+            .expect("put");
+        let status = resp.status();
+        if !status.is_success() {
+            let oo = json(resp).await;
+            let reason: Vec<String> = oo["issue"].as_array().into_iter().flatten().map(|i| i["diagnostics"].as_str().unwrap_or("").to_owned()).collect();
+            rejected.insert(name.clone(), reason.join("; "));
+            continue;
+        }
+        let back = json(app.get(&format!("{rt}/{id}")).await).await;
+        let mut orig_meta = original.get("meta").cloned().unwrap_or(Value::Null);
+        let back_meta = back.get("meta").cloned().unwrap_or(Value::Null);
+        // meta: the server sets versionId and lastUpdated; everything else in meta must survive.
+        if let (Some(o), Some(b)) = (orig_meta.as_object_mut(), back_meta.as_object()) {
+            o.remove("versionId");
+            o.remove("lastUpdated");
+            for (k, v) in o.iter() {
+                if b.get(k) != Some(v) {
+                    differing.push(format!("{name}: meta.{k}"));
+                }
+            }
+        }
+        if without_meta(back) != without_meta(original) {
+            differing.push(name.clone());
+        }
+    }
+    let expected: BTreeMap<String, String> = KNOWN_INVALID.iter().map(|(n, r)| ((*n).to_owned(), (*r).to_owned())).collect();
+    let unexplained: Vec<_> = rejected.iter().filter(|(n, _)| !expected.contains_key(*n)).collect();
+    assert!(unexplained.is_empty(), "rejected without a listed defect: {unexplained:#?}");
+    let accepted_now: Vec<_> = expected.keys().filter(|n| !rejected.contains_key(*n)).collect();
+    assert!(accepted_now.is_empty(), "listed as invalid but accepted: {accepted_now:?}");
+    assert!(differing.is_empty(), "changed on the round trip: {differing:#?}");
+}
