@@ -182,6 +182,9 @@ pub fn resource_aad(rt: &str, id: &str, version: i32) -> Vec<u8> {
 /// The process-wide key ring: the KEK provider, a cache of unwrapped DEKs and the index key.
 pub struct Keyring {
     provider: Box<dyn KeyProvider>,
+    /// A small pool of its own: a request that holds a pooled connection inside a transaction must
+    /// never wait for another pooled connection to fetch a key (that deadlocks under load).
+    db: PgPool,
     by_compartment: RwLock<HashMap<String, Arc<DataKey>>>,
     by_id: RwLock<HashMap<i64, Arc<DataKey>>>,
     index: Hmac<Sha256>,
@@ -190,13 +193,18 @@ pub struct Keyring {
 impl Keyring {
     /// Loads (or creates) the index key and returns a ready key ring.
     pub async fn open(db: &PgPool, provider: Box<dyn KeyProvider>) -> anyhow::Result<Self> {
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with((*db.connect_options()).clone());
         let mut ring = Self {
             provider,
+            db: own,
             by_compartment: RwLock::default(),
             by_id: RwLock::default(),
             index: <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).map_err(|_| anyhow!("hmac"))?,
         };
-        let raw = ring.load_or_create_raw(db, INDEX_COMPARTMENT).await?;
+        let raw = ring.load_or_create_raw(INDEX_COMPARTMENT).await?;
         ring.index = <Hmac<Sha256> as Mac>::new_from_slice(&raw.1).map_err(|_| anyhow!("hmac key"))?;
         Ok(ring)
     }
@@ -207,16 +215,16 @@ impl Keyring {
     }
 
     /// The DEK of a compartment (`""` for the system compartment), created on first use.
-    pub async fn for_compartment(&self, db: &PgPool, compartment: &str) -> anyhow::Result<Arc<DataKey>> {
+    pub async fn for_compartment(&self, compartment: &str) -> anyhow::Result<Arc<DataKey>> {
         if let Some(k) = read(&self.by_compartment).get(compartment) {
             return Ok(k.clone());
         }
-        let (key_id, raw) = self.load_or_create_raw(db, compartment).await?;
+        let (key_id, raw) = self.load_or_create_raw(compartment).await?;
         Ok(self.remember(Some(compartment), key_id, &raw))
     }
 
     /// The DEK with row id `key_id`, to decrypt a stored version.
-    pub async fn by_id(&self, db: &PgPool, key_id: i64) -> anyhow::Result<Arc<DataKey>> {
+    pub async fn by_id(&self, key_id: i64) -> anyhow::Result<Arc<DataKey>> {
         if let Some(k) = read(&self.by_id).get(&key_id) {
             return Ok(k.clone());
         }
@@ -226,7 +234,7 @@ impl Keyring {
                from data_key k join data_key_wrapping w using (key_id) where k.key_id = $1"#,
         )
         .bind(key_id)
-        .fetch_all(db)
+        .fetch_all(&self.db)
         .await?;
         let Some(compartment) = rows.first().map(|r| r.0.clone()) else {
             bail!("data key {key_id} does not exist (erased?)");
@@ -253,11 +261,11 @@ impl Keyring {
         bail!("no wrapping of this data key is under a master key this server holds (rotated without keeping the previous key?)")
     }
 
-    async fn load_or_create_raw(&self, db: &PgPool, compartment: &str) -> anyhow::Result<(i64, Vec<u8>)> {
+    async fn load_or_create_raw(&self, compartment: &str) -> anyhow::Result<(i64, Vec<u8>)> {
         // language=PostgreSQL
         let select = r#"select k.key_id, w.kek_id, w.wrapped
                         from data_key k join data_key_wrapping w using (key_id) where k.compartment = $1"#;
-        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(select).bind(compartment).fetch_all(db).await?;
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(select).bind(compartment).fetch_all(&self.db).await?;
         if let Some(first) = rows.first() {
             let key_id = first.0;
             let raw = self.unwrap_any(compartment, rows.into_iter().map(|r| (r.1, r.2)))?;
@@ -266,7 +274,7 @@ impl Keyring {
         let mut raw = vec![0u8; 32];
         OsRng.fill_bytes(&mut raw);
         let wrappings = self.provider.wrap(&raw, compartment.as_bytes())?;
-        let mut tx = db.begin().await?;
+        let mut tx = self.db.begin().await?;
         // Two servers may create the same compartment's key at once: the unique constraint picks one.
         // language=PostgreSQL
         let inserted: Option<(i64,)> =
@@ -276,7 +284,7 @@ impl Keyring {
                 .await?;
         let Some((key_id,)) = inserted else {
             tx.rollback().await?;
-            return Box::pin(self.load_or_create_raw(db, compartment)).await;
+            return Box::pin(self.load_or_create_raw(compartment)).await;
         };
         for (kek_id, wrapped) in wrappings {
             // language=PostgreSQL

@@ -25,6 +25,7 @@ use serde_json::Value;
 
 pub use model::{has_element, is_resource_type, resource_types};
 pub use primitive::{is_valid_date_time, is_valid_id, is_valid_instant};
+pub use walk::is_absolute as is_absolute_reference;
 
 /// The kind of a validation problem, mapped by the server to an OperationOutcome issue code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +164,8 @@ mod tests {
     fn references_must_be_well_formed() {
         let bad = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/../x"}});
         assert_eq!(expr_of(bad), ["Observation.subject.reference"]);
+        let cond = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patient?identifier=https://x|1"}});
+        assert_eq!(expr_of(cond), ["Observation.subject.reference"]);
         let unknown = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patiënt/1"}});
         assert_eq!(expr_of(unknown), ["Observation.subject.reference"]);
         for ok in ["Patient/1", "Patient/1/_history/2", "#c1", "urn:uuid:0d6f3b68-8f42-4a59-9c8e-6a2f0b7c1d11", "http://example.org/fhir/Patient/1"] {

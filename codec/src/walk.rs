@@ -166,7 +166,7 @@ fn check_reference(o: &Map<String, Value>, at: &str, issues: &mut Vec<Issue>) {
         primitive::check("uuid", &Value::String(format!("urn:uuid:{u}"))).is_none()
     } else if r.starts_with("urn:oid:") {
         primitive::check("oid", &Value::String(r.clone())).is_none()
-    } else if r.contains("://") {
+    } else if is_absolute(r) {
         !r.chars().any(char::is_whitespace)
     } else {
         is_relative_reference(r)
@@ -189,4 +189,13 @@ pub(crate) fn is_relative_reference(r: &str) -> bool {
         [t, id, "_history", v] => is_resource_type(t) && primitive::is_valid_id(id) && primitive::is_valid_id(v),
         _ => false,
     }
+}
+
+/// An absolute URL: a scheme and `://` before any `?`, `#` or `/` path part.
+pub fn is_absolute(r: &str) -> bool {
+    let head = r.split(['?', '#']).next().unwrap_or("");
+    head.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }

@@ -366,7 +366,7 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
             continue;
         }
         let id = existing.get(&e.index).cloned().or_else(|| e.id.clone()).unwrap_or_default();
-        let v = storage::read_current(state, &e.resource_type, &id).await?;
+        let v = storage::read_current_with(state, &mut **tx, &e.resource_type, &id).await?;
         results[k] = Some(match (e.method, v) {
             (Method::Get, Some(v)) if v.body.is_none() => {
                 return Err(in_entry(e.index, FhirError::Gone { resource_type: e.resource_type.clone(), id, version: v.version_id }))
@@ -392,7 +392,7 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>, conditional_
             if let Some(Value::String(r)) = o.get_mut("reference") {
                 if let Some(target) = map.get(r.as_str()) {
                     *r = target.clone();
-                } else if r.contains('?') && !r.contains("://") && !r.starts_with("urn:") {
+                } else if r.contains('?') && !fhirgate_codec::is_absolute_reference(r) && !r.starts_with("urn:") {
                     conditional_refs.push(r.clone());
                 }
             }

@@ -39,7 +39,7 @@ async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<Sto
     for (resource_type, id, version_id, deleted, last_updated, key_id, body) in rows {
         let body = match (key_id, body) {
             (Some(k), Some(sealed)) => {
-                let key = state.keys.by_id(&state.db, k).await.map_err(FhirError::Unavailable)?;
+                let key = state.keys.by_id(k).await.map_err(FhirError::Unavailable)?;
                 Some(key.decrypt(&sealed, &resource_aad(&resource_type, &id, version_id))?)
             }
             _ => None,
@@ -50,8 +50,13 @@ async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<Sto
 }
 
 /// The current version of `rt/id`, if the resource was ever written.
-#[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read_current(state: &AppState, rt: &str, id: &str) -> Result<Option<StoredVersion>> {
+    read_current_with(state, &state.db, rt, id).await
+}
+
+/// [`read_current`] on a given connection or transaction (a transaction sees its own writes).
+#[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn read_current_with<'e>(state: &AppState, exec: impl sqlx::PgExecutor<'e>, rt: &str, id: &str) -> Result<Option<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
         r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.key_id, v.body
@@ -61,7 +66,7 @@ pub async fn read_current(state: &AppState, rt: &str, id: &str) -> Result<Option
     )
     .bind(rt)
     .bind(id)
-    .fetch_all(&state.db)
+    .fetch_all(exec)
     .await?;
     Ok(decrypt_rows(state, rows).await?.pop())
 }
@@ -238,7 +243,7 @@ pub async fn write_versions(state: &AppState, tx: &mut Transaction<'static, Post
             Some(plain) => {
                 let key = state
                     .keys
-                    .for_compartment(&state.db, v.compartment.as_deref().unwrap_or(""))
+                    .for_compartment(v.compartment.as_deref().unwrap_or(""))
                     .await
                     .map_err(FhirError::Unavailable)?;
                 key_ids.push(Some(key.key_id));

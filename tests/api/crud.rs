@@ -212,11 +212,13 @@ async fn conditional_create_and_update() {
     assert_eq!(crate::helpers::expressions(&oo), ["name"]);
     // Identifier search with the blind index: all token forms.
     let by_id = format!("_id={id}");
-    for q in ["identifier=urn:mrn|42", "identifier=42", "identifier=urn:mrn|42,urn:mrn|999", "identifier=urn:mrn|", by_id.as_str()] {
+    for q in ["identifier=urn:mrn|42", "identifier=42", "identifier=urn:mrn|42,urn:mrn|999", by_id.as_str()] {
         let b = json(app.get(&format!("Patient?{q}")).await).await;
         assert_eq!(b["entry"][0]["resource"]["id"], id, "{q}");
         assert_eq!(b["entry"][0]["search"]["mode"], "match");
     }
+    let by_system = json(app.get("Patient?identifier=urn:mrn|").await).await;
+    assert_eq!(by_system["entry"].as_array().expect("e").len(), 3);
     let none = json(app.get("Patient?identifier=|42").await).await;
     assert!(none.get("entry").is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
     let strict = app.client.get(format!("{}/Patient?foo=bar", app.base)).header("prefer", "handling=strict").send().await.expect("get");

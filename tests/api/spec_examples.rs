@@ -6,10 +6,21 @@ use std::io::Read;
 
 use serde_json::Value;
 
-use crate::helpers::{json, spawn_app};
+use crate::helpers::{json, spawn_app_with};
 
 /// Examples that are not valid R4, with the reason. Each reason is a real defect of that example.
-const KNOWN_INVALID: &[(&str, &str)] = &[];
+const KNOWN_INVALID: &[(&str, &str)] = &[
+    (
+        "Bundle-v2-valuesets.json",
+        "CodeSystem v2-0550 has codes ending in a no-break space (U+00A0, mojibake such as 'CHEST\\u00c2\\u00a0'); R4 codes may not have leading or trailing whitespace",
+    ),
+    (
+        "ImplementationGuide-fhir.json",
+        "manifest.resource[11904] references SearchParameter/questionnaireresponse-extensions-QuestionnaireResponse-item-subject, an id of 67 characters; R4 ids have at most 64",
+    ),
+    ("ig-r4.json", "the same ImplementationGuide as ImplementationGuide-fhir.json, with the same 67-character id"),
+    ("Questionnaire-qs1.json", "an item has no linkId, which Questionnaire.item.linkId (1..1) requires"),
+];
 
 fn examples() -> Vec<(String, Vec<u8>)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/r4-examples.tgz");
@@ -29,14 +40,14 @@ fn examples() -> Vec<(String, Vec<u8>)> {
 fn without_meta(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {
         o.remove("meta");
-        if let Some(Value::Object(_)) = o.get("meta") {}
     }
     v
 }
 
 #[tokio::test]
 async fn every_official_example_round_trips() {
-    let app = spawn_app().await;
+    // Two examples (Bundle-dataelements, Bundle-resources) are 20 MB, above the 16 MiB default.
+    let app = spawn_app_with(|a| a.max_body_bytes = 64 * 1024 * 1024).await;
     let all = examples();
     assert_eq!(all.len(), 746);
     let mut rejected: BTreeMap<String, String> = BTreeMap::new();
