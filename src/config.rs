@@ -28,31 +28,63 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
     /// Directory for the private PostgreSQL and the development master key.
-    #[arg(long, env = "FHIRGATE_DATA_DIR", default_value = "./fhirgate-data", global = true)]
+    #[arg(
+        long,
+        env = "FHIRGATE_DATA_DIR",
+        default_value = "./fhirgate-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Master key (base64 or hex of 32 bytes). Prefer FHIRGATE_MASTER_KEY_FILE.
-    #[arg(long = "master-key", env = "FHIRGATE_MASTER_KEY", hide_env_values = true, hide = true, global = true)]
+    #[arg(
+        long = "master-key",
+        env = "FHIRGATE_MASTER_KEY",
+        hide_env_values = true,
+        hide = true,
+        global = true
+    )]
     pub master_key: Option<String>,
     /// File holding the master key.
     #[arg(long, env = "FHIRGATE_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
     /// Files of previous master keys still accepted while a rotation is under way (comma-separated).
-    #[arg(long, env = "FHIRGATE_PREVIOUS_MASTER_KEY_FILES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "FHIRGATE_PREVIOUS_MASTER_KEY_FILES",
+        value_delimiter = ',',
+        global = true
+    )]
     pub previous_master_key_files: Vec<PathBuf>,
     /// `production` refuses to start without a real master key.
-    #[arg(long = "env", env = "FHIRGATE_ENV", default_value = "development", global = true)]
+    #[arg(
+        long = "env",
+        env = "FHIRGATE_ENV",
+        default_value = "development",
+        global = true
+    )]
     pub environment: String,
     /// Maximum database connections in the pool.
-    #[arg(long, env = "FHIRGATE_DB_POOL_SIZE", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "FHIRGATE_DB_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_pool_size: u32,
 }
 
 impl std::fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbArgs")
-            .field("database_url", &self.database_url.as_ref().map(|_| "[redacted]"))
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "[redacted]"),
+            )
             .field("data_dir", &self.data_dir)
-            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "[redacted]"),
+            )
             .field("master_key_file", &self.master_key_file)
             .field("environment", &self.environment)
             .finish_non_exhaustive()

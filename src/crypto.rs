@@ -46,7 +46,10 @@ impl MasterKey {
         h.update(b"fhirgate-kek-id\0");
         h.update(bytes);
         let id = hex::encode(&h.finalize()[..8]);
-        Ok(Self { id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)) })
+        Ok(Self {
+            id,
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+        })
     }
 
     /// Parses a key written as base64 (standard alphabet) or as 64 hex digits.
@@ -55,14 +58,17 @@ impl MasterKey {
         let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(t)?
         } else {
-            base64::engine::general_purpose::STANDARD.decode(t).context("the master key is neither base64 nor hex")?
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .context("the master key is neither base64 nor hex")?
         };
         Self::from_bytes(&bytes)
     }
 
     /// Reads a key file written by [`MasterKey::generate_file`] or by an operator.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading master key file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading master key file {}", path.display()))?;
         Self::parse(&SecretBox::from(text.into_boxed_str()))
     }
 
@@ -123,7 +129,15 @@ impl LocalKeyProvider {
 
 fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> anyhow::Result<Vec<u8>> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-    let ct = cipher.encrypt(&nonce, Payload { msg: plaintext, aad }).map_err(|_| anyhow!("encryption failed"))?;
+    let ct = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| anyhow!("encryption failed"))?;
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -135,12 +149,17 @@ fn open(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> anyhow::Result<Vec<u8>
         bail!("ciphertext too short");
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| anyhow!("decryption failed: wrong key or tampered row"))
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| anyhow!("decryption failed: wrong key or tampered row"))
 }
 
 impl KeyProvider for LocalKeyProvider {
     fn wrap(&self, dek: &[u8], aad: &[u8]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        self.keys.iter().map(|k| Ok((k.id.clone(), seal(&k.cipher, dek, aad)?))).collect()
+        self.keys
+            .iter()
+            .map(|k| Ok((k.id.clone(), seal(&k.cipher, dek, aad)?)))
+            .collect()
     }
 
     fn unwrap(&self, kek_id: &str, wrapped: &[u8], aad: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
@@ -202,10 +221,12 @@ impl Keyring {
             db: own,
             by_compartment: RwLock::default(),
             by_id: RwLock::default(),
-            index: <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).map_err(|_| anyhow!("hmac"))?,
+            index: <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32])
+                .map_err(|_| anyhow!("hmac"))?,
         };
         let raw = ring.load_or_create_raw(INDEX_COMPARTMENT).await?;
-        ring.index = <Hmac<Sha256> as Mac>::new_from_slice(&raw.1).map_err(|_| anyhow!("hmac key"))?;
+        ring.index =
+            <Hmac<Sha256> as Mac>::new_from_slice(&raw.1).map_err(|_| anyhow!("hmac key"))?;
         Ok(ring)
     }
 
@@ -244,7 +265,10 @@ impl Keyring {
     }
 
     fn remember(&self, compartment: Option<&str>, key_id: i64, raw: &[u8]) -> Arc<DataKey> {
-        let dk = Arc::new(DataKey { key_id, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(raw)) });
+        let dk = Arc::new(DataKey {
+            key_id,
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(raw)),
+        });
         if let Some(c) = compartment {
             write(&self.by_compartment).insert(c.to_owned(), dk.clone());
         }
@@ -252,9 +276,16 @@ impl Keyring {
         dk
     }
 
-    fn unwrap_any(&self, compartment: &str, wrappings: impl IntoIterator<Item = (String, Vec<u8>)>) -> anyhow::Result<Vec<u8>> {
+    fn unwrap_any(
+        &self,
+        compartment: &str,
+        wrappings: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> anyhow::Result<Vec<u8>> {
         for (kek_id, wrapped) in wrappings {
-            if let Some(raw) = self.provider.unwrap(&kek_id, &wrapped, compartment.as_bytes())? {
+            if let Some(raw) = self
+                .provider
+                .unwrap(&kek_id, &wrapped, compartment.as_bytes())?
+            {
                 return Ok(raw);
             }
         }
@@ -265,7 +296,10 @@ impl Keyring {
         // language=PostgreSQL
         let select = r#"select k.key_id, w.kek_id, w.wrapped
                         from data_key k join data_key_wrapping w using (key_id) where k.compartment = $1"#;
-        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(select).bind(compartment).fetch_all(&self.db).await?;
+        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(select)
+            .bind(compartment)
+            .fetch_all(&self.db)
+            .await?;
         if let Some(first) = rows.first() {
             let key_id = first.0;
             let raw = self.unwrap_any(compartment, rows.into_iter().map(|r| (r.1, r.2)))?;
@@ -288,12 +322,14 @@ impl Keyring {
         };
         for (kek_id, wrapped) in wrappings {
             // language=PostgreSQL
-            sqlx::query("insert into data_key_wrapping (key_id, kek_id, wrapped) values ($1, $2, $3)")
-                .bind(key_id)
-                .bind(kek_id)
-                .bind(wrapped)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "insert into data_key_wrapping (key_id, kek_id, wrapped) values ($1, $2, $3)",
+            )
+            .bind(key_id)
+            .bind(kek_id)
+            .bind(wrapped)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok((key_id, raw))
@@ -321,7 +357,12 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Adds a wrapping under `new` to every data key that lacks one, unwrapping with `current`.
 /// With `retire`, then deletes every wrapping not under `new`, once all keys have one.
 /// Each key is handled in its own short transaction, so serving servers are never blocked.
-pub async fn rotate(db: &PgPool, current: &dyn KeyProvider, new: &MasterKey, retire: bool) -> anyhow::Result<RotateReport> {
+pub async fn rotate(
+    db: &PgPool,
+    current: &dyn KeyProvider,
+    new: &MasterKey,
+    retire: bool,
+) -> anyhow::Result<RotateReport> {
     let mut report = RotateReport::default();
     // language=PostgreSQL
     let keys: Vec<(i64, String)> = sqlx::query_as(
@@ -335,7 +376,10 @@ pub async fn rotate(db: &PgPool, current: &dyn KeyProvider, new: &MasterKey, ret
     for (key_id, compartment) in keys {
         // language=PostgreSQL
         let wrappings: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("select kek_id, wrapped from data_key_wrapping where key_id = $1").bind(key_id).fetch_all(db).await?;
+            sqlx::query_as("select kek_id, wrapped from data_key_wrapping where key_id = $1")
+                .bind(key_id)
+                .fetch_all(db)
+                .await?;
         let mut raw = None;
         for (kek_id, wrapped) in wrappings {
             if let Some(r) = current.unwrap(&kek_id, &wrapped, compartment.as_bytes())? {
@@ -374,7 +418,10 @@ pub async fn rotate(db: &PgPool, current: &dyn KeyProvider, new: &MasterKey, ret
             bail!("{} data keys were created meanwhile without a wrapping under the new key; run rotate again", missing.0);
         }
         // language=PostgreSQL
-        let done = sqlx::query("delete from data_key_wrapping where kek_id <> $1").bind(&new.id).execute(db).await?;
+        let done = sqlx::query("delete from data_key_wrapping where kek_id <> $1")
+            .bind(&new.id)
+            .execute(db)
+            .await?;
         report.retired = done.rows_affected();
     }
     Ok(report)
@@ -397,16 +444,27 @@ mod tests {
 
     #[test]
     fn a_ciphertext_only_opens_with_its_own_aad() {
-        let dk = DataKey { key_id: 1, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[7u8; 32])) };
-        let sealed = dk.encrypt(b"{\"resourceType\":\"Patient\"}", b"Patient/a/1").expect("encrypt");
-        assert_eq!(dk.decrypt(&sealed, b"Patient/a/1").expect("decrypt"), b"{\"resourceType\":\"Patient\"}");
+        let dk = DataKey {
+            key_id: 1,
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[7u8; 32])),
+        };
+        let sealed = dk
+            .encrypt(b"{\"resourceType\":\"Patient\"}", b"Patient/a/1")
+            .expect("encrypt");
+        assert_eq!(
+            dk.decrypt(&sealed, b"Patient/a/1").expect("decrypt"),
+            b"{\"resourceType\":\"Patient\"}"
+        );
         assert!(dk.decrypt(&sealed, b"Patient/b/1").is_err());
         assert!(dk.decrypt(&sealed, b"Patient/a/2").is_err());
     }
 
     #[test]
     fn two_encryptions_use_different_nonces() {
-        let dk = DataKey { key_id: 1, cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[7u8; 32])) };
+        let dk = DataKey {
+            key_id: 1,
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&[7u8; 32])),
+        };
         let a = dk.encrypt(b"x", b"a").expect("a");
         let b = dk.encrypt(b"x", b"a").expect("b");
         assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
@@ -415,8 +473,15 @@ mod tests {
     #[test]
     fn master_keys_parse_from_hex_and_base64() {
         let hex_key = SecretBox::from("11".repeat(32).into_boxed_str());
-        let b64 = SecretBox::from(base64::engine::general_purpose::STANDARD.encode([0x11u8; 32]).into_boxed_str());
-        assert_eq!(MasterKey::parse(&hex_key).expect("hex").id, MasterKey::parse(&b64).expect("b64").id);
+        let b64 = SecretBox::from(
+            base64::engine::general_purpose::STANDARD
+                .encode([0x11u8; 32])
+                .into_boxed_str(),
+        );
+        assert_eq!(
+            MasterKey::parse(&hex_key).expect("hex").id,
+            MasterKey::parse(&b64).expect("b64").id
+        );
         assert!(MasterKey::parse(&SecretBox::from("short".to_owned().into_boxed_str())).is_err());
     }
 }

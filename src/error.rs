@@ -86,12 +86,20 @@ pub struct OutcomeIssue {
 impl OutcomeIssue {
     /// An issue with a message and no location.
     pub fn new(code: IssueType, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), expression: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            expression: Vec::new(),
+        }
     }
 
     /// An issue that names the element or parameter at fault.
     pub fn at(code: IssueType, expression: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), expression: vec![expression.into()] }
+        Self {
+            code,
+            message: message.into(),
+            expression: vec![expression.into()],
+        }
     }
 }
 
@@ -175,28 +183,59 @@ impl FhirError {
             Self::BadRequest(issue) => (StatusCode::BAD_REQUEST, vec![issue.clone()]),
             Self::InvalidResource { status, issues } => (*status, issues.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, one(T::Conflict, m.clone())),
-            Self::PreconditionFailed(m) => (StatusCode::PRECONDITION_FAILED, one(T::Conflict, m.clone())),
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, one(T::TooCostly, self.to_string())),
-            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, one(T::NotSupported, self.to_string())),
-            Self::MethodNotAllowed(m) => (StatusCode::METHOD_NOT_ALLOWED, one(T::NotSupported, m.clone())),
-            Self::NotSupported(_) => (StatusCode::NOT_IMPLEMENTED, one(T::NotSupported, self.to_string())),
-            Self::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, one(T::Transient, "the service is temporarily unavailable; retry later".into()))
+            Self::PreconditionFailed(m) => {
+                (StatusCode::PRECONDITION_FAILED, one(T::Conflict, m.clone()))
             }
-            Self::Database(e) if is_unavailable(e) => {
-                (StatusCode::SERVICE_UNAVAILABLE, one(T::Transient, "the database is temporarily unavailable; retry later".into()))
-            }
-            Self::Database(_) | Self::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, one(T::Exception, "internal server error".into()))
-            }
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                one(T::TooCostly, self.to_string()),
+            ),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                one(T::NotSupported, self.to_string()),
+            ),
+            Self::MethodNotAllowed(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                one(T::NotSupported, m.clone()),
+            ),
+            Self::NotSupported(_) => (
+                StatusCode::NOT_IMPLEMENTED,
+                one(T::NotSupported, self.to_string()),
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                one(
+                    T::Transient,
+                    "the service is temporarily unavailable; retry later".into(),
+                ),
+            ),
+            Self::Database(e) if is_unavailable(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                one(
+                    T::Transient,
+                    "the database is temporarily unavailable; retry later".into(),
+                ),
+            ),
+            Self::Database(_) | Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                one(T::Exception, "internal server error".into()),
+            ),
         }
     }
 }
 
 /// Connection-level failures mean "try again", not "we have a bug".
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
-        || e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "25006")
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("08") || c == "57P01" || c == "25006")
 }
 
 /// Builds an OperationOutcome resource from issues.
@@ -204,7 +243,8 @@ pub fn outcome(issues: &[OutcomeIssue], severity: &str) -> Value {
     let issue: Vec<Value> = issues
         .iter()
         .map(|i| {
-            let mut v = json!({"severity": severity, "code": i.code.code(), "diagnostics": i.message});
+            let mut v =
+                json!({"severity": severity, "code": i.code.code(), "diagnostics": i.message});
             if !i.expression.is_empty() {
                 v["expression"] = json!(i.expression);
             }
@@ -220,7 +260,9 @@ impl IntoResponse for FhirError {
         if status.is_server_error() {
             // `{:#}` prints the anyhow context chain; sqlx errors carry no bound values.
             match &self {
-                Self::Unavailable(e) | Self::Internal(e) => tracing::error!(error = %format!("{e:#}"), "request failed"),
+                Self::Unavailable(e) | Self::Internal(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "request failed")
+                }
                 Self::Database(e) => tracing::error!(error = %e, "database error"),
                 _ => tracing::error!(error = %self, "request failed"),
             }
@@ -228,7 +270,10 @@ impl IntoResponse for FhirError {
         let body = serde_json::to_vec(&outcome(&issues, "error")).unwrap_or_default();
         let mut resp = (status, body).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/fhir+json; charset=utf-8"),
+        );
         if let Self::Gone { version, .. } = self {
             if let Ok(v) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
                 h.insert(header::ETAG, v);
@@ -244,11 +289,19 @@ impl IntoResponse for FhirError {
 impl From<fhirgate_codec::CodecError> for FhirError {
     fn from(e: fhirgate_codec::CodecError) -> Self {
         match e {
-            fhirgate_codec::CodecError::Syntax { message, line, column } => Self::InvalidResource {
+            fhirgate_codec::CodecError::Syntax {
+                message,
+                line,
+                column,
+            } => Self::InvalidResource {
                 status: StatusCode::BAD_REQUEST,
                 issues: vec![OutcomeIssue::new(
                     IssueType::Structure,
-                    if line > 0 { format!("the body is not valid: {message} at line {line} column {column}") } else { format!("the body is not valid: {message}") },
+                    if line > 0 {
+                        format!("the body is not valid: {message} at line {line} column {column}")
+                    } else {
+                        format!("the body is not valid: {message}")
+                    },
                 )],
             },
             fhirgate_codec::CodecError::Invalid(issues) => Self::from_codec_issues(issues),
@@ -269,10 +322,22 @@ impl FhirError {
                     IssueKind::Value => IssueType::Value,
                     IssueKind::CodeInvalid => IssueType::CodeInvalid,
                 };
-                OutcomeIssue { code, message: i.message, expression: if i.expression.is_empty() { vec![] } else { vec![i.expression] } }
+                OutcomeIssue {
+                    code,
+                    message: i.message,
+                    expression: if i.expression.is_empty() {
+                        vec![]
+                    } else {
+                        vec![i.expression]
+                    },
+                }
             })
             .collect();
-        let status = if all_structure { StatusCode::BAD_REQUEST } else { StatusCode::UNPROCESSABLE_ENTITY };
+        let status = if all_structure {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         Self::InvalidResource { status, issues }
     }
 }

@@ -30,11 +30,23 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             db.close().await;
         }
-        Command::Keys { command: KeysCommand::Generate { out } } => {
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => {
             let key = fhirgate::crypto::MasterKey::generate_file(&out)?;
-            println!("wrote a new master key to {} (id {})", out.display(), key.id());
+            println!(
+                "wrote a new master key to {} (id {})",
+                out.display(),
+                key.id()
+            );
         }
-        Command::Keys { command: KeysCommand::Rotate { new_key_file, retire_old } } => {
+        Command::Keys {
+            command:
+                KeysCommand::Rotate {
+                    new_key_file,
+                    retire_old,
+                },
+        } => {
             let new = fhirgate::crypto::MasterKey::from_file(&new_key_file)?;
             let current = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;

@@ -23,7 +23,11 @@ pub struct PrivatePostgres {
 
 /// Whether this process runs as root.
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
 
 /// Finds `initdb`/`pg_ctl`: `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
@@ -45,13 +49,16 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, p)| p).context("no PostgreSQL binaries found (install the postgresql package, or set DATABASE_URL)")
+    found.pop().map(|(_, p)| p).context(
+        "no PostgreSQL binaries found (install the postgresql package, or set DATABASE_URL)",
+    )
 }
 
 impl PrivatePostgres {
     /// Creates the cluster on first use, starts it unless it already runs, and returns it.
     pub fn ensure(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
         let as_postgres = is_root();
         let bindir = find_bindir()?;
@@ -62,19 +69,40 @@ impl PrivatePostgres {
             socket_dir = std::env::temp_dir().join(format!("fhirgate-{}", short_hash(&data_dir)));
         }
         std::fs::create_dir_all(&socket_dir)?;
-        let pg = Self { bindir, pgdata, socket_dir, as_postgres, started_here: false };
+        let pg = Self {
+            bindir,
+            pgdata,
+            socket_dir,
+            as_postgres,
+            started_here: false,
+        };
         if as_postgres {
             pg.check_postgres_can_reach(&data_dir)?;
         }
         if !pg.pgdata.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&pg.pgdata)?;
             pg.chown(&pg.pgdata)?;
-            pg.run("initdb", &["-D", path_str(&pg.pgdata)?, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
-                .context("initdb failed")?;
+            pg.run(
+                "initdb",
+                &[
+                    "-D",
+                    path_str(&pg.pgdata)?,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+            )
+            .context("initdb failed")?;
         }
         pg.chown(&pg.socket_dir)?;
         let started = pg.start()?;
-        Ok(Self { started_here: started, ..pg })
+        Ok(Self {
+            started_here: started,
+            ..pg
+        })
     }
 
     fn check_postgres_can_reach(&self, data_dir: &Path) -> anyhow::Result<()> {
@@ -95,7 +123,10 @@ impl PrivatePostgres {
 
     fn chown(&self, dir: &Path) -> anyhow::Result<()> {
         if self.as_postgres {
-            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()?;
             if !st.success() {
                 bail!("chown of {} to postgres failed", dir.display());
             }
@@ -115,15 +146,27 @@ impl PrivatePostgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let out = self.command(tool).args(args).output().with_context(|| format!("running {tool}"))?;
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {tool}"))?;
         if !out.status.success() {
-            bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }
 
     fn is_running(&self) -> bool {
-        self.command("pg_ctl").args(["status", "-D"]).arg(&self.pgdata).output().map(|o| o.status.success()).unwrap_or(false)
+        self.command("pg_ctl")
+            .args(["status", "-D"])
+            .arg(&self.pgdata)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     /// Starts the cluster; `false` if it was already running (then we leave it running on exit).
@@ -132,21 +175,52 @@ impl PrivatePostgres {
             return Ok(false);
         }
         let log = self.pgdata.join("server.log");
-        let opts = format!("-c listen_addresses='' -k {} -c port=5432 -c max_connections=200", path_str(&self.socket_dir)?);
-        self.run("pg_ctl", &["start", "-w", "-t", "60", "-D", path_str(&self.pgdata)?, "-l", path_str(&log)?, "-o", &opts])
-            .context("starting the private PostgreSQL")?;
+        let opts = format!(
+            "-c listen_addresses='' -k {} -c port=5432 -c max_connections=200",
+            path_str(&self.socket_dir)?
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                path_str(&self.pgdata)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &opts,
+            ],
+        )
+        .context("starting the private PostgreSQL")?;
         Ok(true)
     }
 
     /// Connection options for database `db` on this cluster.
     pub fn connect_options(&self, db: &str) -> PgConnectOptions {
-        PgConnectOptions::new().socket(&self.socket_dir).port(5432).username("postgres").database(db)
+        PgConnectOptions::new()
+            .socket(&self.socket_dir)
+            .port(5432)
+            .username("postgres")
+            .database(db)
     }
 
     /// Stops the cluster if this process started it.
     pub fn stop(&self) {
         if self.started_here {
-            let _ = self.run("pg_ctl", &["stop", "-m", "fast", "-w", "-D", &self.pgdata.to_string_lossy()]);
+            let _ = self.run(
+                "pg_ctl",
+                &[
+                    "stop",
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-D",
+                    &self.pgdata.to_string_lossy(),
+                ],
+            );
         }
     }
 }
@@ -163,15 +237,26 @@ fn short_hash(p: &Path) -> String {
 /// Creates database `name` through `admin` (a connection to an existing database) unless it exists.
 pub async fn create_database(admin: &PgConnectOptions, name: &str) -> anyhow::Result<()> {
     use sqlx::{ConnectOptions, Connection};
-    let mut conn = admin.clone().database("postgres").connect().await.context("connecting to PostgreSQL")?;
+    let mut conn = admin
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .context("connecting to PostgreSQL")?;
     // language=PostgreSQL
-    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1").bind(name).fetch_optional(&mut conn).await?;
+    let exists: Option<(i32,)> = sqlx::query_as("select 1 from pg_database where datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await?;
     if exists.is_none() {
         // Identifiers cannot be bound as parameters; `name` is quoted and comes from configuration.
         let stmt = format!("create database \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = sqlx::raw_sql(&stmt).execute(&mut conn).await {
             // A concurrent creator may have won; anything else is real.
-            if !e.as_database_error().is_some_and(|d| d.code().as_deref() == Some("42P04")) {
+            if !e
+                .as_database_error()
+                .is_some_and(|d| d.code().as_deref() == Some("42P04"))
+            {
                 return Err(e.into());
             }
         }

@@ -33,10 +33,15 @@ impl Database {
     /// `fhirgate` database there. Applies migrations.
     pub async fn connect(args: &DbArgs) -> anyhow::Result<Self> {
         let (options, private) = match &args.database_url {
-            Some(url) => (url.parse::<PgConnectOptions>().context("DATABASE_URL is not a valid PostgreSQL URL")?, None),
+            Some(url) => (
+                url.parse::<PgConnectOptions>()
+                    .context("DATABASE_URL is not a valid PostgreSQL URL")?,
+                None,
+            ),
             None => {
                 let dir = args.data_dir.clone();
-                let private = tokio::task::spawn_blocking(move || PrivatePostgres::ensure(&dir)).await??;
+                let private =
+                    tokio::task::spawn_blocking(move || PrivatePostgres::ensure(&dir)).await??;
                 let opts = private.connect_options("fhirgate");
                 pg::create_database(&opts, "fhirgate").await?;
                 (opts, Some(private))
@@ -48,7 +53,10 @@ impl Database {
             .connect_with(options)
             .await
             .context("connecting to PostgreSQL")?;
-        sqlx::migrate!().run(&pool).await.context("applying migrations")?;
+        sqlx::migrate!()
+            .run(&pool)
+            .await
+            .context("applying migrations")?;
         Ok(Self { pool, private })
     }
 
@@ -73,16 +81,27 @@ pub fn master_keys(args: &DbArgs) -> anyhow::Result<LocalKeyProvider> {
     } else {
         std::fs::create_dir_all(&args.data_dir)?;
         let path = args.data_dir.join("master.key");
-        let key = if path.exists() { MasterKey::from_file(&path)? } else { MasterKey::generate_file(&path)? };
+        let key = if path.exists() {
+            MasterKey::from_file(&path)?
+        } else {
+            MasterKey::generate_file(&path)?
+        };
         tracing::warn!(
             path = %path.display(),
             "!!! USING A DEVELOPMENT MASTER KEY stored beside the data. Anyone with this directory can decrypt everything. \
              Set FHIRGATE_MASTER_KEY_FILE (and FHIRGATE_ENV=production) for real data. !!!"
         );
-        eprintln!("WARNING: using the development master key {} — not for real patient data", path.display());
+        eprintln!(
+            "WARNING: using the development master key {} — not for real patient data",
+            path.display()
+        );
         key
     };
-    let previous = args.previous_master_key_files.iter().map(|p| MasterKey::from_file(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let previous = args
+        .previous_master_key_files
+        .iter()
+        .map(|p| MasterKey::from_file(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(LocalKeyProvider::new(primary, previous))
 }
 
@@ -97,9 +116,14 @@ impl Application {
     /// Opens the key ring, builds the router and binds the listener.
     pub async fn build(args: &ServeArgs, db: &DbArgs, pool: PgPool) -> anyhow::Result<Self> {
         let keys = Keyring::open(&pool, Box::new(master_keys(db)?)).await?;
-        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let public = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let public = args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
         let state = AppState(Arc::new(AppInner {
             db: pool,
             keys,
@@ -107,7 +131,11 @@ impl Application {
             max_body_bytes: args.max_body_bytes,
         }));
         let router = app(state, Duration::from_secs(args.request_timeout_secs));
-        Ok(Self { listener, router, addr })
+        Ok(Self {
+            listener,
+            router,
+            addr,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -116,10 +144,17 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 }
 
@@ -132,7 +167,10 @@ pub fn app(state: AppState, timeout: Duration) -> Router {
         .fallback(crate::fhir::fallback)
         .with_state(state)
         .layer(CatchPanicLayer::custom(crate::fhir::panic_response))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
         .layer(TraceLayer::new_for_http().make_span_with(crate::health::request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -69,7 +69,9 @@ pub enum CodecError {
 }
 
 fn strict() -> Option<DeserializationConfig> {
-    Some(DeserializationConfig { mode: DeserializationMode::Strict })
+    Some(DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    })
 }
 
 /// Parses JSON bytes into a value, refusing duplicate object keys (a differential-parsing risk)
@@ -82,26 +84,39 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, CodecError> {
 pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     let resource: Resource = fhirbolt::xml::from_slice(bytes, strict()).map_err(|e| {
         let message = e.to_string();
-        CodecError::Syntax { message, line: 0, column: 0 }
+        CodecError::Syntax {
+            message,
+            line: 0,
+            column: 0,
+        }
     })?;
-    fhirbolt::json::to_json_value(resource, None).map_err(|e| CodecError::Invalid(vec![structure("", e.to_string())]))
+    fhirbolt::json::to_json_value(resource, None)
+        .map_err(|e| CodecError::Invalid(vec![structure("", e.to_string())]))
 }
 
 /// Renders a FHIR JSON resource as FHIR XML.
 pub fn json_to_xml(value: &Value) -> Result<Vec<u8>, CodecError> {
     let resource = typed(value)?;
-    fhirbolt::xml::to_vec(&resource, None).map_err(|e| CodecError::Invalid(vec![structure("", e.to_string())]))
+    fhirbolt::xml::to_vec(&resource, None)
+        .map_err(|e| CodecError::Invalid(vec![structure("", e.to_string())]))
 }
 
 fn typed(value: &Value) -> Result<Resource, CodecError> {
     fhirbolt::json::from_json_value::<Resource>(value.clone(), strict()).map_err(|e| {
-        let rt = value.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+        let rt = value
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("Resource");
         CodecError::Invalid(vec![structure(rt, e.to_string())])
     })
 }
 
 fn structure(expression: &str, message: String) -> Issue {
-    Issue { kind: IssueKind::Structure, expression: expression.to_owned(), message }
+    Issue {
+        kind: IssueKind::Structure,
+        expression: expression.to_owned(),
+        message,
+    }
 }
 
 /// Validates a FHIR R4 resource given as JSON and returns its canonical form (elements in the
@@ -111,10 +126,16 @@ fn structure(expression: &str, message: String) -> Issue {
 /// fhirbolt's strict typed parse (structure, unknown elements, cardinality of arrays).
 pub fn validate(value: &Value) -> Result<Value, Vec<Issue>> {
     let Some(rt) = value.get("resourceType").and_then(Value::as_str) else {
-        return Err(vec![structure("resourceType", "resourceType is missing".to_owned())]);
+        return Err(vec![structure(
+            "resourceType",
+            "resourceType is missing".to_owned(),
+        )]);
     };
     if !is_resource_type(rt) {
-        return Err(vec![structure("resourceType", format!("unknown resource type '{rt}'"))]);
+        return Err(vec![structure(
+            "resourceType",
+            format!("unknown resource type '{rt}'"),
+        )]);
     }
     // Walk first: its messages name the element precisely, fhirbolt's do not.
     let issues = walk::validate_resource(value);
@@ -134,7 +155,12 @@ mod tests {
     use serde_json::json;
 
     fn expr_of(v: Value) -> Vec<String> {
-        validate(&v).err().unwrap_or_default().into_iter().map(|i| i.expression).collect()
+        validate(&v)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| i.expression)
+            .collect()
     }
 
     #[test]
@@ -148,16 +174,24 @@ mod tests {
 
     #[test]
     fn what_fhirbolt_accepts_is_rejected() {
-        assert_eq!(expr_of(json!({"resourceType":"Patient","birthDate":"2024-13-45"})), ["Patient.birthDate"]);
+        assert_eq!(
+            expr_of(json!({"resourceType":"Patient","birthDate":"2024-13-45"})),
+            ["Patient.birthDate"]
+        );
         assert_eq!(
             expr_of(json!({"resourceType":"Observation","status":"bogus","code":{"text":"x"}})),
             ["Observation.status"]
         );
         assert_eq!(
-            expr_of(json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":"80"}})),
+            expr_of(
+                json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":"80"}})
+            ),
             ["Observation.valueQuantity.value"]
         );
-        assert_eq!(expr_of(json!({"resourceType":"Patient","id":"../etc"})), ["Patient.id"]);
+        assert_eq!(
+            expr_of(json!({"resourceType":"Patient","id":"../etc"})),
+            ["Patient.id"]
+        );
     }
 
     #[test]
@@ -168,7 +202,13 @@ mod tests {
         assert_eq!(expr_of(cond), ["Observation.subject.reference"]);
         let unknown = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":"Patiënt/1"}});
         assert_eq!(expr_of(unknown), ["Observation.subject.reference"]);
-        for ok in ["Patient/1", "Patient/1/_history/2", "#c1", "urn:uuid:0d6f3b68-8f42-4a59-9c8e-6a2f0b7c1d11", "http://example.org/fhir/Patient/1"] {
+        for ok in [
+            "Patient/1",
+            "Patient/1/_history/2",
+            "#c1",
+            "urn:uuid:0d6f3b68-8f42-4a59-9c8e-6a2f0b7c1d11",
+            "http://example.org/fhir/Patient/1",
+        ] {
             let v = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":ok}});
             assert!(validate(&v).is_ok(), "{ok}");
         }
@@ -176,7 +216,10 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused() {
-        assert!(matches!(parse_json(br#"{"id":"a","id":"b"}"#), Err(CodecError::Syntax { .. })));
+        assert!(matches!(
+            parse_json(br#"{"id":"a","id":"b"}"#),
+            Err(CodecError::Syntax { .. })
+        ));
     }
 
     #[test]

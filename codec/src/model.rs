@@ -27,7 +27,8 @@ pub(crate) struct Model {
 
 pub(crate) static MODEL: LazyLock<Model> = LazyLock::new(|| {
     // The file is part of the build; a parse failure is a build defect caught by every test.
-    serde_json::from_str(MODEL_JSON).unwrap_or_else(|e| panic!("fhir-profiles/r4-model.json is corrupt: {e}"))
+    serde_json::from_str(MODEL_JSON)
+        .unwrap_or_else(|e| panic!("fhir-profiles/r4-model.json is corrupt: {e}"))
 });
 
 /// Every concrete R4 resource type name, sorted.
@@ -37,10 +38,16 @@ pub fn resource_types() -> &'static [String] {
 
 /// Whether `name` is a concrete R4 resource type (case-sensitive).
 pub fn is_resource_type(name: &str) -> bool {
-    MODEL.resources.binary_search_by(|r| r.as_str().cmp(name)).is_ok()
+    MODEL
+        .resources
+        .binary_search_by(|r| r.as_str().cmp(name))
+        .is_ok()
 }
 
 /// Whether resource or datatype `ctx` has a direct element `name` (e.g. `identifier`).
 pub fn has_element(ctx: &str, name: &str) -> bool {
-    MODEL.contexts.get(ctx).is_some_and(|c| c.contains_key(name))
+    MODEL
+        .contexts
+        .get(ctx)
+        .is_some_and(|c| c.contains_key(name))
 }

@@ -11,7 +11,9 @@ use serde_json::Value;
 pub(crate) fn check(ty: &str, v: &Value) -> Option<&'static str> {
     match ty {
         "boolean" => (!v.is_boolean()).then_some("must be a JSON boolean"),
-        "integer" => int_in(v, i64::from(i32::MIN)).then_some("must be a JSON integer in the 32-bit range"),
+        "integer" => {
+            int_in(v, i64::from(i32::MIN)).then_some("must be a JSON integer in the 32-bit range")
+        }
         "unsignedInt" => int_in(v, 0).then_some("must be a JSON integer ≥ 0 in the 32-bit range"),
         "positiveInt" => int_in(v, 1).then_some("must be a JSON integer ≥ 1 in the 32-bit range"),
         "decimal" => decimal(v),
@@ -51,7 +53,11 @@ fn string_check(ty: &str, s: &str) -> Option<&'static str> {
     }
     let ok = match ty {
         "id" => is_valid_id(s),
-        "code" => !s.starts_with(char::is_whitespace) && !s.ends_with(char::is_whitespace) && !s.contains("  "),
+        "code" => {
+            !s.starts_with(char::is_whitespace)
+                && !s.ends_with(char::is_whitespace)
+                && !s.contains("  ")
+        }
         "uri" | "url" | "canonical" => !s.chars().any(char::is_whitespace),
         "oid" => is_oid(s),
         "uuid" => s.strip_prefix("urn:uuid:").is_some_and(is_uuid),
@@ -79,7 +85,9 @@ fn string_check(ty: &str, s: &str) -> Option<&'static str> {
 
 /// `[A-Za-z0-9\-\.]{1,64}`, the R4 `id` type and every logical id in a URL.
 pub fn is_valid_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 fn is_oid(s: &str) -> bool {
@@ -89,20 +97,32 @@ fn is_oid(s: &str) -> bool {
     let mut parts = rest.split('.');
     matches!(parts.next(), Some("0" | "1" | "2"))
         && rest.contains('.')
-        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0')))
+        && parts.all(|p| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p == "0" || !p.starts_with('0'))
+        })
 }
 
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn is_base64(s: &str) -> bool {
     let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     compact.len() % 4 == 0
-        && compact.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-        && compact.iter().skip_while(|b| **b != b'=').all(|b| *b == b'=')
+        && compact
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        && compact
+            .iter()
+            .skip_while(|b| **b != b'=')
+            .all(|b| *b == b'=')
 }
 
 fn digits(s: &str, n: usize) -> Option<u32> {
@@ -220,7 +240,15 @@ mod tests {
         for ok in ["2024", "2024-02", "2024-02-29", "2000-02-29"] {
             assert!(parse_date(ok).is_some_and(|n| n == ok.len()), "{ok}");
         }
-        for bad in ["2024-13-45", "2024-02-30", "1900-02-29", "0000", "24", "2024-1-01", "2024-01-01x"] {
+        for bad in [
+            "2024-13-45",
+            "2024-02-30",
+            "1900-02-29",
+            "0000",
+            "24",
+            "2024-1-01",
+            "2024-01-01x",
+        ] {
             assert!(check("date", &json!(bad)).is_some(), "{bad}");
         }
     }
@@ -230,7 +258,14 @@ mod tests {
         assert!(is_valid_date_time("2024-01-01T10:00:00Z"));
         assert!(is_valid_date_time("2024-01-01T10:00:00.123+14:00"));
         assert!(is_valid_date_time("2024-01"));
-        for bad in ["2024-01-01T00:00:00", "2024-01-01T24:00:00Z", "2024-01-01T23:59:60Z", "2024-01-01T10:00:00+25:00", "+275760-09-13", "2024-01-01T10:00Z"] {
+        for bad in [
+            "2024-01-01T00:00:00",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T23:59:60Z",
+            "2024-01-01T10:00:00+25:00",
+            "+275760-09-13",
+            "2024-01-01T10:00Z",
+        ] {
             assert!(!is_valid_date_time(bad), "{bad}");
         }
         assert!(!is_valid_instant("2024-01-01"));

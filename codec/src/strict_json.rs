@@ -11,7 +11,11 @@ use serde_json::Value;
 use crate::CodecError;
 
 pub(crate) fn from_slice(bytes: &[u8]) -> Result<Value, CodecError> {
-    let syntax = |e: serde_json::Error| CodecError::Syntax { message: strip_position(&e), line: e.line(), column: e.column() };
+    let syntax = |e: serde_json::Error| CodecError::Syntax {
+        message: strip_position(&e),
+        line: e.line(),
+        column: e.column(),
+    };
     // First pass: duplicate keys (and every syntax error, with its position).
     serde_json::from_slice::<NoDuplicates>(bytes).map_err(syntax)?;
     serde_json::from_slice::<Value>(bytes).map_err(syntax)

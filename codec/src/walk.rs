@@ -25,24 +25,47 @@ pub(crate) fn validate_resource(v: &Value) -> Vec<Issue> {
 fn push(issues: &mut Vec<Issue>, kind: IssueKind, expression: &str, message: String) {
     // Keep the outcome readable: the first twenty problems are enough to act on.
     if issues.len() < 20 {
-        issues.push(Issue { kind, expression: expression.to_owned(), message });
+        issues.push(Issue {
+            kind,
+            expression: expression.to_owned(),
+            message,
+        });
     }
 }
 
 fn resource(obj: &Map<String, Value>, prefix: String, depth: usize, issues: &mut Vec<Issue>) {
     let Some(rt) = obj.get("resourceType").and_then(Value::as_str) else {
-        push(issues, IssueKind::Structure, &prefix, format!("{prefix} has no resourceType"));
+        push(
+            issues,
+            IssueKind::Structure,
+            &prefix,
+            format!("{prefix} has no resourceType"),
+        );
         return;
     };
     if !is_resource_type(rt) {
-        push(issues, IssueKind::Structure, &prefix, format!("unknown resource type '{rt}'"));
+        push(
+            issues,
+            IssueKind::Structure,
+            &prefix,
+            format!("unknown resource type '{rt}'"),
+        );
         return;
     }
-    let base = if prefix.is_empty() { rt.to_owned() } else { prefix };
+    let base = if prefix.is_empty() {
+        rt.to_owned()
+    } else {
+        prefix
+    };
     if let Some(id) = obj.get("id") {
         if !id.as_str().is_some_and(primitive::is_valid_id) {
             let expr = format!("{base}.id");
-            push(issues, IssueKind::Value, &expr, format!("{expr} is not a valid id ([A-Za-z0-9-.]{{1,64}})"));
+            push(
+                issues,
+                IssueKind::Value,
+                &expr,
+                format!("{expr} is not a valid id ([A-Za-z0-9-.]{{1,64}})"),
+            );
         }
     }
     element(rt, obj, &base, depth, issues);
@@ -50,7 +73,12 @@ fn resource(obj: &Map<String, Value>, prefix: String, depth: usize, issues: &mut
 
 fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues: &mut Vec<Issue>) {
     if depth > MAX_DEPTH {
-        push(issues, IssueKind::Structure, expr, format!("{expr} is nested more than {MAX_DEPTH} levels deep"));
+        push(
+            issues,
+            IssueKind::Structure,
+            expr,
+            format!("{expr} is nested more than {MAX_DEPTH} levels deep"),
+        );
         return;
     }
     let Some(children) = MODEL.contexts.get(ctx) else {
@@ -69,22 +97,42 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
         };
         let here = format!("{expr}.{name}");
         let Some(Child(ty, many, vs)) = children.get(name) else {
-            push(issues, IssueKind::Structure, &here, format!("{here} is not a known element"));
+            push(
+                issues,
+                IssueKind::Structure,
+                &here,
+                format!("{here} is not a known element"),
+            );
             continue;
         };
         let items: Vec<(Option<usize>, &Value)> = match (value, *many == 1) {
             (Value::Array(a), true) => {
                 if a.is_empty() {
-                    push(issues, IssueKind::Structure, &here, format!("{here} must not be an empty array"));
+                    push(
+                        issues,
+                        IssueKind::Structure,
+                        &here,
+                        format!("{here} must not be an empty array"),
+                    );
                 }
                 a.iter().enumerate().map(|(i, v)| (Some(i), v)).collect()
             }
             (Value::Array(_), false) => {
-                push(issues, IssueKind::Structure, &here, format!("{here} does not repeat, but an array was given"));
+                push(
+                    issues,
+                    IssueKind::Structure,
+                    &here,
+                    format!("{here} does not repeat, but an array was given"),
+                );
                 continue;
             }
             (v, true) => {
-                push(issues, IssueKind::Structure, &here, format!("{here} repeats, so it must be an array"));
+                push(
+                    issues,
+                    IssueKind::Structure,
+                    &here,
+                    format!("{here} repeats, so it must be an array"),
+                );
                 vec![(None, v)]
             }
             (v, false) => vec![(None, v)],
@@ -100,7 +148,12 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
                 match item {
                     Value::Object(o) if is_ext => element("Element", o, &at, depth + 1, issues),
                     Value::Null => {}
-                    _ => push(issues, IssueKind::Structure, &at, format!("{at} must be an object or null")),
+                    _ => push(
+                        issues,
+                        IssueKind::Structure,
+                        &at,
+                        format!("{at} must be an object or null"),
+                    ),
                 }
                 continue;
             }
@@ -113,7 +166,12 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
                 continue;
             }
             let Value::Object(o) = item else {
-                push(issues, IssueKind::Structure, &at, format!("{at} must be a JSON object"));
+                push(
+                    issues,
+                    IssueKind::Structure,
+                    &at,
+                    format!("{at} must be a JSON object"),
+                );
                 continue;
             };
             if ty == "Resource" {
@@ -138,16 +196,26 @@ fn is_primitive(ty: &str) -> bool {
 }
 
 fn check_code(vs: i32, item: &Value, at: &str, issues: &mut Vec<Issue>) {
-    let Some(set) = usize::try_from(vs).ok().and_then(|i| MODEL.valuesets.get(i)) else {
+    let Some(set) = usize::try_from(vs)
+        .ok()
+        .and_then(|i| MODEL.valuesets.get(i))
+    else {
         return;
     };
     let code = item.as_str().unwrap_or_default();
-    if set.codes.binary_search_by(|c| c.as_str().cmp(code)).is_err() {
+    if set
+        .codes
+        .binary_search_by(|c| c.as_str().cmp(code))
+        .is_err()
+    {
         push(
             issues,
             IssueKind::CodeInvalid,
             at,
-            format!("{at}: '{code}' is not in the required value set {}", set.url),
+            format!(
+                "{at}: '{code}' is not in the required value set {}",
+                set.url
+            ),
         );
     }
 }
@@ -186,7 +254,9 @@ pub(crate) fn is_relative_reference(r: &str) -> bool {
     let parts: Vec<&str> = r.split('/').collect();
     match parts.as_slice() {
         [t, id] => is_resource_type(t) && primitive::is_valid_id(id),
-        [t, id, "_history", v] => is_resource_type(t) && primitive::is_valid_id(id) && primitive::is_valid_id(v),
+        [t, id, "_history", v] => {
+            is_resource_type(t) && primitive::is_valid_id(id) && primitive::is_valid_id(v)
+        }
         _ => false,
     }
 }
@@ -196,6 +266,8 @@ pub fn is_absolute(r: &str) -> bool {
     let head = r.split(['?', '#']).next().unwrap_or("");
     head.split_once("://").is_some_and(|(scheme, _)| {
         scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     })
 }

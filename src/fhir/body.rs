@@ -19,7 +19,12 @@ impl FromRequest<AppState> for FhirBody {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, FhirError> {
         let format = body_format(req.headers())?;
         let limit = state.max_body_bytes;
-        if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if len > limit as u64 {
                 return Err(FhirError::PayloadTooLarge(limit));
             }
@@ -30,7 +35,10 @@ impl FromRequest<AppState> for FhirBody {
             Format::Xml => fhirgate_codec::xml_to_json(&bytes)?,
         };
         if !value.is_object() {
-            return Err(FhirError::bad_request("resourceType", "the body must be a FHIR resource (a JSON object)"));
+            return Err(FhirError::bad_request(
+                "resourceType",
+                "the body must be a FHIR resource (a JSON object)",
+            ));
         }
         Ok(Self(value))
     }
@@ -52,11 +60,19 @@ fn body_format(headers: &axum::http::HeaderMap) -> Result<Format, FhirError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Format::Json);
     };
-    let ct = ct.to_str().map_err(|_| FhirError::UnsupportedMediaType("(not ASCII)".into()))?;
+    let ct = ct
+        .to_str()
+        .map_err(|_| FhirError::UnsupportedMediaType("(not ASCII)".into()))?;
     let lower = ct.to_ascii_lowercase();
-    if let Some(charset) = lower.split(';').skip(1).find_map(|p| p.trim().strip_prefix("charset=")) {
+    if let Some(charset) = lower
+        .split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix("charset="))
+    {
         if charset.trim_matches('"') != "utf-8" {
-            return Err(FhirError::UnsupportedMediaType(format!("{ct} (only UTF-8 is accepted)")));
+            return Err(FhirError::UnsupportedMediaType(format!(
+                "{ct} (only UTF-8 is accepted)"
+            )));
         }
     }
     Format::from_mime(&lower).ok_or_else(|| FhirError::UnsupportedMediaType(ct.to_owned()))

@@ -70,20 +70,36 @@ pub async fn batch_or_transaction(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Err(FhirError::bad_request("resourceType", "POST to the base URL takes a Bundle of type batch or transaction"));
+        return Err(FhirError::bad_request(
+            "resourceType",
+            "POST to the base URL takes a Bundle of type batch or transaction",
+        ));
     }
-    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let raw_entries = match bundle.get("entry") {
         None => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => return Err(FhirError::bad_request("Bundle.entry", "Bundle.entry must be an array")),
+        Some(_) => {
+            return Err(FhirError::bad_request(
+                "Bundle.entry",
+                "Bundle.entry must be an array",
+            ))
+        }
     };
     if raw_entries.len() > MAX_ENTRIES {
         return Err(FhirError::PayloadTooLarge(MAX_ENTRIES));
     }
     let results: Vec<std::result::Result<EntryResult, FhirError>> = match kind.as_str() {
         "transaction" => {
-            let entries = raw_entries.iter().enumerate().map(|(i, e)| parse_entry(&state, i, e)).collect::<Result<Vec<_>>>()?;
+            let entries = raw_entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| parse_entry(&state, i, e))
+                .collect::<Result<Vec<_>>>()?;
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
             let done = process(&state, &mut tx, entries, true).await?;
@@ -97,7 +113,12 @@ pub async fn batch_or_transaction(
             }
             out
         }
-        _ => return Err(FhirError::bad_request("Bundle.type", "Bundle.type must be batch or transaction")),
+        _ => {
+            return Err(FhirError::bad_request(
+                "Bundle.type",
+                "Bundle.type must be batch or transaction",
+            ))
+        }
     };
     let base = &state.fhir_base;
     let mut response_entries = Vec::with_capacity(results.len());
@@ -146,7 +167,8 @@ async fn batch_entry(state: &AppState, i: usize, raw: &Value) -> Result<EntryRes
     let mut tx = state.db.begin().await?;
     let mut done = process(state, &mut tx, vec![entry], false).await?;
     tx.commit().await?;
-    done.pop().ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
+    done.pop()
+        .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
 }
 
 fn status_line(s: StatusCode) -> String {
@@ -176,47 +198,89 @@ fn in_entry(i: usize, e: FhirError) -> FhirError {
 
 fn parse_entry(state: &AppState, i: usize, raw: &Value) -> Result<Entry> {
     let at = |what: &str| format!("Bundle.entry[{i}].{what}");
-    let request = raw.get("request").ok_or_else(|| FhirError::bad_request(&at("request"), "every entry needs a request"))?;
+    let request = raw
+        .get("request")
+        .ok_or_else(|| FhirError::bad_request(&at("request"), "every entry needs a request"))?;
     let method = match request.get("method").and_then(Value::as_str) {
         Some("GET") => Method::Get,
         Some("POST") => Method::Post,
         Some("PUT") => Method::Put,
         Some("DELETE") => Method::Delete,
-        Some(m) => return Err(FhirError::bad_request(&at("request.method"), format!("method {m} is not supported in bundles"))),
-        None => return Err(FhirError::bad_request(&at("request.method"), "request.method is missing")),
+        Some(m) => {
+            return Err(FhirError::bad_request(
+                &at("request.method"),
+                format!("method {m} is not supported in bundles"),
+            ))
+        }
+        None => {
+            return Err(FhirError::bad_request(
+                &at("request.method"),
+                "request.method is missing",
+            ))
+        }
     };
-    let url = request.get("url").and_then(Value::as_str).ok_or_else(|| FhirError::bad_request(&at("request.url"), "request.url is missing"))?;
-    let url = url.strip_prefix(&format!("{}/", state.fhir_base)).unwrap_or(url).trim_start_matches('/');
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::bad_request(&at("request.url"), "request.url is missing"))?;
+    let url = url
+        .strip_prefix(&format!("{}/", state.fhir_base))
+        .unwrap_or(url)
+        .trim_start_matches('/');
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q.to_owned())),
         None => (url, None),
     };
     let mut parts = path.split('/');
-    let rt = resource_type(parts.next().unwrap_or_default()).map_err(|e| in_entry(i, e))?.to_owned();
+    let rt = resource_type(parts.next().unwrap_or_default())
+        .map_err(|e| in_entry(i, e))?
+        .to_owned();
     let id = match parts.next() {
         Some(id) => Some(logical_id(id).map_err(|e| in_entry(i, e))?.to_owned()),
         None => None,
     };
     if parts.next().is_some() {
-        return Err(FhirError::bad_request(&at("request.url"), "only Type, Type/id and Type?criteria URLs are supported in bundles"));
+        return Err(FhirError::bad_request(
+            &at("request.url"),
+            "only Type, Type/id and Type?criteria URLs are supported in bundles",
+        ));
     }
     let resource = raw.get("resource").cloned();
     match method {
         Method::Post | Method::Put if resource.is_none() => {
-            return Err(FhirError::bad_request(&at("resource"), "POST and PUT entries need a resource"));
+            return Err(FhirError::bad_request(
+                &at("resource"),
+                "POST and PUT entries need a resource",
+            ));
         }
-        Method::Post if id.is_some() => return Err(FhirError::bad_request(&at("request.url"), "POST goes to the type, not an id")),
+        Method::Post if id.is_some() => {
+            return Err(FhirError::bad_request(
+                &at("request.url"),
+                "POST goes to the type, not an id",
+            ))
+        }
         Method::Put | Method::Delete if id.is_none() && query.is_none() => {
-            return Err(FhirError::bad_request(&at("request.url"), "PUT and DELETE need Type/id or Type?criteria"));
+            return Err(FhirError::bad_request(
+                &at("request.url"),
+                "PUT and DELETE need Type/id or Type?criteria",
+            ));
         }
         Method::Delete if id.is_none() => {
-            return Err(FhirError::NotSupported(format!("conditional delete (Bundle.entry[{i}])")));
+            return Err(FhirError::NotSupported(format!(
+                "conditional delete (Bundle.entry[{i}])"
+            )));
         }
-        Method::Get if id.is_none() => return Err(FhirError::NotSupported(format!("search inside a bundle (Bundle.entry[{i}])"))),
+        Method::Get if id.is_none() => {
+            return Err(FhirError::NotSupported(format!(
+                "search inside a bundle (Bundle.entry[{i}])"
+            )))
+        }
         _ => {}
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
-        Some(v) => Some(parse_etag(v).ok_or_else(|| FhirError::bad_request(&at("request.ifMatch"), "ifMatch must be a version ETag"))?),
+        Some(v) => Some(parse_etag(v).ok_or_else(|| {
+            FhirError::bad_request(&at("request.ifMatch"), "ifMatch must be a version ETag")
+        })?),
         None => None,
     };
     Ok(Entry {
@@ -225,9 +289,15 @@ fn parse_entry(state: &AppState, i: usize, raw: &Value) -> Result<Entry> {
         resource_type: rt,
         id,
         criteria: if method == Method::Put { query } else { None },
-        full_url: raw.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        full_url: raw
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         resource,
-        if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(|s| s.trim_start_matches('?').to_owned()),
+        if_none_exist: request
+            .get("ifNoneExist")
+            .and_then(Value::as_str)
+            .map(|s| s.trim_start_matches('?').to_owned()),
         if_match,
     })
 }
@@ -240,7 +310,10 @@ fn check_distinct_targets(entries: &[Entry]) -> Result<()> {
             if !seen.insert((e.resource_type.clone(), id.clone())) {
                 return Err(FhirError::bad_request(
                     &format!("Bundle.entry[{}].request.url", e.index),
-                    format!("{}/{id} is the target of more than one entry", e.resource_type),
+                    format!(
+                        "{}/{id} is the target of more than one entry",
+                        e.resource_type
+                    ),
                 ));
             }
         }
@@ -249,7 +322,12 @@ fn check_distinct_targets(entries: &[Entry]) -> Result<()> {
 }
 
 /// Resolves, validates and writes `entries` in `tx`; results in entry order.
-async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut entries: Vec<Entry>, transaction: bool) -> Result<Vec<EntryResult>> {
+async fn process(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    mut entries: Vec<Entry>,
+    transaction: bool,
+) -> Result<Vec<EntryResult>> {
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut existing: HashMap<usize, String> = HashMap::new();
     // 1. Assign ids and run the conditions of POST and conditional PUT.
@@ -260,17 +338,35 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
                 let new_id = Uuid::new_v4().to_string();
                 let mut target = new_id.clone();
                 if let Some(text) = &e.if_none_exist {
-                    let criteria = conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
-                    match criteria.matches(tx, &state.keys, &e.resource_type).await?.as_slice() {
+                    let criteria =
+                        conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
+                    match criteria
+                        .matches(tx, &state.keys, &e.resource_type)
+                        .await?
+                        .as_slice()
+                    {
                         [] => {
-                            if let conditional::Claim::Existing(other) =
-                                conditional::claim_create(tx, &state.keys, &e.resource_type, &criteria, &new_id).await?
+                            if let conditional::Claim::Existing(other) = conditional::claim_create(
+                                tx,
+                                &state.keys,
+                                &e.resource_type,
+                                &criteria,
+                                &new_id,
+                            )
+                            .await?
                             {
                                 target = other;
                             }
                         }
                         [one] => target = one.clone(),
-                        _ => return Err(in_entry(i, FhirError::PreconditionFailed("ifNoneExist matches more than one resource".into()))),
+                        _ => {
+                            return Err(in_entry(
+                                i,
+                                FhirError::PreconditionFailed(
+                                    "ifNoneExist matches more than one resource".into(),
+                                ),
+                            ))
+                        }
                     }
                     if target != new_id {
                         existing.insert(i, target.clone());
@@ -281,11 +377,27 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
             Method::Put if e.id.is_none() => {
                 let text = e.criteria.clone().unwrap_or_default();
                 let criteria = conditional::Criteria::parse(&text).map_err(|x| in_entry(i, x))?;
-                let body_id = e.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
-                let target = match criteria.matches(tx, &state.keys, &e.resource_type).await?.as_slice() {
+                let body_id = e
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let target = match criteria
+                    .matches(tx, &state.keys, &e.resource_type)
+                    .await?
+                    .as_slice()
+                {
                     [] => body_id.unwrap_or_else(|| Uuid::new_v4().to_string()),
                     [one] => one.clone(),
-                    _ => return Err(in_entry(i, FhirError::PreconditionFailed("the conditional update matches more than one resource".into()))),
+                    _ => {
+                        return Err(in_entry(
+                            i,
+                            FhirError::PreconditionFailed(
+                                "the conditional update matches more than one resource".into(),
+                            ),
+                        ))
+                    }
                 };
                 e.id = Some(target);
             }
@@ -306,7 +418,9 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
         rewrite_references(resource, &ids, &mut conditional_refs);
         for reference in conditional_refs {
             if !resolved.contains_key(&reference) {
-                let target = resolve_conditional_reference(state, tx, &reference).await.map_err(|x| in_entry(i, x))?;
+                let target = resolve_conditional_reference(state, tx, &reference)
+                    .await
+                    .map_err(|x| in_entry(i, x))?;
                 resolved.insert(reference.clone(), target);
             }
         }
@@ -320,8 +434,13 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
             }
         }
         if matches!(e.method, Method::Post | Method::Put) {
-            let url_id = if e.method == Method::Put { e.id.as_deref() } else { None };
-            *resource = check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
+            let url_id = if e.method == Method::Put {
+                e.id.as_deref()
+            } else {
+                None
+            };
+            *resource =
+                check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
         }
     }
     // 3. Write in the order the specification gives; GETs read afterwards.
@@ -343,13 +462,21 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
             Method::Get => continue,
         };
         let id = e.id.clone().unwrap_or_default();
-        ops.push(WriteOp { kind, resource_type: e.resource_type.clone(), id, resource: e.resource.clone(), if_match: e.if_match });
+        ops.push(WriteOp {
+            kind,
+            resource_type: e.resource_type.clone(),
+            id,
+            resource: e.resource.clone(),
+            if_match: e.if_match,
+        });
         op_entry.push(k);
     }
-    let written = write::apply(state, tx, ops).await.map_err(|x| match op_entry.first() {
-        Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
-        _ => x,
-    })?;
+    let written = write::apply(state, tx, ops)
+        .await
+        .map_err(|x| match op_entry.first() {
+            Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
+            _ => x,
+        })?;
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
     for (w, k) in written.into_iter().zip(op_entry) {
         results[k] = Some(EntryResult {
@@ -365,11 +492,22 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
         if results[k].is_some() {
             continue;
         }
-        let id = existing.get(&e.index).cloned().or_else(|| e.id.clone()).unwrap_or_default();
+        let id = existing
+            .get(&e.index)
+            .cloned()
+            .or_else(|| e.id.clone())
+            .unwrap_or_default();
         let v = storage::read_current_with(state, &mut **tx, &e.resource_type, &id).await?;
         results[k] = Some(match (e.method, v) {
             (Method::Get, Some(v)) if v.body.is_none() => {
-                return Err(in_entry(e.index, FhirError::Gone { resource_type: e.resource_type.clone(), id, version: v.version_id }))
+                return Err(in_entry(
+                    e.index,
+                    FhirError::Gone {
+                        resource_type: e.resource_type.clone(),
+                        id,
+                        version: v.version_id,
+                    },
+                ))
             }
             (_, Some(v)) => EntryResult {
                 status: StatusCode::OK,
@@ -379,20 +517,32 @@ async fn process(state: &AppState, tx: &mut Transaction<'static, Postgres>, mut 
                 last_modified: Some(v.last_updated),
                 body: v.body,
             },
-            (_, None) => return Err(in_entry(e.index, FhirError::not_found(&e.resource_type, &id))),
+            (_, None) => {
+                return Err(in_entry(
+                    e.index,
+                    FhirError::not_found(&e.resource_type, &id),
+                ))
+            }
         });
     }
     Ok(results.into_iter().flatten().collect())
 }
 
 /// Replaces mapped references (`urn:uuid:…` → `Type/id`) in place and collects conditional ones.
-fn rewrite_references(v: &mut Value, map: &HashMap<String, String>, conditional_refs: &mut Vec<String>) {
+fn rewrite_references(
+    v: &mut Value,
+    map: &HashMap<String, String>,
+    conditional_refs: &mut Vec<String>,
+) {
     match v {
         Value::Object(o) => {
             if let Some(Value::String(r)) = o.get_mut("reference") {
                 if let Some(target) = map.get(r.as_str()) {
                     *r = target.clone();
-                } else if r.contains('?') && !fhirgate_codec::is_absolute_reference(r) && !r.starts_with("urn:") {
+                } else if r.contains('?')
+                    && !fhirgate_codec::is_absolute_reference(r)
+                    && !r.starts_with("urn:")
+                {
                     conditional_refs.push(r.clone());
                 }
             }
@@ -410,13 +560,21 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>, conditional_
 }
 
 /// `Type?criteria` → `Type/id` when exactly one resource matches; otherwise 412 (http.html#trules).
-async fn resolve_conditional_reference(state: &AppState, tx: &mut Transaction<'static, Postgres>, reference: &str) -> Result<String> {
+async fn resolve_conditional_reference(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    reference: &str,
+) -> Result<String> {
     let (rt, query) = reference.split_once('?').unwrap_or((reference, ""));
     let rt = resource_type(rt)?;
     let criteria = conditional::Criteria::parse(query)?;
     match criteria.matches(tx, &state.keys, rt).await?.as_slice() {
         [one] => Ok(format!("{rt}/{one}")),
-        [] => Err(FhirError::PreconditionFailed(format!("the conditional reference to {rt} matches no resource"))),
-        _ => Err(FhirError::PreconditionFailed(format!("the conditional reference to {rt} matches more than one resource"))),
+        [] => Err(FhirError::PreconditionFailed(format!(
+            "the conditional reference to {rt} matches no resource"
+        ))),
+        _ => Err(FhirError::PreconditionFailed(format!(
+            "the conditional reference to {rt} matches more than one resource"
+        ))),
     }
 }

@@ -11,7 +11,16 @@ use crate::fhir::format::{self, negotiate, query_pairs};
 use crate::state::AppState;
 
 /// The interactions every resource type supports.
-const TYPE_INTERACTIONS: &[&str] = &["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"];
+const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 
 /// Builds the CapabilityStatement for `base`.
 pub fn capability_statement(base: &str) -> Value {
@@ -58,7 +67,11 @@ pub fn capability_statement(base: &str) -> Value {
 }
 
 /// `GET [base]/metadata`.
-pub async fn metadata(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+pub async fn metadata(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     format::resource_value(StatusCode::OK, fmt, &capability_statement(&state.fhir_base))
 }

@@ -28,16 +28,26 @@ pub async fn read(
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let v = storage::read_current(&state, rt, id).await?.ok_or_else(|| FhirError::not_found(rt, id))?;
+    let v = storage::read_current(&state, rt, id)
+        .await?
+        .ok_or_else(|| FhirError::not_found(rt, id))?;
     let Some(body) = v.body else {
-        return Err(FhirError::Gone { resource_type: rt.to_owned(), id: id.to_owned(), version: v.version_id });
+        return Err(FhirError::Gone {
+            resource_type: rt.to_owned(),
+            id: id.to_owned(),
+            version: v.version_id,
+        });
     };
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
         .and_then(parse_etag)
         .is_some_and(|e| e == v.version_id);
-    let mut resp = if not_modified { StatusCode::NOT_MODIFIED.into_response() } else { format::resource_bytes(StatusCode::OK, fmt, body)? };
+    let mut resp = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        format::resource_bytes(StatusCode::OK, fmt, body)?
+    };
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     Ok(resp)
 }
@@ -55,9 +65,15 @@ pub async fn vread(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let missing = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
     let n: i32 = vid.parse().map_err(|_| missing())?;
-    let v = storage::read_version(&state, rt, id, n).await?.ok_or_else(missing)?;
+    let v = storage::read_version(&state, rt, id, n)
+        .await?
+        .ok_or_else(missing)?;
     let Some(body) = v.body else {
-        return Err(FhirError::Gone { resource_type: rt.to_owned(), id: id.to_owned(), version: v.version_id });
+        return Err(FhirError::Gone {
+            resource_type: rt.to_owned(),
+            id: id.to_owned(),
+            version: v.version_id,
+        });
     };
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
@@ -81,31 +97,73 @@ pub async fn create(
     let id = Uuid::new_v4().to_string();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
-        let criteria = criteria.to_str().map_err(|_| FhirError::bad_request("If-None-Exist", "If-None-Exist is not ASCII"))?;
+        let criteria = criteria
+            .to_str()
+            .map_err(|_| FhirError::bad_request("If-None-Exist", "If-None-Exist is not ASCII"))?;
         let criteria = conditional::Criteria::parse(criteria.trim_start_matches('?'))?;
         let existing = match criteria.matches(&mut tx, &state.keys, rt).await?.as_slice() {
-            [] => match conditional::claim_create(&mut tx, &state.keys, rt, &criteria, &id).await? {
-                conditional::Claim::Create => None,
-                conditional::Claim::Existing(other) => Some(other),
-            },
+            [] => {
+                match conditional::claim_create(&mut tx, &state.keys, rt, &criteria, &id).await? {
+                    conditional::Claim::Create => None,
+                    conditional::Claim::Existing(other) => Some(other),
+                }
+            }
             [one] => Some(one.clone()),
-            _ => return Err(FhirError::PreconditionFailed("If-None-Exist matches more than one resource".into())),
+            _ => {
+                return Err(FhirError::PreconditionFailed(
+                    "If-None-Exist matches more than one resource".into(),
+                ))
+            }
         };
         if let Some(existing) = existing {
             tx.rollback().await?;
             return existing_response(&state, rt, &existing, fmt, ret).await;
         }
     }
-    let op = WriteOp { kind: WriteKind::Create, resource_type: rt.to_owned(), id, resource: Some(resource), if_match: None };
+    let op = WriteOp {
+        kind: WriteKind::Create,
+        resource_type: rt.to_owned(),
+        id,
+        resource: Some(resource),
+        if_match: None,
+    };
     let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
     tx.commit().await?;
-    respond::written(r.status, fmt, ret, &state.fhir_base, rt, &r.id, r.version_id, &r.last_updated, r.body)
+    respond::written(
+        r.status,
+        fmt,
+        ret,
+        &state.fhir_base,
+        rt,
+        &r.id,
+        r.version_id,
+        &r.last_updated,
+        r.body,
+    )
 }
 
 /// The 200 answer of a conditional create that found its resource.
-async fn existing_response(state: &AppState, rt: &str, id: &str, fmt: format::Format, ret: Return) -> Result<Response> {
-    let v = storage::read_current(state, rt, id).await?.ok_or_else(|| FhirError::not_found(rt, id))?;
-    respond::written(StatusCode::OK, fmt, ret, &state.fhir_base, rt, id, v.version_id, &v.last_updated, v.body)
+async fn existing_response(
+    state: &AppState,
+    rt: &str,
+    id: &str,
+    fmt: format::Format,
+    ret: Return,
+) -> Result<Response> {
+    let v = storage::read_current(state, rt, id)
+        .await?
+        .ok_or_else(|| FhirError::not_found(rt, id))?;
+    respond::written(
+        StatusCode::OK,
+        fmt,
+        ret,
+        &state.fhir_base,
+        rt,
+        id,
+        v.version_id,
+        &v.last_updated,
+        v.body,
+    )
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
@@ -116,7 +174,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
             .ok()
             .and_then(parse_etag)
             .map(Some)
-            .ok_or_else(|| FhirError::bad_request("If-Match", "If-Match must be a version ETag such as W/\"3\"")),
+            .ok_or_else(|| {
+                FhirError::bad_request(
+                    "If-Match",
+                    "If-Match must be a version ETag such as W/\"3\"",
+                )
+            }),
     }
 }
 
@@ -134,7 +197,16 @@ pub async fn update(
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let resource = check_resource(&resource, rt, Some(id))?;
-    put(&state, rt, id.to_owned(), resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
+    put(
+        &state,
+        rt,
+        id.to_owned(),
+        resource,
+        if_match(&headers)?,
+        fmt,
+        prefer_return(&headers),
+    )
+    .await
 }
 
 async fn put(
@@ -147,10 +219,26 @@ async fn put(
     ret: Return,
 ) -> Result<Response> {
     let mut tx = state.db.begin().await?;
-    let op = WriteOp { kind: WriteKind::Update, resource_type: rt.to_owned(), id, resource: Some(resource), if_match };
+    let op = WriteOp {
+        kind: WriteKind::Update,
+        resource_type: rt.to_owned(),
+        id,
+        resource: Some(resource),
+        if_match,
+    };
     let r = write::apply(state, &mut tx, vec![op]).await?.remove(0);
     tx.commit().await?;
-    respond::written(r.status, fmt, ret, &state.fhir_base, rt, &r.id, r.version_id, &r.last_updated, r.body)
+    respond::written(
+        r.status,
+        fmt,
+        ret,
+        &state.fhir_base,
+        rt,
+        &r.id,
+        r.version_id,
+        &r.last_updated,
+        r.body,
+    )
 }
 
 /// `PUT [base]/{type}?criteria`: no match creates (with the body id if it has one), one match
@@ -170,34 +258,65 @@ pub async fn conditional_update(
         .extend_pairs(pairs.iter().filter(|(k, _)| k != "_format"))
         .finish();
     let criteria = conditional::Criteria::parse(&criteria_text)?;
-    let body_id = resource.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+    let body_id = resource
+        .get("id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
     let mut conn = state.db.acquire().await?;
     let matches = criteria.matches(&mut conn, &state.keys, rt).await?;
     drop(conn);
     let id = match matches.as_slice() {
-        [] => body_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string()),
+        [] => body_id
+            .clone()
+            .unwrap_or_else(|| Uuid::new_v4().to_string()),
         [one] => {
             if body_id.as_deref().is_some_and(|b| b != one) {
-                return Err(FhirError::bad_request(&format!("{rt}.id"), "the body id differs from the resource the criteria match"));
+                return Err(FhirError::bad_request(
+                    &format!("{rt}.id"),
+                    "the body id differs from the resource the criteria match",
+                ));
             }
             one.clone()
         }
-        _ => return Err(FhirError::PreconditionFailed("the criteria match more than one resource".into())),
+        _ => {
+            return Err(FhirError::PreconditionFailed(
+                "the criteria match more than one resource".into(),
+            ))
+        }
     };
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
     let resource = check_resource(&resource, rt, Some(&id))?;
-    put(&state, rt, id, resource, if_match(&headers)?, fmt, prefer_return(&headers)).await
+    put(
+        &state,
+        rt,
+        id,
+        resource,
+        if_match(&headers)?,
+        fmt,
+        prefer_return(&headers),
+    )
+    .await
 }
 
 /// `DELETE [base]/{type}/{id}`: 204; a tombstone version is written, later reads give 410.
 /// Deleting a resource that does not exist or is already deleted is also 204, with no new version.
 #[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
-pub async fn delete(State(state): State<AppState>, Path((rt, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((rt, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     let mut tx = state.db.begin().await?;
-    let op = WriteOp { kind: WriteKind::Delete, resource_type: rt.to_owned(), id: id.to_owned(), resource: None, if_match: if_match(&headers)? };
+    let op = WriteOp {
+        kind: WriteKind::Delete,
+        resource_type: rt.to_owned(),
+        id: id.to_owned(),
+        resource: None,
+        if_match: if_match(&headers)?,
+    };
     let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
     tx.commit().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();

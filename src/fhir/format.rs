@@ -27,10 +27,23 @@ impl Format {
 
     /// Classifies a MIME type or `_format` value; `None` for anything we do not speak.
     pub fn from_mime(m: &str) -> Option<Self> {
-        let essence = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
-            "json" | "application/json" | "application/fhir+json" | "application/json+fhir" | "text/json" => Some(Self::Json),
-            "xml" | "application/xml" | "application/fhir+xml" | "application/xml+fhir" | "text/xml" => Some(Self::Xml),
+            "json"
+            | "application/json"
+            | "application/fhir+json"
+            | "application/json+fhir"
+            | "text/json" => Some(Self::Json),
+            "xml"
+            | "application/xml"
+            | "application/fhir+xml"
+            | "application/xml+fhir"
+            | "text/xml" => Some(Self::Xml),
             _ => None,
         }
     }
@@ -39,16 +52,33 @@ impl Format {
 /// The response format: `_format` (400 if unknown) overrides `Accept` (first type we speak wins).
 pub fn negotiate(headers: &HeaderMap, params: &[(String, String)]) -> Result<Format> {
     if let Some((_, f)) = params.iter().find(|(k, _)| k == "_format") {
-        return Format::from_mime(f)
-            .ok_or_else(|| FhirError::bad_request("_format", "_format must be json, xml or a FHIR JSON/XML MIME type"));
+        return Format::from_mime(f).ok_or_else(|| {
+            FhirError::bad_request(
+                "_format",
+                "_format must be json, xml or a FHIR JSON/XML MIME type",
+            )
+        });
     }
-    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-    Ok(accept.split(',').find_map(Format::from_mime).unwrap_or(Format::Json))
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(accept
+        .split(',')
+        .find_map(Format::from_mime)
+        .unwrap_or(Format::Json))
 }
 
 /// Parses a query string into pairs (repeated keys are kept in order).
 pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.map(|q| form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()).unwrap_or_default()
+    raw.map(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// A response carrying a FHIR resource in `format`, from its canonical JSON bytes.
@@ -71,6 +101,9 @@ pub fn resource_value(status: StatusCode, format: Format, v: &Value) -> Result<R
 
 fn with_type(status: StatusCode, format: Format, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     resp
 }

@@ -22,14 +22,31 @@ pub const DEFAULT_COUNT: i64 = 50;
 pub const MAX_COUNT: i64 = 1000;
 
 /// `GET [base]/_history`.
-pub async fn history_system(State(state): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+pub async fn history_system(
+    State(state): State<AppState>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
     run(&state, None, None, q.as_deref(), &headers, "_history").await
 }
 
 /// `GET [base]/{type}/_history`.
-pub async fn history_type(State(state): State<AppState>, Path(rt): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+pub async fn history_type(
+    State(state): State<AppState>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
     let rt = resource_type(&rt)?;
-    run(&state, Some(rt), None, q.as_deref(), &headers, &format!("{rt}/_history")).await
+    run(
+        &state,
+        Some(rt),
+        None,
+        q.as_deref(),
+        &headers,
+        &format!("{rt}/_history"),
+    )
+    .await
 }
 
 /// `GET [base]/{type}/{id}/_history`: 404 when the resource never existed.
@@ -44,20 +61,36 @@ pub async fn history_instance(
     if storage::read_current(&state, rt, id).await?.is_none() {
         return Err(FhirError::not_found(rt, id));
     }
-    run(&state, Some(rt), Some(id), q.as_deref(), &headers, &format!("{rt}/{id}/_history")).await
+    run(
+        &state,
+        Some(rt),
+        Some(id),
+        q.as_deref(),
+        &headers,
+        &format!("{rt}/{id}/_history"),
+    )
+    .await
 }
 
 /// Parses `_count`: a positive integer, capped at [`MAX_COUNT`].
 pub fn parse_count(v: &str) -> Result<i64> {
     match v.parse::<i64>() {
         Ok(n) if n >= 0 => Ok(n.min(MAX_COUNT)),
-        _ => Err(FhirError::bad_request("_count", "_count must be a non-negative integer")),
+        _ => Err(FhirError::bad_request(
+            "_count",
+            "_count must be a non-negative integer",
+        )),
     }
 }
 
 /// Parses an instant or dateTime search value into a point in time (`_since`).
 pub fn parse_instant(name: &str, v: &str) -> Result<DateTime<Utc>> {
-    let bad = || FhirError::bad_request(name, format!("{name} must be an instant such as 2024-01-02T10:00:00Z"));
+    let bad = || {
+        FhirError::bad_request(
+            name,
+            format!("{name} must be an instant such as 2024-01-02T10:00:00Z"),
+        )
+    };
     if !fhirgate_codec::is_valid_date_time(v) {
         return Err(bad());
     }
@@ -67,46 +100,78 @@ pub fn parse_instant(name: &str, v: &str) -> Result<DateTime<Utc>> {
         10 => format!("{v}T00:00:00Z"),
         _ => v.to_owned(),
     };
-    DateTime::parse_from_rfc3339(&full).map(|d| d.with_timezone(&Utc)).map_err(|_| bad())
+    DateTime::parse_from_rfc3339(&full)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| bad())
 }
 
 fn encode_cursor(v: &StoredVersion) -> String {
-    let raw = format!("{}|{}|{}|{}", v.last_updated.timestamp_micros(), v.resource_type, v.id, v.version_id);
+    let raw = format!(
+        "{}|{}|{}|{}",
+        v.last_updated.timestamp_micros(),
+        v.resource_type,
+        v.id,
+        v.version_id
+    );
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
 fn decode_cursor(s: &str) -> Result<HistoryCursor> {
     let bad = || FhirError::bad_request("_cursor", "_cursor is not a cursor this server issued");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let parts: Vec<&str> = text.split('|').collect();
     let [ts, rt, id, v] = parts.as_slice() else {
         return Err(bad());
     };
     Ok(HistoryCursor {
-        last_updated: DateTime::from_timestamp_micros(ts.parse().map_err(|_| bad())?).ok_or_else(bad)?,
+        last_updated: DateTime::from_timestamp_micros(ts.parse().map_err(|_| bad())?)
+            .ok_or_else(bad)?,
         resource_type: (*rt).to_owned(),
         id: (*id).to_owned(),
         version_id: v.parse().map_err(|_| bad())?,
     })
 }
 
-async fn run(state: &AppState, rt: Option<&str>, id: Option<&str>, raw: Option<&str>, headers: &HeaderMap, path: &str) -> Result<Response> {
+async fn run(
+    state: &AppState,
+    rt: Option<&str>,
+    id: Option<&str>,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Response> {
     let pairs = query_pairs(raw);
     let fmt = negotiate(headers, &pairs)?;
-    let mut q = HistoryQuery { resource_type: rt.map(str::to_owned), id: id.map(str::to_owned), count: DEFAULT_COUNT, ..Default::default() };
+    let mut q = HistoryQuery {
+        resource_type: rt.map(str::to_owned),
+        id: id.map(str::to_owned),
+        count: DEFAULT_COUNT,
+        ..Default::default()
+    };
     for (k, v) in &pairs {
         match k.as_str() {
             "_count" => q.count = parse_count(v)?,
             "_since" => q.since = Some(parse_instant("_since", v)?),
             "_cursor" => q.cursor = Some(decode_cursor(v)?),
-            "_at" | "_list" | "_sort" => return Err(FhirError::bad_request(k, format!("{k} is not supported on history"))),
+            "_at" | "_list" | "_sort" => {
+                return Err(FhirError::bad_request(
+                    k,
+                    format!("{k} is not supported on history"),
+                ))
+            }
             _ => {}
         }
     }
     let (versions, more) = storage::history(state, &q).await?;
     let base = &state.fhir_base;
-    let mut keep: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "_cursor").cloned().collect();
+    let mut keep: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_cursor")
+        .cloned()
+        .collect();
     let self_url = link(base, path, &pairs);
     let mut links = vec![json!({"relation": "self", "url": self_url})];
     if more {
@@ -115,7 +180,10 @@ async fn run(state: &AppState, rt: Option<&str>, id: Option<&str>, raw: Option<&
             links.push(json!({"relation": "next", "url": link(base, path, &keep)}));
         }
     }
-    let entries = versions.iter().map(|v| history_entry(base, v)).collect::<Result<Vec<_>>>()?;
+    let entries = versions
+        .iter()
+        .map(|v| history_entry(base, v))
+        .collect::<Result<Vec<_>>>()?;
     let bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
@@ -132,14 +200,20 @@ pub fn link(base: &str, path: &str, pairs: &[(String, String)]) -> String {
     if pairs.is_empty() {
         format!("{base}/{path}")
     } else {
-        let q = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        let q = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
         format!("{base}/{path}?{q}")
     }
 }
 
 fn history_entry(base: &str, v: &StoredVersion) -> Result<Value> {
     let (method, url, status) = if v.deleted {
-        ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content")
+        (
+            "DELETE",
+            format!("{}/{}", v.resource_type, v.id),
+            "204 No Content",
+        )
     } else if v.version_id == 1 {
         ("POST", v.resource_type.clone(), "201 Created")
     } else {

@@ -25,10 +25,18 @@ pub fn router() -> Router<AppState> {
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/", post(bundle::batch_or_transaction))
         .route("/fhir/_history", get(history::history_system))
-        .route("/fhir/{rt}", get(search::search_type).post(crud::create).put(crud::conditional_update))
+        .route(
+            "/fhir/{rt}",
+            get(search::search_type)
+                .post(crud::create)
+                .put(crud::conditional_update),
+        )
         .route("/fhir/{rt}/_search", post(search::search_type_post))
         .route("/fhir/{rt}/_history", get(history::history_type))
-        .route("/fhir/{rt}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
+        .route(
+            "/fhir/{rt}/{id}",
+            get(crud::read).put(crud::update).delete(crud::delete),
+        )
         .route("/fhir/{rt}/{id}/_history", get(history::history_instance))
         .route("/fhir/{rt}/{id}/_history/{vid}", get(crud::vread))
         .method_not_allowed_fallback(method_not_allowed)
@@ -54,7 +62,9 @@ pub fn resource_type(rt: &str) -> Result<&str, FhirError> {
     if fhirgate_codec::is_resource_type(rt) {
         Ok(rt)
     } else {
-        Err(FhirError::NotFound(format!("resource type '{rt}' is not supported")))
+        Err(FhirError::NotFound(format!(
+            "resource type '{rt}' is not supported"
+        )))
     }
 }
 
@@ -63,7 +73,9 @@ pub fn logical_id(id: &str) -> Result<&str, FhirError> {
     if fhirgate_codec::is_valid_id(id) {
         Ok(id)
     } else {
-        Err(FhirError::bad_request("id", "the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})"))
+        Err(FhirError::bad_request(
+            "id",
+            "the id in the URL is not a valid FHIR id ([A-Za-z0-9-.]{1,64})",
+        ))
     }
 }
-

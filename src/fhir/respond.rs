@@ -35,7 +35,9 @@ pub fn prefer_return(headers: &HeaderMap) -> Return {
 
 /// Whether `Prefer: handling=strict` was sent.
 pub fn prefer_strict(headers: &HeaderMap) -> bool {
-    prefer_values(headers).into_iter().any(|(k, v)| k == "handling" && v == "strict")
+    prefer_values(headers)
+        .into_iter()
+        .any(|(k, v)| k == "handling" && v == "strict")
 }
 
 fn prefer_values(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -81,8 +83,18 @@ pub fn written(
     let mut resp = match (ret, body) {
         (Return::Representation, Some(b)) => format::resource_bytes(status, format, b)?,
         (Return::OperationOutcome, _) => {
-            let what = if status == StatusCode::CREATED { "created" } else { "updated" };
-            let oo = outcome(&[OutcomeIssue::new(IssueType::Informational, format!("{rt}/{id} {what}; version {version}"))], "information");
+            let what = if status == StatusCode::CREATED {
+                "created"
+            } else {
+                "updated"
+            };
+            let oo = outcome(
+                &[OutcomeIssue::new(
+                    IssueType::Informational,
+                    format!("{rt}/{id} {what}; version {version}"),
+                )],
+                "information",
+            );
             format::resource_value(status, format, &oo)?
         }
         _ => status.into_response(),

@@ -17,9 +17,13 @@ use crate::fhir::write::{instant, now};
 use crate::state::AppState;
 use crate::storage::{self, conditional};
 
-
 /// `GET [base]/{type}?params`.
-pub async fn search_type(State(state): State<AppState>, Path(rt): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> Result<Response> {
+pub async fn search_type(
+    State(state): State<AppState>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
     let rt = resource_type(&rt)?;
     run(&state, rt, query_pairs(q.as_deref()), &headers).await
 }
@@ -39,7 +43,12 @@ pub async fn search_type_post(
     run(&state, rt, pairs, &headers).await
 }
 
-async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: &HeaderMap) -> Result<Response> {
+async fn run(
+    state: &AppState,
+    rt: &str,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
     let fmt = negotiate(headers, &pairs)?;
     let strict = prefer_strict(headers);
     let mut count = DEFAULT_COUNT;
@@ -51,9 +60,14 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
             "_count" => count = parse_count(v)?,
             "_cursor" => after = Some(v.clone()),
             "_format" => {}
-            _ if conditional::SUPPORTED.contains(&k.as_str()) => criteria.push((k.clone(), v.clone())),
+            _ if conditional::SUPPORTED.contains(&k.as_str()) => {
+                criteria.push((k.clone(), v.clone()))
+            }
             _ if strict => {
-                return Err(FhirError::bad_request(k, format!("search parameter '{k}' is not supported for {rt}")));
+                return Err(FhirError::bad_request(
+                    k,
+                    format!("search parameter '{k}' is not supported for {rt}"),
+                ));
             }
             _ => ignored.push(k.clone()),
         }
@@ -69,7 +83,9 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
         .fetch_all(&state.db)
         .await?
     } else {
-        let text = form_urlencoded::Serializer::new(String::new()).extend_pairs(&criteria).finish();
+        let text = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&criteria)
+            .finish();
         let parsed = conditional::Criteria::parse(&text)?;
         let mut conn = state.db.acquire().await?;
         let mut all = parsed.matches(&mut conn, &state.keys, rt).await?;
@@ -81,7 +97,11 @@ async fn run(state: &AppState, rt: &str, pairs: Vec<(String, String)>, headers: 
     let page: Vec<String> = ids.into_iter().take(count as usize).collect();
     let found = storage::read_many(state, rt, &page).await?;
     let base = &state.fhir_base;
-    let used: Vec<(String, String)> = pairs.iter().filter(|(k, _)| !ignored.contains(k) && k != "_cursor").cloned().collect();
+    let used: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| !ignored.contains(k) && k != "_cursor")
+        .cloned()
+        .collect();
     let mut links = vec![json!({"relation": "self", "url": link(base, rt, &used)})];
     if more {
         if let Some(last) = page.last() {

@@ -57,7 +57,11 @@ pub struct WriteResult {
 
 /// `W/"n"` → n. Also accepts a bare `"n"` and `n`, as some clients send.
 pub fn parse_etag(v: &str) -> Option<i32> {
-    v.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 /// The time stamp of a write, at the millisecond precision the JSON carries.
@@ -77,18 +81,23 @@ pub fn compartment(rt: &str, id: &str, resource: Option<&Value>) -> Option<Strin
         return Some(id.to_owned());
     }
     let r = resource?;
-    ["subject", "patient", "beneficiary", "individual"].iter().find_map(|k| {
-        let reference = r.get(*k)?.get("reference")?.as_str()?;
-        let rest = reference.strip_prefix("Patient/")?;
-        let pid = rest.split('/').next()?;
-        fhirgate_codec::is_valid_id(pid).then(|| pid.to_owned())
-    })
+    ["subject", "patient", "beneficiary", "individual"]
+        .iter()
+        .find_map(|k| {
+            let reference = r.get(*k)?.get("reference")?.as_str()?;
+            let rest = reference.strip_prefix("Patient/")?;
+            let pid = rest.split('/').next()?;
+            fhirgate_codec::is_valid_id(pid).then(|| pid.to_owned())
+        })
 }
 
 /// Puts `resourceType`, `id` and `meta` first, with the server's `versionId` and `lastUpdated`.
 fn stamp(resource: Value, id: &str, version: i32, at: &DateTime<Utc>) -> Result<Vec<u8>> {
     let Value::Object(mut obj) = resource else {
-        return Err(FhirError::bad_request("resourceType", "the body must be a JSON object"));
+        return Err(FhirError::bad_request(
+            "resourceType",
+            "the body must be a JSON object",
+        ));
     };
     let rt = obj.remove("resourceType").unwrap_or(Value::Null);
     obj.remove("id");
@@ -112,9 +121,16 @@ fn stamp(resource: Value, id: &str, version: i32, at: &DateTime<Utc>) -> Result<
 
 /// Applies `ops` inside `tx`: locks the current versions, checks `If-Match`, writes every new
 /// version in one batch. Results come back in the order of `ops`.
-pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
-    let targets: Vec<(String, String)> =
-        ops.iter().filter(|o| o.kind != WriteKind::Create).map(|o| (o.resource_type.clone(), o.id.clone())).collect();
+pub async fn apply(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<WriteResult>> {
+    let targets: Vec<(String, String)> = ops
+        .iter()
+        .filter(|o| o.kind != WriteKind::Create)
+        .map(|o| (o.resource_type.clone(), o.id.clone()))
+        .collect();
     let current = storage::lock_current(tx, &targets).await?;
     let at = now();
     let mut versions = Vec::with_capacity(ops.len());
@@ -124,7 +140,10 @@ pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, op
         let key = (op.resource_type.clone(), op.id.clone());
         let cur = bumped
             .get(&key)
-            .map(|v| storage::Current { version_id: *v, deleted: false })
+            .map(|v| storage::Current {
+                version_id: *v,
+                deleted: false,
+            })
             .or_else(|| current.get(&key).copied());
         if let Some(want) = op.if_match {
             if cur.is_none_or(|c| c.version_id != want || c.deleted) {
@@ -137,8 +156,17 @@ pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, op
         let (version, status) = match (op.kind, cur) {
             (WriteKind::Create, _) => (1, StatusCode::CREATED),
             (WriteKind::Update, None) => (1, StatusCode::CREATED),
-            (WriteKind::Update, Some(c)) => (c.version_id + 1, if c.deleted { StatusCode::CREATED } else { StatusCode::OK }),
-            (WriteKind::Delete, Some(c)) if !c.deleted => (c.version_id + 1, StatusCode::NO_CONTENT),
+            (WriteKind::Update, Some(c)) => (
+                c.version_id + 1,
+                if c.deleted {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+            ),
+            (WriteKind::Delete, Some(c)) if !c.deleted => {
+                (c.version_id + 1, StatusCode::NO_CONTENT)
+            }
             (WriteKind::Delete, c) => {
                 // Nothing to delete: 204 without a new version (http.html#delete).
                 results.push(WriteResult {
@@ -159,7 +187,10 @@ pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, op
             .as_ref()
             .map(|r| conditional::identifier_hashes(&state.keys, &op.resource_type, r))
             .unwrap_or_default();
-        let body = op.resource.map(|r| stamp(r, &op.id, version, &at)).transpose()?;
+        let body = op
+            .resource
+            .map(|r| stamp(r, &op.id, version, &at))
+            .transpose()?;
         versions.push(NewVersion {
             resource_type: op.resource_type.clone(),
             id: op.id.clone(),
@@ -169,7 +200,14 @@ pub async fn apply(state: &AppState, tx: &mut Transaction<'static, Postgres>, op
             body: body.clone(),
             identifier_hashes,
         });
-        results.push(WriteResult { resource_type: op.resource_type, id: op.id, version_id: version, last_updated: at, status, body });
+        results.push(WriteResult {
+            resource_type: op.resource_type,
+            id: op.id,
+            version_id: version,
+            last_updated: at,
+            status,
+            body,
+        });
     }
     storage::write_versions(state, tx, &versions).await?;
     Ok(results)
@@ -182,15 +220,33 @@ pub fn check_resource(resource: &Value, rt: &str, url_id: Option<&str>) -> Resul
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == rt => {}
         Some(t) => {
-            return Err(FhirError::bad_request("resourceType", format!("the body is a {t} but the URL is for {rt}")));
+            return Err(FhirError::bad_request(
+                "resourceType",
+                format!("the body is a {t} but the URL is for {rt}"),
+            ));
         }
-        None => return Err(FhirError::bad_request("resourceType", "the body has no resourceType")),
+        None => {
+            return Err(FhirError::bad_request(
+                "resourceType",
+                "the body has no resourceType",
+            ))
+        }
     }
     if let Some(id) = url_id {
         match resource.get("id").and_then(Value::as_str) {
             Some(b) if b == id => {}
-            Some(_) => return Err(FhirError::bad_request(&format!("{rt}.id"), format!("the body id does not match the URL id {id}"))),
-            None => return Err(FhirError::bad_request(&format!("{rt}.id"), "an update needs the resource id in the body")),
+            Some(_) => {
+                return Err(FhirError::bad_request(
+                    &format!("{rt}.id"),
+                    format!("the body id does not match the URL id {id}"),
+                ))
+            }
+            None => {
+                return Err(FhirError::bad_request(
+                    &format!("{rt}.id"),
+                    "an update needs the resource id in the body",
+                ))
+            }
         }
     }
     fhirgate_codec::validate(resource).map_err(FhirError::from_codec_issues)

@@ -55,10 +55,14 @@ pub struct Criteria {
 impl Criteria {
     /// Parses `a=b&c=d`; refuses parameters we cannot match on (naming them) and an empty query.
     pub fn parse(query: &str) -> Result<Self> {
-        let mut params: Vec<(String, String)> =
-            form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let mut params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         if params.is_empty() {
-            return Err(FhirError::bad_request("criteria", "a conditional operation needs search criteria"));
+            return Err(FhirError::bad_request(
+                "criteria",
+                "a conditional operation needs search criteria",
+            ));
         }
         for (k, v) in &params {
             if !SUPPORTED.contains(&k.as_str()) {
@@ -68,7 +72,10 @@ impl Criteria {
                 ));
             }
             if v.is_empty() {
-                return Err(FhirError::bad_request(k, format!("search parameter '{k}' has no value")));
+                return Err(FhirError::bad_request(
+                    k,
+                    format!("search parameter '{k}' has no value"),
+                ));
             }
         }
         params.sort();
@@ -86,13 +93,19 @@ impl Criteria {
     }
 
     /// Ids of current, non-deleted `rt` resources matching every parameter (OR within commas).
-    pub async fn matches(&self, conn: &mut PgConnection, keys: &Keyring, rt: &str) -> Result<Vec<String>> {
+    pub async fn matches(
+        &self,
+        conn: &mut PgConnection,
+        keys: &Keyring,
+        rt: &str,
+    ) -> Result<Vec<String>> {
         let mut result: Option<Vec<String>> = None;
         for (name, value) in &self.params {
             let alternatives: Vec<&str> = value.split(',').collect();
             let ids: Vec<String> = match name.as_str() {
                 "_id" => {
-                    let wanted: Vec<String> = alternatives.iter().map(|s| (*s).to_owned()).collect();
+                    let wanted: Vec<String> =
+                        alternatives.iter().map(|s| (*s).to_owned()).collect();
                     // language=PostgreSQL
                     sqlx::query_scalar("select id from resource where resource_type = $1 and id = any($2) and not deleted order by id")
                         .bind(rt)
@@ -101,7 +114,10 @@ impl Criteria {
                         .await?
                 }
                 _ => {
-                    let hashes: Vec<Vec<u8>> = alternatives.iter().map(|a| token_hash(keys, rt, a)).collect();
+                    let hashes: Vec<Vec<u8>> = alternatives
+                        .iter()
+                        .map(|a| token_hash(keys, rt, a))
+                        .collect();
                     // language=PostgreSQL
                     sqlx::query_scalar(
                         "select distinct id from resource_identifier where resource_type = $1 and hash = any($2) order by id",
@@ -142,7 +158,13 @@ pub enum Claim {
 /// Takes the conditional-create guard for `(rt, criteria)` with `id`. The primary key of
 /// `conditional_create` makes concurrent creators with the same criteria agree on one resource:
 /// a second inserter waits for the first to commit and then sees the conflict.
-pub async fn claim_create(conn: &mut PgConnection, keys: &Keyring, rt: &str, criteria: &Criteria, id: &str) -> Result<Claim> {
+pub async fn claim_create(
+    conn: &mut PgConnection,
+    keys: &Keyring,
+    rt: &str,
+    criteria: &Criteria,
+    id: &str,
+) -> Result<Claim> {
     let fp = criteria.fingerprint(keys, rt);
     // language=PostgreSQL
     let won: Option<String> = sqlx::query_scalar(
@@ -157,11 +179,13 @@ pub async fn claim_create(conn: &mut PgConnection, keys: &Keyring, rt: &str, cri
         return Ok(Claim::Create);
     }
     // language=PostgreSQL
-    let holder: String = sqlx::query_scalar("select id from conditional_create where resource_type = $1 and criteria = $2")
-        .bind(rt)
-        .bind(&fp)
-        .fetch_one(&mut *conn)
-        .await?;
+    let holder: String = sqlx::query_scalar(
+        "select id from conditional_create where resource_type = $1 and criteria = $2",
+    )
+    .bind(rt)
+    .bind(&fp)
+    .fetch_one(&mut *conn)
+    .await?;
     // The holder may since have been deleted or changed so that it no longer matches: then the
     // guard is stale and we take it over (compare-and-set on the old holder).
     if criteria.matches(conn, keys, rt).await?.contains(&holder) {
@@ -178,6 +202,8 @@ pub async fn claim_create(conn: &mut PgConnection, keys: &Keyring, rt: &str, cri
     if taken.rows_affected() == 1 {
         Ok(Claim::Create)
     } else {
-        Err(FhirError::Conflict("a concurrent conditional create is in progress; retry".into()))
+        Err(FhirError::Conflict(
+            "a concurrent conditional create is in progress; retry".into(),
+        ))
     }
 }

@@ -32,7 +32,15 @@ pub struct StoredVersion {
     pub body: Option<Vec<u8>>,
 }
 
-type VersionRow = (String, String, i32, bool, DateTime<Utc>, Option<i64>, Option<Vec<u8>>);
+type VersionRow = (
+    String,
+    String,
+    i32,
+    bool,
+    DateTime<Utc>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
 
 async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<StoredVersion>> {
     let mut out = Vec::with_capacity(rows.len());
@@ -44,7 +52,14 @@ async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<Sto
             }
             _ => None,
         };
-        out.push(StoredVersion { resource_type, id, version_id, deleted, last_updated, body });
+        out.push(StoredVersion {
+            resource_type,
+            id,
+            version_id,
+            deleted,
+            last_updated,
+            body,
+        });
     }
     Ok(out)
 }
@@ -56,7 +71,12 @@ pub async fn read_current(state: &AppState, rt: &str, id: &str) -> Result<Option
 
 /// [`read_current`] on a given connection or transaction (a transaction sees its own writes).
 #[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
-pub async fn read_current_with<'e>(state: &AppState, exec: impl sqlx::PgExecutor<'e>, rt: &str, id: &str) -> Result<Option<StoredVersion>> {
+pub async fn read_current_with<'e>(
+    state: &AppState,
+    exec: impl sqlx::PgExecutor<'e>,
+    rt: &str,
+    id: &str,
+) -> Result<Option<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
         r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.key_id, v.body
@@ -84,13 +104,22 @@ pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec
     .bind(ids)
     .fetch_all(&state.db)
     .await?;
-    let mut found: HashMap<String, StoredVersion> = decrypt_rows(state, rows).await?.into_iter().map(|v| (v.id.clone(), v)).collect();
+    let mut found: HashMap<String, StoredVersion> = decrypt_rows(state, rows)
+        .await?
+        .into_iter()
+        .map(|v| (v.id.clone(), v))
+        .collect();
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 /// Version `vid` of `rt/id`.
 #[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
-pub async fn read_version(state: &AppState, rt: &str, id: &str, vid: i32) -> Result<Option<StoredVersion>> {
+pub async fn read_version(
+    state: &AppState,
+    rt: &str,
+    id: &str,
+    vid: i32,
+) -> Result<Option<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
         r#"select resource_type, id, version_id, deleted, last_updated, key_id, body
@@ -136,7 +165,12 @@ pub struct HistoryCursor {
 #[tracing::instrument(skip_all, err(level = "warn"))]
 pub async fn history(state: &AppState, q: &HistoryQuery) -> Result<(Vec<StoredVersion>, bool)> {
     let (c_ts, c_rt, c_id, c_v) = match &q.cursor {
-        Some(c) => (Some(c.last_updated), Some(c.resource_type.clone()), Some(c.id.clone()), Some(c.version_id)),
+        Some(c) => (
+            Some(c.last_updated),
+            Some(c.resource_type.clone()),
+            Some(c.id.clone()),
+            Some(c.version_id),
+        ),
         None => (None, None, None, None),
     };
     // language=PostgreSQL
@@ -178,11 +212,17 @@ pub struct Current {
 
 /// Locks the current rows of `targets` (`(type, id)` pairs) with `for update`, in a fixed order so
 /// that two transactions touching the same resources cannot deadlock.
-pub async fn lock_current(conn: &mut PgConnection, targets: &[(String, String)]) -> Result<HashMap<(String, String), Current>> {
+pub async fn lock_current(
+    conn: &mut PgConnection,
+    targets: &[(String, String)],
+) -> Result<HashMap<(String, String), Current>> {
     if targets.is_empty() {
         return Ok(HashMap::new());
     }
-    let (types, ids): (Vec<&str>, Vec<&str>) = targets.iter().map(|(t, i)| (t.as_str(), i.as_str())).unzip();
+    let (types, ids): (Vec<&str>, Vec<&str>) = targets
+        .iter()
+        .map(|(t, i)| (t.as_str(), i.as_str()))
+        .unzip();
     // language=PostgreSQL
     let rows: Vec<(String, String, i32, bool)> = sqlx::query_as(
         r#"select r.resource_type, r.id, r.version_id, r.deleted
@@ -194,7 +234,18 @@ pub async fn lock_current(conn: &mut PgConnection, targets: &[(String, String)])
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows.into_iter().map(|(t, i, v, d)| ((t, i), Current { version_id: v, deleted: d })).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(t, i, v, d)| {
+            (
+                (t, i),
+                Current {
+                    version_id: v,
+                    deleted: d,
+                },
+            )
+        })
+        .collect())
 }
 
 /// A version ready to be stored: plaintext body (None for a tombstone) and its index values.
@@ -219,7 +270,11 @@ pub struct NewVersion {
 /// Encrypts and writes versions, moves the current pointers and replaces the identifier index, in
 /// four statements whatever the number of versions.
 #[tracing::instrument(skip_all, err(level = "warn"), fields(versions = versions.len()))]
-pub async fn write_versions(state: &AppState, tx: &mut Transaction<'static, Postgres>, versions: &[NewVersion]) -> Result<()> {
+pub async fn write_versions(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    versions: &[NewVersion],
+) -> Result<()> {
     if versions.is_empty() {
         return Ok(());
     }
@@ -247,7 +302,10 @@ pub async fn write_versions(state: &AppState, tx: &mut Transaction<'static, Post
                     .await
                     .map_err(FhirError::Unavailable)?;
                 key_ids.push(Some(key.key_id));
-                bodies.push(Some(key.encrypt(plain, &resource_aad(&v.resource_type, &v.id, v.version_id))?));
+                bodies.push(Some(key.encrypt(
+                    plain,
+                    &resource_aad(&v.resource_type, &v.id, v.version_id),
+                )?));
             }
             None => {
                 key_ids.push(None);
@@ -288,8 +346,11 @@ pub async fn write_versions(state: &AppState, tx: &mut Transaction<'static, Post
     .execute(&mut **tx)
     .await?;
     // Only versions that replace an earlier one can have index rows to remove.
-    let (old_types, old_ids): (Vec<&str>, Vec<&str>) =
-        versions.iter().filter(|v| v.version_id > 1).map(|v| (v.resource_type.as_str(), v.id.as_str())).unzip();
+    let (old_types, old_ids): (Vec<&str>, Vec<&str>) = versions
+        .iter()
+        .filter(|v| v.version_id > 1)
+        .map(|v| (v.resource_type.as_str(), v.id.as_str()))
+        .unzip();
     if !old_types.is_empty() {
         // language=PostgreSQL
         sqlx::query(
@@ -328,7 +389,9 @@ pub async fn write_versions(state: &AppState, tx: &mut Transaction<'static, Post
 
 /// Two writers creating the same `type/id` at once: the primary key picks one, the other gets 409.
 fn conflict_on_duplicate(e: sqlx::Error) -> FhirError {
-    if e.as_database_error().is_some_and(|d| d.code().as_deref() == Some("23505")) {
+    if e.as_database_error()
+        .is_some_and(|d| d.code().as_deref() == Some("23505"))
+    {
         FhirError::Conflict("the resource was changed by a concurrent request; retry".into())
     } else {
         FhirError::Database(e)

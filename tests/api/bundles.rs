@@ -25,10 +25,18 @@ async fn a_transaction_resolves_urn_uuids_and_is_all_or_nothing() {
     assert_eq!(resp.status(), 200);
     let out = json(resp).await;
     assert_eq!(out["type"], "transaction-response");
-    let loc = out["entry"][1]["response"]["location"].as_str().expect("location");
+    let loc = out["entry"][1]["response"]["location"]
+        .as_str()
+        .expect("location");
     assert!(loc.starts_with("Patient/"), "{loc}");
     assert_eq!(out["entry"][0]["response"]["status"], "201 Created");
-    let obs_loc = out["entry"][0]["response"]["location"].as_str().expect("obs").split("/_history").next().expect("p").to_owned();
+    let obs_loc = out["entry"][0]["response"]["location"]
+        .as_str()
+        .expect("obs")
+        .split("/_history")
+        .next()
+        .expect("p")
+        .to_owned();
     let stored = json(app.get(&obs_loc).await).await;
     let patient_ref = loc.split("/_history").next().expect("p");
     assert_eq!(stored["subject"]["reference"], patient_ref);
@@ -40,15 +48,29 @@ async fn a_transaction_resolves_urn_uuids_and_is_all_or_nothing() {
         entry_post("urn:uuid:00000000-0000-4000-8000-000000000002", json!({"resourceType": "Observation", "status": "bogus", "code": {"text": "x"}})),
     ]});
     let oo = assert_outcome(app.post("", &bad).await, 422, "code-invalid").await;
-    assert!(oo["issue"][0]["diagnostics"].as_str().expect("d").contains("Bundle.entry[1]"), "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .expect("d")
+            .contains("Bundle.entry[1]"),
+        "{oo}"
+    );
     assert_eq!(app.count("resource_version").await, before);
 }
 
 #[tokio::test]
 async fn transaction_order_conditions_and_errors() {
     let app = spawn_app().await;
-    app.put("Patient/keep", &json!({"resourceType": "Patient", "id": "keep"})).await;
-    app.put("Patient/drop", &json!({"resourceType": "Patient", "id": "drop"})).await;
+    app.put(
+        "Patient/keep",
+        &json!({"resourceType": "Patient", "id": "keep"}),
+    )
+    .await;
+    app.put(
+        "Patient/drop",
+        &json!({"resourceType": "Patient", "id": "drop"}),
+    )
+    .await;
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "GET", "url": "Patient/keep"}},
         {"resource": {"resourceType": "Patient", "id": "keep", "active": true}, "request": {"method": "PUT", "url": "Patient/keep", "ifMatch": "W/\"1\""}},
@@ -58,8 +80,16 @@ async fn transaction_order_conditions_and_errors() {
          "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:org|o1"}},
     ]});
     let out = json(app.post("", &bundle).await).await;
-    let statuses: Vec<&str> = out["entry"].as_array().expect("e").iter().map(|e| e["response"]["status"].as_str().expect("s")).collect();
-    assert_eq!(statuses, ["200 OK", "200 OK", "204 No Content", "201 Created"]);
+    let statuses: Vec<&str> = out["entry"]
+        .as_array()
+        .expect("e")
+        .iter()
+        .map(|e| e["response"]["status"].as_str().expect("s"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 OK", "200 OK", "204 No Content", "201 Created"]
+    );
     // The GET runs after the PUT (processing order), so it sees version 2.
     assert_eq!(out["entry"][0]["response"]["etag"], "W/\"2\"");
     assert_outcome(app.get("Patient/drop").await, 410, "deleted").await;
@@ -72,10 +102,29 @@ async fn transaction_order_conditions_and_errors() {
     ]});
     let out = json(app.post("", &again).await).await;
     assert_eq!(out["entry"][0]["response"]["status"], "200 OK");
-    let org_id = out["entry"][0]["response"]["location"].as_str().expect("l").split('/').nth(1).expect("id").to_owned();
-    let pat = out["entry"][1]["response"]["location"].as_str().expect("l").split("/_history").next().expect("p").to_owned();
-    assert_eq!(json(app.get(&pat).await).await["managingOrganization"]["reference"], format!("Organization/{org_id}"));
-    assert_eq!(app.count("resource where resource_type = 'Organization'").await, 1);
+    let org_id = out["entry"][0]["response"]["location"]
+        .as_str()
+        .expect("l")
+        .split('/')
+        .nth(1)
+        .expect("id")
+        .to_owned();
+    let pat = out["entry"][1]["response"]["location"]
+        .as_str()
+        .expect("l")
+        .split("/_history")
+        .next()
+        .expect("p")
+        .to_owned();
+    assert_eq!(
+        json(app.get(&pat).await).await["managingOrganization"]["reference"],
+        format!("Organization/{org_id}")
+    );
+    assert_eq!(
+        app.count("resource where resource_type = 'Organization'")
+            .await,
+        1
+    );
     // A conditional reference with no match fails the whole transaction with 412.
     let missing = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         entry_post("urn:uuid:44444444-4444-4444-8444-444444444444", json!({"resourceType": "Patient", "managingOrganization": {"reference": "Organization?identifier=urn:org|none"}})),
@@ -93,10 +142,32 @@ async fn transaction_order_conditions_and_errors() {
     ]});
     assert_outcome(app.post("", &dup).await, 400, "invalid").await;
     // Not a batch or transaction.
-    assert_outcome(app.post("", &json!({"resourceType": "Bundle", "type": "collection"})).await, 400, "invalid").await;
-    assert_outcome(app.post("", &json!({"resourceType": "Patient"})).await, 400, "invalid").await;
-    let too_many: Vec<Value> = (0..10_001).map(|_| json!({"request": {"method": "GET", "url": "Patient/keep"}})).collect();
-    assert_outcome(app.post("", &json!({"resourceType": "Bundle", "type": "batch", "entry": too_many})).await, 413, "too-costly").await;
+    assert_outcome(
+        app.post("", &json!({"resourceType": "Bundle", "type": "collection"}))
+            .await,
+        400,
+        "invalid",
+    )
+    .await;
+    assert_outcome(
+        app.post("", &json!({"resourceType": "Patient"})).await,
+        400,
+        "invalid",
+    )
+    .await;
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|_| json!({"request": {"method": "GET", "url": "Patient/keep"}}))
+        .collect();
+    assert_outcome(
+        app.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "batch", "entry": too_many}),
+        )
+        .await,
+        413,
+        "too-costly",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -110,23 +181,38 @@ async fn a_batch_answers_each_entry() {
     let out = json(app.post("", &bundle).await).await;
     assert_eq!(out["type"], "batch-response");
     assert_eq!(out["entry"][0]["response"]["status"], "201 Created");
-    assert_eq!(out["entry"][1]["response"]["status"], "422 Unprocessable Entity");
-    assert_eq!(out["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(
+        out["entry"][1]["response"]["status"],
+        "422 Unprocessable Entity"
+    );
+    assert_eq!(
+        out["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
     assert_eq!(out["entry"][2]["response"]["status"], "404 Not Found");
     assert_eq!(app.count("resource").await, 1);
 }
 
 fn synthea_bundles() -> Vec<(String, Value)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthea");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("fixtures").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     // The two `0-*` batch Bundles (organisations, practitioners) first.
     files.sort();
     files
         .into_iter()
         .map(|p| {
             let mut text = String::new();
-            bzip2::read::BzDecoder::new(std::fs::File::open(&p).expect("open")).read_to_string(&mut text).expect("bz2");
-            (p.file_name().expect("name").to_string_lossy().into_owned(), serde_json::from_str(&text).expect("json"))
+            bzip2::read::BzDecoder::new(std::fs::File::open(&p).expect("open"))
+                .read_to_string(&mut text)
+                .expect("bz2");
+            (
+                p.file_name().expect("name").to_string_lossy().into_owned(),
+                serde_json::from_str(&text).expect("json"),
+            )
         })
         .collect()
 }
@@ -139,11 +225,21 @@ async fn all_synthea_patients_load_with_matching_counts() {
     let mut expected: HashMap<String, i64> = HashMap::new();
     for (name, b) in &bundles {
         for e in b["entry"].as_array().expect("entries") {
-            let rt = e["resource"]["resourceType"].as_str().expect("rt").to_owned();
+            let rt = e["resource"]["resourceType"]
+                .as_str()
+                .expect("rt")
+                .to_owned();
             // ifNoneExist entries of the batch Bundles are unique by identifier per file.
             *expected.entry(rt).or_default() += 1;
         }
-        let resp = app.client.post(&app.base).header("content-type", "application/fhir+json").body(b.to_string()).send().await.expect("post");
+        let resp = app
+            .client
+            .post(&app.base)
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string())
+            .send()
+            .await
+            .expect("post");
         let status = resp.status();
         let out = json(resp).await;
         assert_eq!(status, 200, "{name}: {out}");
@@ -152,24 +248,51 @@ async fn all_synthea_patients_load_with_matching_counts() {
             assert!(s.starts_with("201") || s.starts_with("200"), "{name}: {e}");
         }
     }
-    let rows: Vec<(String, i64)> = sqlx::query_as("select resource_type, count(*) from resource group by resource_type").fetch_all(&app.pool).await.expect("counts");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("select resource_type, count(*) from resource group by resource_type")
+            .fetch_all(&app.pool)
+            .await
+            .expect("counts");
     let actual: HashMap<String, i64> = rows.into_iter().collect();
     assert_eq!(actual, expected);
     assert_eq!(actual.values().sum::<i64>(), 26_367);
     // Every conditional reference was resolved to a literal one.
-    let patients: Vec<String> = sqlx::query_scalar("select id from resource where resource_type = 'Encounter' limit 5").fetch_all(&app.pool).await.expect("ids");
+    let patients: Vec<String> =
+        sqlx::query_scalar("select id from resource where resource_type = 'Encounter' limit 5")
+            .fetch_all(&app.pool)
+            .await
+            .expect("ids");
     for id in patients {
         let enc = json(app.get(&format!("Encounter/{id}")).await).await;
         let s = enc.to_string();
         assert!(!s.contains("?identifier="), "{s}");
         assert!(!s.contains("urn:uuid:"), "{s}");
-        assert!(enc["subject"]["reference"].as_str().expect("subject").starts_with("Patient/"));
+        assert!(enc["subject"]["reference"]
+            .as_str()
+            .expect("subject")
+            .starts_with("Patient/"));
     }
     // Loading the organisations again creates nothing: every entry has ifNoneExist.
     let (name, hospitals) = &bundles[0];
     assert!(name.starts_with("0-hospitalInformation"));
     let before = app.count("resource").await;
-    let out = json(app.client.post(&app.base).header("content-type", "application/fhir+json").body(hospitals.to_string()).send().await.expect("post")).await;
-    assert!(out["entry"].as_array().expect("e").iter().all(|e| e["response"]["status"] == "200 OK"), "{out}");
+    let out = json(
+        app.client
+            .post(&app.base)
+            .header("content-type", "application/fhir+json")
+            .body(hospitals.to_string())
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert!(
+        out["entry"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .all(|e| e["response"]["status"] == "200 OK"),
+        "{out}"
+    );
     assert_eq!(app.count("resource").await, before);
 }

@@ -26,7 +26,13 @@ async fn fifty_parallel_conditional_creates_make_one_resource() {
                     .await
                     .expect("post");
                 let status = resp.status().as_u16();
-                (status, json(resp).await["id"].as_str().unwrap_or_default().to_owned())
+                (
+                    status,
+                    json(resp).await["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
             }));
         }
         let mut created = 0;
@@ -44,13 +50,20 @@ async fn fifty_parallel_conditional_creates_make_one_resource() {
         assert_eq!((created, ok), (1, 49), "round {round}");
         assert_eq!(ids.len(), 1, "all answers point at one resource");
     }
-    assert_eq!(app.count("resource where resource_type = 'Patient'").await, 3);
+    assert_eq!(
+        app.count("resource where resource_type = 'Patient'").await,
+        3
+    );
 }
 
 #[tokio::test]
 async fn ten_parallel_if_match_updates_one_wins() {
     let app = spawn_app().await;
-    app.put("Patient/contended", &json!({"resourceType": "Patient", "id": "contended"})).await;
+    app.put(
+        "Patient/contended",
+        &json!({"resourceType": "Patient", "id": "contended"}),
+    )
+    .await;
     let mut tasks = Vec::new();
     for i in 0..10 {
         let client = app.client.clone();
@@ -81,18 +94,35 @@ async fn ten_parallel_if_match_updates_one_wins() {
 #[tokio::test]
 async fn parallel_updates_without_if_match_keep_every_version() {
     let app = spawn_app().await;
-    app.put("Patient/busy", &json!({"resourceType": "Patient", "id": "busy"})).await;
+    app.put(
+        "Patient/busy",
+        &json!({"resourceType": "Patient", "id": "busy"}),
+    )
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let client = app.client.clone();
         let url = format!("{}/Patient/busy", app.base);
         tasks.push(tokio::spawn(async move {
-            client.put(url).header("content-type", "application/fhir+json").body(json!({"resourceType": "Patient", "id": "busy"}).to_string()).send().await.expect("put").status().as_u16()
+            client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Patient", "id": "busy"}).to_string())
+                .send()
+                .await
+                .expect("put")
+                .status()
+                .as_u16()
         }));
     }
     for t in tasks {
         assert_eq!(t.await.expect("task"), 200);
     }
-    let versions: Vec<i32> = sqlx::query_scalar("select version_id from resource_version where id = 'busy' order by version_id").fetch_all(&app.pool).await.expect("v");
+    let versions: Vec<i32> = sqlx::query_scalar(
+        "select version_id from resource_version where id = 'busy' order by version_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("v");
     assert_eq!(versions, (1..=21).collect::<Vec<_>>());
 }

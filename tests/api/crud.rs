@@ -8,7 +8,12 @@ use crate::helpers::{assert_outcome, json, observation, spawn_app};
 async fn create_read_update_delete_round_trip() {
     let app = spawn_app().await;
     // Create: 201, server-assigned id (a body id is ignored), Location, ETag, Last-Modified.
-    let resp = app.post("Patient", &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "Doe"}]})).await;
+    let resp = app
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "id": "ignored", "name": [{"family": "Doe"}]}),
+        )
+        .await;
     assert_eq!(resp.status(), 201);
     let h = resp.headers().clone();
     assert_eq!(h["etag"], "W/\"1\"");
@@ -24,37 +29,76 @@ async fn create_read_update_delete_round_trip() {
     let resp = app.get(&format!("Patient/{id}")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["etag"], "W/\"1\"");
-    assert_eq!(resp.headers()["content-type"], "application/fhir+json; charset=utf-8");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/fhir+json; charset=utf-8"
+    );
     assert_eq!(json(resp).await["name"][0]["family"], "Doe");
 
     // Update: 200, version 2.
-    let resp = app.put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id, "name": [{"family": "Roe"}]})).await;
+    let resp = app
+        .put(
+            &format!("Patient/{id}"),
+            &json!({"resourceType": "Patient", "id": id, "name": [{"family": "Roe"}]}),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["etag"], "W/\"2\"");
     assert_eq!(json(resp).await["meta"]["versionId"], "2");
 
     // vread of both versions.
-    assert_eq!(json(app.get(&format!("Patient/{id}/_history/1")).await).await["name"][0]["family"], "Doe");
-    assert_eq!(json(app.get(&format!("Patient/{id}/_history/2")).await).await["name"][0]["family"], "Roe");
-    assert_outcome(app.get(&format!("Patient/{id}/_history/9")).await, 404, "not-found").await;
-    assert_outcome(app.get(&format!("Patient/{id}/_history/x")).await, 404, "not-found").await;
+    assert_eq!(
+        json(app.get(&format!("Patient/{id}/_history/1")).await).await["name"][0]["family"],
+        "Doe"
+    );
+    assert_eq!(
+        json(app.get(&format!("Patient/{id}/_history/2")).await).await["name"][0]["family"],
+        "Roe"
+    );
+    assert_outcome(
+        app.get(&format!("Patient/{id}/_history/9")).await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_outcome(
+        app.get(&format!("Patient/{id}/_history/x")).await,
+        404,
+        "not-found",
+    )
+    .await;
 
     // Delete: 204, then 410 Gone, history keeps all three versions, vread of the tombstone is 410.
     assert_eq!(app.delete(&format!("Patient/{id}")).await.status(), 204);
     let gone = app.get(&format!("Patient/{id}")).await;
     assert_eq!(gone.headers()["etag"], "W/\"3\"");
     assert_outcome(gone, 410, "deleted").await;
-    assert_outcome(app.get(&format!("Patient/{id}/_history/3")).await, 410, "deleted").await;
+    assert_outcome(
+        app.get(&format!("Patient/{id}/_history/3")).await,
+        410,
+        "deleted",
+    )
+    .await;
     let hist = json(app.get(&format!("Patient/{id}/_history")).await).await;
     assert_eq!(hist["type"], "history");
-    let methods: Vec<&str> = hist["entry"].as_array().expect("entries").iter().map(|e| e["request"]["method"].as_str().expect("m")).collect();
+    let methods: Vec<&str> = hist["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["request"]["method"].as_str().expect("m"))
+        .collect();
     assert_eq!(methods, ["DELETE", "PUT", "POST"]);
     assert!(hist["entry"][0].get("resource").is_none());
     // Deleting again is 204 with no new version.
     assert_eq!(app.delete(&format!("Patient/{id}")).await.status(), 204);
     assert_eq!(app.count("resource_version").await, 3);
     // Update after delete re-creates: 201, version 4.
-    let resp = app.put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id})).await;
+    let resp = app
+        .put(
+            &format!("Patient/{id}"),
+            &json!({"resourceType": "Patient", "id": id}),
+        )
+        .await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["etag"], "W/\"4\"");
 }
@@ -62,21 +106,32 @@ async fn create_read_update_delete_round_trip() {
 #[tokio::test]
 async fn update_as_create_and_unknown_resources() {
     let app = spawn_app().await;
-    let resp = app.put("Observation/obs-1", &{
-        let mut o = observation("p1", 60.0);
-        o["id"] = json!("obs-1");
-        o
-    })
-    .await;
+    let resp = app
+        .put("Observation/obs-1", &{
+            let mut o = observation("p1", 60.0);
+            o["id"] = json!("obs-1");
+            o
+        })
+        .await;
     assert_eq!(resp.status(), 201);
     assert_outcome(app.get("Observation/nope").await, 404, "not-found").await;
     assert_outcome(app.get("Patiënt/1").await, 404, "not-found").await;
     assert_outcome(app.get("Unknown/1").await, 404, "not-found").await;
     assert_outcome(app.get("Patient/a%00b").await, 400, "invalid").await;
-    assert_outcome(app.get(&format!("Patient/{}", "a".repeat(65))).await, 400, "invalid").await;
+    assert_outcome(
+        app.get(&format!("Patient/{}", "a".repeat(65))).await,
+        400,
+        "invalid",
+    )
+    .await;
     assert_outcome(app.get("nothing/here/at/all/x").await, 404, "not-found").await;
     assert_outcome(app.get("Patient/nope/_history").await, 404, "not-found").await;
-    let resp = app.client.patch(format!("{}/Patient/x", app.base)).send().await.expect("patch");
+    let resp = app
+        .client
+        .patch(format!("{}/Patient/x", app.base))
+        .send()
+        .await
+        .expect("patch");
     assert_outcome(resp, 405, "not-supported").await;
 }
 
@@ -96,9 +151,21 @@ async fn if_match_and_if_none_match() {
     assert_outcome(put("W/\"7\"").await.expect("put"), 412, "conflict").await;
     assert_eq!(put("W/\"1\"").await.expect("put").status(), 200);
     assert_outcome(put("garbage").await.expect("put"), 400, "invalid").await;
-    let resp = app.client.get(format!("{}/Patient/m1", app.base)).header("if-none-match", "W/\"2\"").send().await.expect("get");
+    let resp = app
+        .client
+        .get(format!("{}/Patient/m1", app.base))
+        .header("if-none-match", "W/\"2\"")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(resp.status(), 304);
-    let resp = app.client.delete(format!("{}/Patient/m1", app.base)).header("if-match", "W/\"1\"").send().await.expect("del");
+    let resp = app
+        .client
+        .delete(format!("{}/Patient/m1", app.base))
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await
+        .expect("del");
     assert_outcome(resp, 412, "conflict").await;
 }
 
@@ -119,7 +186,10 @@ async fn prefer_return_variants() {
     assert!(minimal.text().await.expect("body").is_empty());
     let oo = json(send("return=OperationOutcome").await.expect("post")).await;
     assert_eq!(oo["resourceType"], "OperationOutcome");
-    assert_eq!(json(send("return=representation").await.expect("post")).await["resourceType"], "Patient");
+    assert_eq!(
+        json(send("return=representation").await.expect("post")).await["resourceType"],
+        "Patient"
+    );
 }
 
 #[tokio::test]
@@ -136,17 +206,38 @@ async fn xml_in_and_out() {
         .await
         .expect("put");
     assert_eq!(resp.status(), 201);
-    assert_eq!(resp.headers()["content-type"], "application/fhir+xml; charset=utf-8");
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/fhir+xml; charset=utf-8"
+    );
     let body = resp.text().await.expect("xml");
     assert!(body.contains("<family value=\"Xml\"/>"), "{body}");
     // _format wins over Accept.
-    let resp = app.client.get(format!("{}/Patient/x1?_format=json", app.base)).header("accept", "application/fhir+xml").send().await.expect("get");
+    let resp = app
+        .client
+        .get(format!("{}/Patient/x1?_format=json", app.base))
+        .header("accept", "application/fhir+xml")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(json(resp).await["name"][0]["family"], "Xml");
-    let resp = app.client.get(format!("{}/Patient/x1?_format=xml", app.base)).send().await.expect("get");
+    let resp = app
+        .client
+        .get(format!("{}/Patient/x1?_format=xml", app.base))
+        .send()
+        .await
+        .expect("get");
     assert!(resp.text().await.expect("xml").starts_with("<?xml"));
     assert_outcome(app.get("Patient/x1?_format=yaml").await, 400, "invalid").await;
     // Malformed XML is a 400.
-    let resp = app.client.post(format!("{}/Patient", app.base)).header("content-type", "application/fhir+xml").body("<Patient").send().await.expect("post");
+    let resp = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+xml")
+        .body("<Patient")
+        .send()
+        .await
+        .expect("post");
     assert_outcome(resp, 400, "structure").await;
 }
 
@@ -156,31 +247,66 @@ async fn history_paging_and_since() {
     for i in 0..5 {
         let mut o = observation("hp", f64::from(i));
         o["id"] = json!(format!("h{i}"));
-        assert_eq!(app.put(&format!("Observation/h{i}"), &o).await.status(), 201);
+        assert_eq!(
+            app.put(&format!("Observation/h{i}"), &o).await.status(),
+            201
+        );
     }
     let page1 = json(app.get("Observation/_history?_count=2").await).await;
     assert_eq!(page1["entry"].as_array().expect("e").len(), 2);
-    let next = page1["link"].as_array().expect("links").iter().find(|l| l["relation"] == "next").expect("next")["url"].as_str().expect("url").to_owned();
+    let next = page1["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("next")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
     // A write between pages does not shift the next page (keyset paging).
     let mut o = observation("hp", 99.0);
     o["id"] = json!("h-late");
     app.put("Observation/h-late", &o).await;
     let page2 = json(app.client.get(&next).send().await.expect("next")).await;
-    let ids = |b: &serde_json::Value| b["entry"].as_array().expect("e").iter().map(|e| e["resource"]["id"].as_str().expect("id").to_owned()).collect::<Vec<_>>();
+    let ids = |b: &serde_json::Value| {
+        b["entry"]
+            .as_array()
+            .expect("e")
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().expect("id").to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&page1), ["h4", "h3"]);
     assert_eq!(ids(&page2), ["h2", "h1"]);
     let all = json(app.get("_history?_count=100").await).await;
     assert_eq!(all["entry"].as_array().expect("e").len(), 6);
-    let future = json(app.get("Observation/_history?_since=2999-01-01T00:00:00Z").await).await;
-    assert!(future.get("entry").is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
-    assert_outcome(app.get("Observation/_history?_since=yesterday").await, 400, "invalid").await;
-    assert_outcome(app.get("Observation/_history?_count=-1").await, 400, "invalid").await;
+    let future = json(
+        app.get("Observation/_history?_since=2999-01-01T00:00:00Z")
+            .await,
+    )
+    .await;
+    assert!(future
+        .get("entry")
+        .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
+    assert_outcome(
+        app.get("Observation/_history?_since=yesterday").await,
+        400,
+        "invalid",
+    )
+    .await;
+    assert_outcome(
+        app.get("Observation/_history?_count=-1").await,
+        400,
+        "invalid",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn conditional_create_and_update() {
     let app = spawn_app().await;
-    let patient = json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]});
+    let patient =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "42"}]});
     let send = || {
         app.client
             .post(format!("{}/Patient", app.base))
@@ -203,16 +329,32 @@ async fn conditional_create_and_update() {
     let resp = app.put("Patient?identifier=urn:mrn|43", &json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "43"}]})).await;
     assert_eq!(resp.status(), 201);
     // Two matches: 412.
-    app.post("Patient", &json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "43"}]})).await;
-    let resp = app.put("Patient?identifier=urn:mrn|43", &json!({"resourceType": "Patient"})).await;
+    app.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "43"}]}),
+    )
+    .await;
+    let resp = app
+        .put(
+            "Patient?identifier=urn:mrn|43",
+            &json!({"resourceType": "Patient"}),
+        )
+        .await;
     assert_outcome(resp, 412, "conflict").await;
     // Unsupported criteria name the parameter.
-    let resp = app.put("Patient?name=smith", &json!({"resourceType": "Patient"})).await;
+    let resp = app
+        .put("Patient?name=smith", &json!({"resourceType": "Patient"}))
+        .await;
     let oo = assert_outcome(resp, 400, "invalid").await;
     assert_eq!(crate::helpers::expressions(&oo), ["name"]);
     // Identifier search with the blind index: all token forms.
     let by_id = format!("_id={id}");
-    for q in ["identifier=urn:mrn|42", "identifier=42", "identifier=urn:mrn|42,urn:mrn|999", by_id.as_str()] {
+    for q in [
+        "identifier=urn:mrn|42",
+        "identifier=42",
+        "identifier=urn:mrn|42,urn:mrn|999",
+        by_id.as_str(),
+    ] {
         let b = json(app.get(&format!("Patient?{q}")).await).await;
         assert_eq!(b["entry"][0]["resource"]["id"], id, "{q}");
         assert_eq!(b["entry"][0]["search"]["mode"], "match");
@@ -220,8 +362,16 @@ async fn conditional_create_and_update() {
     let by_system = json(app.get("Patient?identifier=urn:mrn|").await).await;
     assert_eq!(by_system["entry"].as_array().expect("e").len(), 3);
     let none = json(app.get("Patient?identifier=|42").await).await;
-    assert!(none.get("entry").is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
-    let strict = app.client.get(format!("{}/Patient?foo=bar", app.base)).header("prefer", "handling=strict").send().await.expect("get");
+    assert!(none
+        .get("entry")
+        .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
+    let strict = app
+        .client
+        .get(format!("{}/Patient?foo=bar", app.base))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .expect("get");
     assert_outcome(strict, 400, "invalid").await;
     let lenient = json(app.get("Patient?foo=bar&_count=1").await).await;
     assert_eq!(lenient["type"], "searchset");
@@ -235,13 +385,30 @@ async fn metadata_describes_the_server() {
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let resources = cs["rest"][0]["resource"].as_array().expect("resources");
     assert_eq!(resources.len(), 146);
-    let obs = resources.iter().find(|r| r["type"] == "Observation").expect("Observation");
+    let obs = resources
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .expect("Observation");
     assert_eq!(obs["conditionalCreate"], true);
     assert_eq!(obs["versioning"], "versioned-update");
-    let health = app.client.get(app.base.replace("/fhir", "/healthz")).send().await.expect("healthz");
+    let health = app
+        .client
+        .get(app.base.replace("/fhir", "/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), 200);
-    let ready = app.client.get(app.base.replace("/fhir", "/readyz")).send().await.expect("readyz");
+    let ready = app
+        .client
+        .get(app.base.replace("/fhir", "/readyz"))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
     // The statement itself is valid R4.
-    assert!(fhirgate_codec::validate(&cs).is_ok(), "{:?}", fhirgate_codec::validate(&cs).err());
+    assert!(
+        fhirgate_codec::validate(&cs).is_ok(),
+        "{:?}",
+        fhirgate_codec::validate(&cs).err()
+    );
 }

@@ -26,25 +26,65 @@ async fn a_database_dump_contains_no_phi() {
 
     let host = app.options.get_host().to_owned();
     let out = std::process::Command::new("pg_dump")
-        .args(["-h", &host, "-p", &app.options.get_port().to_string(), "-U", "postgres", "--no-owner", &app.db_name])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &app.options.get_port().to_string(),
+            "-U",
+            "postgres",
+            "--no-owner",
+            &app.db_name,
+        ])
         .output()
         .expect("pg_dump runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dump = String::from_utf8_lossy(&out.stdout);
     assert!(dump.contains("resource_version"), "the dump has the tables");
-    for secret in ["Zebulonovitch", "Quintessa", "987-65-4321", "867-5309", "1971-07-13", "OBS-UNIQUE-77321", "187.25", "kilogramsofzebras", "xylophonic", "quasiperiodicflutter", "urn:ssn"] {
+    for secret in [
+        "Zebulonovitch",
+        "Quintessa",
+        "987-65-4321",
+        "867-5309",
+        "1971-07-13",
+        "OBS-UNIQUE-77321",
+        "187.25",
+        "kilogramsofzebras",
+        "xylophonic",
+        "quasiperiodicflutter",
+        "urn:ssn",
+    ] {
         assert!(!dump.contains(secret), "the dump contains {secret}");
     }
     // The data is still readable through the API.
-    assert_eq!(json(app.get("Patient/dump-p").await).await["name"][0]["family"], "Zebulonovitch");
+    assert_eq!(
+        json(app.get("Patient/dump-p").await).await["name"][0]["family"],
+        "Zebulonovitch"
+    );
 }
 
 #[tokio::test]
 async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
     let app = spawn_app().await;
-    app.put("Patient/a", &json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Alpha"}]})).await;
-    app.put("Patient/b", &json!({"resourceType": "Patient", "id": "b", "name": [{"family": "Beta"}]})).await;
-    app.put("Patient/a", &json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Alpha2"}]})).await;
+    app.put(
+        "Patient/a",
+        &json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Alpha"}]}),
+    )
+    .await;
+    app.put(
+        "Patient/b",
+        &json!({"resourceType": "Patient", "id": "b", "name": [{"family": "Beta"}]}),
+    )
+    .await;
+    app.put(
+        "Patient/a",
+        &json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Alpha2"}]}),
+    )
+    .await;
     // Same patient, other version: the AAD (type/id/version) differs.
     sqlx::query("update resource_version set body = (select body from resource_version where id = 'a' and version_id = 1) where id = 'a' and version_id = 2")
         .execute(&app.pool)
@@ -61,21 +101,51 @@ async fn a_ciphertext_moved_to_another_row_does_not_decrypt() {
     .expect("swap");
     assert_outcome(app.get("Patient/b").await, 500, "exception").await;
     // The untouched version still reads.
-    assert_eq!(json(app.get("Patient/a/_history/1").await).await["name"][0]["family"], "Alpha");
+    assert_eq!(
+        json(app.get("Patient/a/_history/1").await).await["name"][0]["family"],
+        "Alpha"
+    );
 }
 
 #[tokio::test]
 async fn each_patient_has_its_own_data_key() {
     let app = spawn_app().await;
-    app.put("Patient/k1", &json!({"resourceType": "Patient", "id": "k1"})).await;
-    app.put("Patient/k2", &json!({"resourceType": "Patient", "id": "k2"})).await;
+    app.put(
+        "Patient/k1",
+        &json!({"resourceType": "Patient", "id": "k1"}),
+    )
+    .await;
+    app.put(
+        "Patient/k2",
+        &json!({"resourceType": "Patient", "id": "k2"}),
+    )
+    .await;
     app.post("Observation", &observation("k1", 1.0)).await;
-    app.post("Organization", &json!({"resourceType": "Organization", "name": "Org"})).await;
+    app.post(
+        "Organization",
+        &json!({"resourceType": "Organization", "name": "Org"}),
+    )
+    .await;
     let rows: Vec<(String, Option<String>, i64)> =
-        sqlx::query_as("select id, compartment, key_id from resource_version order by id").fetch_all(&app.pool).await.expect("rows");
-    let key_of = |c: Option<&str>| rows.iter().filter(|r| r.1.as_deref() == c).map(|r| r.2).collect::<std::collections::HashSet<_>>();
-    assert_eq!(key_of(Some("k1")).len(), 1, "Patient k1 and its Observation share one key");
-    assert_eq!(rows.iter().filter(|r| r.1.as_deref() == Some("k1")).count(), 2);
+        sqlx::query_as("select id, compartment, key_id from resource_version order by id")
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+    let key_of = |c: Option<&str>| {
+        rows.iter()
+            .filter(|r| r.1.as_deref() == c)
+            .map(|r| r.2)
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert_eq!(
+        key_of(Some("k1")).len(),
+        1,
+        "Patient k1 and its Observation share one key"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.1.as_deref() == Some("k1")).count(),
+        2
+    );
     assert_ne!(key_of(Some("k1")), key_of(Some("k2")));
     assert_ne!(key_of(None), key_of(Some("k1")));
     // Wrapped keys only: no raw key material, and each wrapping is bound to its compartment.

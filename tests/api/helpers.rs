@@ -28,11 +28,16 @@ pub(crate) fn admin_options() -> PgConnectOptions {
             }
             let local: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
             if TcpStream::connect_timeout(&local, Duration::from_secs(1)).is_ok() {
-                return PgConnectOptions::new().host("127.0.0.1").port(5432).username("postgres").database("postgres");
+                return PgConnectOptions::new()
+                    .host("127.0.0.1")
+                    .port(5432)
+                    .username("postgres")
+                    .database("postgres");
             }
             // No server answers: run our own from the local binaries, kept for later test binaries.
             let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
-            let pg = PrivatePostgres::ensure(&dir).expect("starting a private PostgreSQL for the tests");
+            let pg =
+                PrivatePostgres::ensure(&dir).expect("starting a private PostgreSQL for the tests");
             let opts = pg.connect_options("postgres");
             std::mem::forget(pg);
             opts
@@ -44,9 +49,15 @@ pub(crate) fn admin_options() -> PgConnectOptions {
 /// A fresh, migrated database.
 pub(crate) async fn fresh_database() -> (PgPool, PgConnectOptions, String) {
     let name = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
-    fhirgate::pg::create_database(&admin_options(), &name).await.expect("create database");
+    fhirgate::pg::create_database(&admin_options(), &name)
+        .await
+        .expect("create database");
     let opts = admin_options().database(&name);
-    let pool = PgPoolOptions::new().max_connections(40).connect_with(opts.clone()).await.expect("connect");
+    let pool = PgPoolOptions::new()
+        .max_connections(40)
+        .connect_with(opts.clone())
+        .await
+        .expect("connect");
     sqlx::migrate!().run(&pool).await.expect("migrate");
     (pool, opts, name)
 }
@@ -95,16 +106,28 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         request_timeout_secs: 120,
     };
     tune(&mut args);
-    let app = Application::build(&args, &db_args(&master_key), pool.clone()).await.expect("build app");
+    let app = Application::build(&args, &db_args(&master_key), pool.clone())
+        .await
+        .expect("build app");
     let base = format!("http://{}/fhir", app.addr());
     tokio::spawn(app.run(std::future::pending()));
-    TestApp { base, pool, options, db_name, client: reqwest::Client::new() }
+    TestApp {
+        base,
+        pool,
+        options,
+        db_name,
+        client: reqwest::Client::new(),
+    }
 }
 
 impl TestApp {
     /// `GET base/path`.
     pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}/{path}", self.base)).send().await.expect("request")
+        self.client
+            .get(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .expect("request")
     }
 
     /// `POST base/path` with a JSON body.
@@ -131,13 +154,20 @@ impl TestApp {
 
     /// `DELETE base/path`.
     pub(crate) async fn delete(&self, path: &str) -> reqwest::Response {
-        self.client.delete(format!("{}/{path}", self.base)).send().await.expect("request")
+        self.client
+            .delete(format!("{}/{path}", self.base))
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Counts rows of a table (for "nothing was written" checks).
     pub(crate) async fn count(&self, table: &str) -> i64 {
         let sql = format!("select count(*) from {table}");
-        sqlx::query_scalar(&sql).fetch_one(&self.pool).await.expect("count")
+        sqlx::query_scalar(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
     }
 }
 
@@ -149,17 +179,35 @@ pub(crate) async fn json(resp: reqwest::Response) -> Value {
 
 /// Asserts an OperationOutcome with `status` and issue `code`; returns it.
 #[track_caller]
-pub(crate) fn assert_outcome_parts(status: reqwest::StatusCode, expected: u16, body: &Value, code: &str) {
+pub(crate) fn assert_outcome_parts(
+    status: reqwest::StatusCode,
+    expected: u16,
+    body: &Value,
+    code: &str,
+) {
     assert_eq!(status.as_u16(), expected, "status; body: {body}");
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
-    let codes: Vec<&str> = body["issue"].as_array().expect("issues").iter().filter_map(|i| i["code"].as_str()).collect();
-    assert!(codes.contains(&code), "expected issue code {code} in {body}");
+    let codes: Vec<&str> = body["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter_map(|i| i["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&code),
+        "expected issue code {code} in {body}"
+    );
 }
 
 /// Awaits a response and asserts it is an OperationOutcome with `status` and issue `code`.
 pub(crate) async fn assert_outcome(resp: reqwest::Response, status: u16, code: &str) -> Value {
     let st = resp.status();
-    let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let body = json(resp).await;
     assert_outcome_parts(st, status, &body, code);
     assert!(ct.starts_with("application/fhir+json"), "content type {ct}");

@@ -1,6 +1,7 @@
 //! API integration tests against a real PostgreSQL and the real server over HTTP.
 
 mod bundles;
+mod cli;
 mod concurrency;
 mod crud;
 mod encryption;

@@ -23,8 +23,11 @@ const KNOWN_INVALID: &[(&str, &str)] = &[
 ];
 
 fn examples() -> Vec<(String, Vec<u8>)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/r4-examples.tgz");
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(path).expect("fixture")));
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/r4-examples.tgz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(path).expect("fixture"),
+    ));
     let mut out = Vec::new();
     for entry in archive.entries().expect("entries") {
         let mut entry = entry.expect("entry");
@@ -67,7 +70,12 @@ async fn every_official_example_round_trips() {
         let status = resp.status();
         if !status.is_success() {
             let oo = json(resp).await;
-            let reason: Vec<String> = oo["issue"].as_array().into_iter().flatten().map(|i| i["diagnostics"].as_str().unwrap_or("").to_owned()).collect();
+            let reason: Vec<String> = oo["issue"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|i| i["diagnostics"].as_str().unwrap_or("").to_owned())
+                .collect();
             rejected.insert(name.clone(), reason.join("; "));
             continue;
         }
@@ -88,10 +96,28 @@ async fn every_official_example_round_trips() {
             differing.push(name.clone());
         }
     }
-    let expected: BTreeMap<String, String> = KNOWN_INVALID.iter().map(|(n, r)| ((*n).to_owned(), (*r).to_owned())).collect();
-    let unexplained: Vec<_> = rejected.iter().filter(|(n, _)| !expected.contains_key(*n)).collect();
-    assert!(unexplained.is_empty(), "rejected without a listed defect: {unexplained:#?}");
-    let accepted_now: Vec<_> = expected.keys().filter(|n| !rejected.contains_key(*n)).collect();
-    assert!(accepted_now.is_empty(), "listed as invalid but accepted: {accepted_now:?}");
-    assert!(differing.is_empty(), "changed on the round trip: {differing:#?}");
+    let expected: BTreeMap<String, String> = KNOWN_INVALID
+        .iter()
+        .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
+        .collect();
+    let unexplained: Vec<_> = rejected
+        .iter()
+        .filter(|(n, _)| !expected.contains_key(*n))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "rejected without a listed defect: {unexplained:#?}"
+    );
+    let accepted_now: Vec<_> = expected
+        .keys()
+        .filter(|n| !rejected.contains_key(*n))
+        .collect();
+    assert!(
+        accepted_now.is_empty(),
+        "listed as invalid but accepted: {accepted_now:?}"
+    );
+    assert!(
+        differing.is_empty(),
+        "changed on the round trip: {differing:#?}"
+    );
 }

@@ -1,0 +1,385 @@
+//! The `fhirgate` binary itself: `serve` with a private PostgreSQL, graceful shutdown, `migrate`,
+//! production refusal and `keys rotate` while a server keeps serving.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{admin_options, fresh_database, observation};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fhirgate");
+
+/// A `fhirgate serve` child process and its base URL.
+struct Server {
+    child: Child,
+    base: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn clean_env(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "DATABASE_URL",
+        "FHIRGATE_MASTER_KEY",
+        "FHIRGATE_MASTER_KEY_FILE",
+        "FHIRGATE_PREVIOUS_MASTER_KEY_FILES",
+        "FHIRGATE_ENV",
+        "FHIRGATE_DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn start(envs: &[(&str, String)], data_dir: &Path) -> Server {
+    let mut cmd = Command::new(BIN);
+    clean_env(&mut cmd)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fhirgate");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err_pipe = child.stderr.take().expect("stderr");
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+            sink.lock().expect("lock").push_str(&(line + "\n"));
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; stderr: {}",
+                stderr.lock().expect("l")
+            )
+        });
+    std::thread::spawn(move || for _ in out.lines() {});
+    Server {
+        child,
+        base: format!("{addr}/fhir"),
+        stderr,
+    }
+}
+
+impl Server {
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        self.child.wait().expect("wait")
+    }
+}
+
+fn db_url(name: &str) -> String {
+    let o = admin_options();
+    let host = o.get_host();
+    if host.starts_with('/') {
+        format!(
+            "postgres://postgres@localhost/{name}?host={host}&port={}",
+            o.get_port()
+        )
+    } else {
+        format!("postgres://postgres@{host}:{}/{name}", o.get_port())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_runs_its_own_postgres_and_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+
+    let server = start(&[], &data);
+    assert!(
+        server
+            .stderr
+            .lock()
+            .expect("l")
+            .contains("development master key"),
+        "a loud warning"
+    );
+    assert!(data.join("master.key").exists());
+    assert!(data.join("postgres/PG_VERSION").exists());
+    let ready = client
+        .get(server.base.replace("/fhir", "/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let resp = client
+        .put(format!("{}/Patient/keepme", server.base))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "id": "keepme"}).to_string())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 201);
+
+    // A large transaction is in flight when SIGTERM arrives: it completes and is committed.
+    let entries: Vec<Value> = (0..3000).map(|i| json!({"resource": observation("keepme", f64::from(i)), "request": {"method": "POST", "url": "Observation"}})).collect();
+    let bundle =
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
+    let url = server.base.clone();
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/fhir+json")
+            .body(bundle)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = server.child.id();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(
+        in_flight
+            .await
+            .expect("join")
+            .expect("the in-flight request got an answer"),
+        200
+    );
+    // The private cluster was stopped with the server.
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "postgres still running after fhirgate {pid} exited"
+    );
+
+    // Second start reuses the cluster and the data.
+    let server = start(&[], &data);
+    let back = client
+        .get(format!("{}/Patient/keepme", server.base))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(back.status(), 200);
+    let hist: Value = client
+        .get(format!("{}/Observation/_history?_count=1", server.base))
+        .send()
+        .await
+        .expect("h")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(hist["entry"].as_array().map(Vec::len), Some(1));
+    assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn production_refuses_a_development_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(BIN);
+    let out = clean_env(&mut cmd)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("FHIRGATE_ENV", "production")
+        .env("DATABASE_URL", db_url("postgres"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FHIRGATE_ENV=production"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_applies_migrations_to_database_url() {
+    let name = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    fhirgate::pg::create_database(&admin_options(), &name)
+        .await
+        .expect("create");
+    let mut cmd = Command::new(BIN);
+    let out = clean_env(&mut cmd)
+        .arg("migrate")
+        .env("DATABASE_URL", db_url(&name))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect_with(admin_options().database(&name))
+        .await
+        .expect("connect");
+    let applied: i64 = sqlx::query_scalar("select count(*) from _sqlx_migrations where success")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert!(applied >= 1);
+    let help = Command::new(BIN)
+        .args(["keys", "rotate", "--help"])
+        .output()
+        .expect("help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--new-key-file"));
+}
+
+fn run_keys(args: &[&str], envs: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    clean_env(&mut cmd).arg("keys").args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run keys")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_rotation_keeps_every_body_readable_while_serving() {
+    let (_pool, _opts, name) = fresh_database().await;
+    let url = db_url(&name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_a = dir.path().join("a.key");
+    let key_b = dir.path().join("b.key");
+    assert!(
+        run_keys(&["generate", "--out", key_a.to_str().expect("p")], &[])
+            .status
+            .success()
+    );
+    assert!(
+        run_keys(&["generate", "--out", key_b.to_str().expect("p")], &[])
+            .status
+            .success()
+    );
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let client = reqwest::Client::new();
+    let put = |base: String, pid: String| {
+        let client = client.clone();
+        async move {
+            let p = json!({"resourceType": "Patient", "id": pid, "name": [{"family": "Rotate"}]});
+            client
+                .put(format!("{base}/Patient/{pid}"))
+                .header("content-type", "application/fhir+json")
+                .body(p.to_string())
+                .send()
+                .await
+                .expect("put")
+                .status()
+                .as_u16()
+        }
+    };
+
+    let server = start(
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("FHIRGATE_MASTER_KEY_FILE", path(&key_a)),
+        ],
+        dir.path(),
+    );
+    for i in 0..5 {
+        assert_eq!(put(server.base.clone(), format!("before{i}")).await, 201);
+    }
+    // Rotate while the server (holding only key A) keeps serving reads and writes.
+    let reader = {
+        let base = server.base.clone();
+        tokio::spawn(async move {
+            let c = reqwest::Client::new();
+            for _ in 0..50 {
+                assert_eq!(
+                    c.get(format!("{base}/Patient/before0"))
+                        .send()
+                        .await
+                        .expect("get")
+                        .status(),
+                    200
+                );
+            }
+        })
+    };
+    let out = run_keys(
+        &["rotate", "--new-key-file", &path(&key_b)],
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("FHIRGATE_MASTER_KEY_FILE", path(&key_a)),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rewrapped"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    reader.await.expect("reads during rotation");
+    // A patient created after the rotation only has a key-A wrapping so far.
+    assert_eq!(put(server.base.clone(), "after".into()).await, 201);
+    assert!(server.terminate().success());
+
+    // Rolling restart onto key B with A as previous; the rotation fills the gap and retires A.
+    let both = [
+        ("DATABASE_URL", url.clone()),
+        ("FHIRGATE_MASTER_KEY_FILE", path(&key_b)),
+        ("FHIRGATE_PREVIOUS_MASTER_KEY_FILES", path(&key_a)),
+    ];
+    let server = start(&both, dir.path());
+    assert_eq!(
+        client
+            .get(format!("{}/Patient/after", server.base))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    let out = run_keys(
+        &["rotate", "--new-key-file", &path(&key_b), "--retire-old"],
+        &both,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.terminate().success());
+
+    // Only key B now: everything reads. Only key A: nothing does (fail closed, 503, no plaintext).
+    let server = start(
+        &[
+            ("DATABASE_URL", url.clone()),
+            ("FHIRGATE_MASTER_KEY_FILE", path(&key_b)),
+        ],
+        dir.path(),
+    );
+    for id in ["before0", "before4", "after"] {
+        let r = client
+            .get(format!("{}/Patient/{id}", server.base))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{id}");
+    }
+    assert!(server.terminate().success());
+    let mut cmd = Command::new(BIN);
+    let out = clean_env(&mut cmd)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("DATABASE_URL", url)
+        .env("FHIRGATE_MASTER_KEY_FILE", path(&key_a))
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "a server holding only the retired key cannot even open its index key"
+    );
+}
