@@ -253,9 +253,8 @@ pub async fn create_database(admin: &PgConnectOptions, name: &str) -> anyhow::Re
         let stmt = format!("create database \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = sqlx::raw_sql(&stmt).execute(&mut conn).await {
             // A concurrent creator may have won; anything else is real.
-            if !e
-                .as_database_error()
-                .is_some_and(|d| d.code().as_deref() == Some("42P04"))
+            if e.as_database_error()
+                .is_none_or(|d| d.code().as_deref() != Some("42P04"))
             {
                 return Err(e.into());
             }

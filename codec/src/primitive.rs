@@ -68,7 +68,7 @@ fn string_check(ty: &str, s: &str) -> Option<&'static str> {
         "base64Binary" => is_base64(s),
         _ => true,
     };
-    (!ok).then(|| match ty {
+    (!ok).then_some(match ty {
         "id" => "is not a valid id ([A-Za-z0-9-.]{1,64})",
         "code" => "is not a valid code (no leading, trailing or double whitespace)",
         "uri" | "url" | "canonical" => "is not a valid URI (it contains whitespace)",
@@ -115,7 +115,7 @@ fn is_uuid(s: &str) -> bool {
 
 fn is_base64(s: &str) -> bool {
     let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    compact.len() % 4 == 0
+    compact.len().is_multiple_of(4)
         && compact
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))

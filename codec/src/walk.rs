@@ -228,8 +228,8 @@ fn check_reference(o: &Map<String, Value>, at: &str, issues: &mut Vec<Issue>) {
         return;
     };
     let here = format!("{at}.reference");
-    let ok = if r.starts_with('#') {
-        r.len() == 1 || primitive::is_valid_id(&r[1..])
+    let ok = if let Some(local) = r.strip_prefix('#') {
+        local.is_empty() || primitive::is_valid_id(local)
     } else if let Some(u) = r.strip_prefix("urn:uuid:") {
         primitive::check("uuid", &Value::String(format!("urn:uuid:{u}"))).is_none()
     } else if r.starts_with("urn:oid:") {

@@ -1,1 +1,462 @@
-fn main() {}
+//! `fhirgate-load`: a load generator for any FHIR R4 base URL, with the PostgreSQL ceiling
+//! measured in the same run.
+//!
+//! Workloads:
+//! - `ingest`: transaction Bundles of N Observations spread over P synthetic patients;
+//! - `read`: read by id over C connections for D seconds;
+//! - `mixed`: reads and single-resource creates, with a write ratio.
+//!
+//! With `--database-url`, it also measures what PostgreSQL alone does with the same work: `COPY`
+//! of as many rows of similar size (for ingest) and primary-key selects over the same number of
+//! connections (for reads), and prints our figures as a fraction of that ceiling.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
+
+/// Load generator for a FHIR R4 server.
+#[derive(Debug, Parser)]
+#[command(name = "fhirgate-load", version, about)]
+struct Cli {
+    /// FHIR base URL, e.g. http://127.0.0.1:8080/fhir
+    #[arg(long, env = "FHIR_BASE", default_value = "http://127.0.0.1:8080/fhir")]
+    base: String,
+    /// PostgreSQL URL for the ceiling measurement (the server's database or any other).
+    #[arg(long, env = "LOAD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Workload.
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Debug, Subcommand)]
+enum Workload {
+    /// Transaction Bundles of Observations.
+    Ingest(IngestArgs),
+    /// Read by id.
+    Read(ReadArgs),
+    /// Reads mixed with creates.
+    Mixed(MixedArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct IngestArgs {
+    /// Number of Bundles to send.
+    #[arg(long, default_value_t = 40)]
+    bundles: usize,
+    /// Observations per Bundle.
+    #[arg(long, default_value_t = 1000)]
+    bundle_size: usize,
+    /// Synthetic patients the Observations are spread over.
+    #[arg(long, default_value_t = 100)]
+    patients: usize,
+    /// Bundles in flight at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ReadArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Observations created first and then read at random.
+    #[arg(long, default_value_t = 2000)]
+    seed: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct MixedArgs {
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Fraction of requests that create an Observation.
+    #[arg(long, default_value_t = 0.2)]
+    write_ratio: f64,
+    /// Observations created first.
+    #[arg(long, default_value_t = 1000)]
+    seed: usize,
+}
+
+/// Latency samples in microseconds.
+#[derive(Default)]
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+
+    fn report(&mut self, label: &str) {
+        self.0.sort_unstable();
+        println!(
+            "{label} latency ms: p50 {:.2}  p90 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}  (n = {})",
+            self.percentile(0.5),
+            self.percentile(0.9),
+            self.percentile(0.95),
+            self.percentile(0.99),
+            self.percentile(1.0),
+            self.0.len()
+        );
+    }
+}
+
+fn observation(patient: usize, i: usize, run: &str) -> Value {
+    let minute = i % 1440;
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "identifier": [{"system": "https://fhirgate.org/identifier/load", "value": format!("{run}-{patient}-{i}")}],
+        "subject": {"reference": format!("Patient/load-{run}-{patient}")},
+        "effectiveDateTime": format!("2024-03-{:02}T{:02}:{:02}:00+01:00", 1 + (i / 1440) % 28, minute / 60, minute % 60),
+        "valueQuantity": {"value": 50 + (i * 7919) % 80, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+fn bundle(run: &str, b: usize, size: usize, patients: usize) -> String {
+    let entries: Vec<Value> = (0..size)
+        .map(|k| {
+            let i = b * size + k;
+            json!({"resource": observation(i % patients, i, run), "request": {"method": "POST", "url": "Observation"}})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+}
+
+fn run_id() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    )
+}
+
+async fn ingest(cli: &Cli, a: &IngestArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .build()?;
+    let run = run_id();
+    println!(
+        "ingest: {} bundles × {} Observations over {} patients, {} in flight, against {}",
+        a.bundles, a.bundle_size, a.patients, a.concurrency, cli.base
+    );
+    // Bodies are built before the clock starts: we measure the server, not JSON generation.
+    let bodies: Vec<String> = (0..a.bundles)
+        .map(|b| bundle(&run, b, a.bundle_size, a.patients))
+        .collect();
+    let avg_bytes =
+        bodies.iter().map(String::len).sum::<usize>() / bodies.len().max(1) / a.bundle_size.max(1);
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency {
+        let client = client.clone();
+        let queue = queue.clone();
+        let url = cli.base.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let next = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                let Some(body) = next else { break };
+                let t = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                if status != 200 {
+                    bail!(
+                        "bundle failed with {status}: {}",
+                        &text[..text.len().min(400)]
+                    );
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Latencies::default();
+    for t in tasks {
+        lat.0.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = (a.bundles * a.bundle_size) as f64;
+    let rate = total / secs;
+    println!("ingest: {total} Observations in {secs:.2} s = {rate:.0} resources/s (≈{avg_bytes} bytes of JSON each)");
+    lat.report("bundle");
+    if let Some(url) = &cli.database_url {
+        let ceiling = copy_ceiling(url, a.bundles * a.bundle_size, avg_bytes).await?;
+        println!("ceiling: PostgreSQL COPY of {} rows of {} bytes = {ceiling:.0} rows/s; fhirgate ingest = {:.1} % of the ceiling", a.bundles * a.bundle_size, avg_bytes, 100.0 * rate / ceiling);
+    }
+    Ok(())
+}
+
+/// COPY of `rows` rows shaped like ours (type, id, version, compartment, time, key, body of
+/// `body_bytes` random bytes) into an unlogged-free temporary table.
+async fn copy_ceiling(url: &str, rows: usize, body_bytes: usize) -> anyhow::Result<f64> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .context("connecting for the ceiling")?;
+    // language=PostgreSQL
+    sqlx::query(
+        "create temporary table load_ceiling (resource_type text, id text, version_id int, compartment text, last_updated timestamptz, key_id bigint, body bytea, primary key (resource_type, id, version_id))",
+    )
+    .execute(&mut conn)
+    .await?;
+    let mut data = Vec::with_capacity(rows * (body_bytes * 2 + 120));
+    let body_hex: String = (0..body_bytes)
+        .map(|i| format!("{:02x}", (i * 31 + 7) % 251))
+        .collect();
+    for i in 0..rows {
+        use std::io::Write;
+        writeln!(
+            data,
+            "Observation\t{:032x}\t1\tload-{}\t2024-03-01 10:00:00+00\t1\t\\\\x{body_hex}",
+            i,
+            i % 100
+        )?;
+    }
+    let started = Instant::now();
+    let mut copy = conn.copy_in_raw("copy load_ceiling from stdin").await?;
+    for chunk in data.chunks(1 << 20) {
+        copy.send(chunk).await?;
+    }
+    copy.finish().await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn seed(client: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let run = run_id();
+    let mut ids = Vec::with_capacity(n);
+    let per = 500;
+    for b in 0..n.div_ceil(per) {
+        let size = per.min(n - b * per);
+        let resp = client
+            .post(base)
+            .header("content-type", "application/fhir+json")
+            .body(bundle(&run, b, size, 50))
+            .send()
+            .await?;
+        let out: Value = resp.json().await?;
+        for e in out["entry"].as_array().context("seed bundle failed")? {
+            let loc = e["response"]["location"].as_str().context("location")?;
+            ids.push(loc.split("/_history").next().unwrap_or(loc).to_owned());
+        }
+    }
+    Ok(ids)
+}
+
+async fn timed_loop(
+    connections: usize,
+    duration: Duration,
+    work: impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync
+        + 'static,
+) -> anyhow::Result<(f64, Latencies, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let work = Arc::new(work);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let stop = stop.clone();
+        let errors = errors.clone();
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut k = c as u64 * 1_000_003;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if work(k).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+                k += 1;
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Latencies::default();
+    for t in tasks {
+        all.0.extend(t.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        all.0.len() as f64 / secs,
+        all,
+        errors.load(Ordering::Relaxed),
+    ))
+}
+
+fn pick(ids: &[String], k: u64) -> &str {
+    // A multiplicative hash spreads consecutive k over the ids.
+    &ids[(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % ids.len()]
+}
+
+async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.connections)
+        .build()?;
+    let ids = Arc::new(seed(&client, &cli.base, a.seed).await?);
+    println!(
+        "read: {} Observations seeded; {} connections for {} s against {}",
+        ids.len(),
+        a.connections,
+        a.duration,
+        cli.base
+    );
+    let base = cli.base.clone();
+    let (rps, mut lat, errors) =
+        timed_loop(a.connections, Duration::from_secs(a.duration), move |k| {
+            let url = format!("{base}/{}", pick(&ids, k));
+            let client = client.clone();
+            Box::pin(async move {
+                let resp = client.get(url).send().await?;
+                if resp.status() != 200 {
+                    bail!("status {}", resp.status());
+                }
+                resp.bytes().await?;
+                Ok(())
+            })
+        })
+        .await?;
+    println!("read: {rps:.0} requests/s, {errors} errors");
+    lat.report("read");
+    if let Some(url) = &cli.database_url {
+        let ceiling =
+            select_ceiling(url, a.connections, Duration::from_secs(a.duration.min(10))).await?;
+        println!("ceiling: PostgreSQL primary-key selects over {} connections = {ceiling:.0} queries/s; fhirgate reads = {:.1} % of the ceiling", a.connections, 100.0 * rps / ceiling);
+    }
+    Ok(())
+}
+
+/// pgbench-style primary-key selects of resource bodies, from the server's own tables.
+async fn select_ceiling(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections as u32)
+        .connect(url)
+        .await?;
+    // language=PostgreSQL
+    let keys: Vec<(String, i32)> = sqlx::query_as(
+        "select id, version_id from resource where resource_type = 'Observation' limit 5000",
+    )
+    .fetch_all(&pool)
+    .await?;
+    if keys.is_empty() {
+        bail!("no Observations in that database to select");
+    }
+    let keys = Arc::new(keys);
+    let (qps, _, errors) = timed_loop(connections, duration, move |k| {
+        let pool = pool.clone();
+        let keys = keys.clone();
+        Box::pin(async move {
+            let (id, v) = &keys[(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % keys.len()];
+            // language=PostgreSQL
+            sqlx::query("select body from resource_version where resource_type = 'Observation' and id = $1 and version_id = $2")
+                .bind(id)
+                .bind(v)
+                .fetch_one(&pool)
+                .await?;
+            Ok(())
+        })
+    })
+    .await?;
+    if errors > 0 {
+        bail!("{errors} ceiling queries failed");
+    }
+    Ok(qps)
+}
+
+async fn mixed(cli: &Cli, a: &MixedArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.connections)
+        .build()?;
+    let ids = Arc::new(seed(&client, &cli.base, a.seed).await?);
+    println!(
+        "mixed: {} connections for {} s, {:.0} % writes, against {}",
+        a.connections,
+        a.duration,
+        a.write_ratio * 100.0,
+        cli.base
+    );
+    let base = cli.base.clone();
+    let run = run_id();
+    let every = if a.write_ratio <= 0.0 {
+        u64::MAX
+    } else {
+        (1.0 / a.write_ratio).round().max(1.0) as u64
+    };
+    let (rps, mut lat, errors) =
+        timed_loop(a.connections, Duration::from_secs(a.duration), move |k| {
+            let client = client.clone();
+            let write = k % every == 0;
+            let (url, body) = if write {
+                (
+                    format!("{base}/Observation"),
+                    Some(observation((k % 50) as usize, k as usize, &run).to_string()),
+                )
+            } else {
+                (format!("{base}/{}", pick(&ids, k)), None)
+            };
+            Box::pin(async move {
+                let resp = match body {
+                    Some(b) => {
+                        client
+                            .post(url)
+                            .header("content-type", "application/fhir+json")
+                            .header("prefer", "return=minimal")
+                            .body(b)
+                            .send()
+                            .await?
+                    }
+                    None => client.get(url).send().await?,
+                };
+                if !resp.status().is_success() {
+                    bail!("status {}", resp.status());
+                }
+                resp.bytes().await?;
+                Ok(())
+            })
+        })
+        .await?;
+    println!("mixed: {rps:.0} requests/s, {errors} errors");
+    lat.report("mixed");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match &cli.workload {
+        Workload::Ingest(a) => ingest(&cli, a).await,
+        Workload::Read(a) => read(&cli, a).await,
+        Workload::Mixed(a) => mixed(&cli, a).await,
+    }
+}

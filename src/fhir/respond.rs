@@ -24,7 +24,7 @@ pub fn prefer_return(headers: &HeaderMap) -> Return {
     prefer_values(headers)
         .into_iter()
         .find_map(|(k, v)| {
-            (k == "return").then(|| match v.as_str() {
+            (k == "return").then_some(match v.as_str() {
                 "minimal" => Return::Minimal,
                 "OperationOutcome" => Return::OperationOutcome,
                 _ => Return::Representation,

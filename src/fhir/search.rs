@@ -105,7 +105,7 @@ async fn run(
     let mut links = vec![json!({"relation": "self", "url": link(base, rt, &used)})];
     if more {
         if let Some(last) = page.last() {
-            let mut next = used.clone();
+            let mut next = used;
             next.push(("_cursor".into(), last.clone()));
             links.push(json!({"relation": "next", "url": link(base, rt, &next)}));
         }

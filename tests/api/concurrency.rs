@@ -126,3 +126,110 @@ async fn parallel_updates_without_if_match_keep_every_version() {
     .expect("v");
     assert_eq!(versions, (1..=21).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn parallel_update_as_create_of_one_id_makes_one_version_one() {
+    let app = spawn_app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let client = app.client.clone();
+        let url = format!("{}/Patient/newcomer", app.base);
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .put(url)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Patient", "id": "newcomer"}).to_string())
+                .send()
+                .await
+                .expect("put");
+            let status = resp.status().as_u16();
+            let body = json(resp).await;
+            if status == 409 {
+                assert_eq!(body["issue"][0]["code"], "conflict", "{body}");
+            }
+            status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409].contains(s)),
+        "{statuses:?}"
+    );
+    let versions: Vec<i32> = sqlx::query_scalar(
+        "select version_id from resource_version where id = 'newcomer' order by version_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("v");
+    let expected: Vec<i32> =
+        (1..=i32::try_from(statuses.iter().filter(|s| **s != 409).count()).expect("n")).collect();
+    assert_eq!(
+        versions, expected,
+        "contiguous versions, no lost or duplicated write"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_database_gives_503_for_writes_and_reads_keep_working() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.put(
+            "Patient/ro",
+            &json!({"resourceType": "Patient", "id": "ro"})
+        )
+        .await
+        .status(),
+        201
+    );
+    let admin = sqlx::PgPool::connect_with(crate::helpers::admin_options())
+        .await
+        .expect("admin");
+    sqlx::query(&format!(
+        "alter database {} set default_transaction_read_only = on",
+        app.db_name
+    ))
+    .execute(&admin)
+    .await
+    .expect("alter");
+    sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()")
+        .bind(&app.db_name)
+        .execute(&admin)
+        .await
+        .expect("terminate");
+    // The pool notices the dropped connections and reconnects; writes then fail cleanly.
+    let mut status = 0;
+    for _ in 0..5 {
+        let resp = app
+            .put(
+                "Patient/ro",
+                &json!({"resourceType": "Patient", "id": "ro", "active": true}),
+            )
+            .await;
+        status = resp.status().as_u16();
+        if status == 503 {
+            let retry = resp.headers().get("retry-after").is_some();
+            let oo = json(resp).await;
+            assert_eq!(oo["issue"][0]["code"], "transient", "{oo}");
+            assert!(retry);
+            break;
+        }
+    }
+    assert_eq!(status, 503);
+    assert_eq!(app.get("Patient/ro").await.status(), 200);
+    sqlx::query(&format!(
+        "alter database {} reset default_transaction_read_only",
+        app.db_name
+    ))
+    .execute(&admin)
+    .await
+    .expect("reset");
+    assert_eq!(app.count("resource_version").await, 1);
+}
