@@ -46,15 +46,19 @@ create table resource (
 );
 create index resource_compartment on resource (compartment) where compartment is not null;
 
--- Blind index of Resource.identifier (HMAC under the index key; see src/crypto.rs), current
--- versions only. Used by conditional operations and identifier search.
+-- Blind index of Resource.identifier (HMAC under the index key; see src/crypto.rs): one row per
+-- identifier of each version. Searches join `resource` on the current version, so an update adds
+-- rows and never deletes any. `value_hash` answers `identifier=value` (narrowed by `system_hash`
+-- for `system|value` and `|value`); `system_hash` alone answers `identifier=system|`.
 create table resource_identifier (
-    resource_type text  not null,
-    hash          bytea not null,
-    id            text  not null,
-    primary key (resource_type, hash, id)
+    resource_type text    not null,
+    id            text    not null,
+    version_id    integer not null,
+    value_hash    bytea   not null,
+    system_hash   bytea   not null
 );
-create index resource_identifier_owner on resource_identifier (resource_type, id);
+create index resource_identifier_value on resource_identifier (value_hash);
+create index resource_identifier_system on resource_identifier (system_hash);
 
 -- Conditional create: one row per (type, blind hash of the normalised criteria). The primary key
 -- makes concurrent `If-None-Exist` creates of the same criteria produce exactly one resource.

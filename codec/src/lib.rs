@@ -102,13 +102,17 @@ pub fn json_to_xml(value: &Value) -> Result<Vec<u8>, CodecError> {
 }
 
 fn typed(value: &Value) -> Result<Resource, CodecError> {
-    fhirbolt::json::from_json_value::<Resource>(value.clone(), strict()).map_err(|e| {
-        let rt = value
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .unwrap_or("Resource");
-        CodecError::Invalid(vec![structure(rt, e.to_string())])
-    })
+    typed_owned(value.clone())
+}
+
+fn typed_owned(value: Value) -> Result<Resource, CodecError> {
+    let rt = value
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("Resource")
+        .to_owned();
+    fhirbolt::json::from_json_value::<Resource>(value, strict())
+        .map_err(|e| CodecError::Invalid(vec![structure(&rt, e.to_string())]))
 }
 
 fn structure(expression: &str, message: String) -> Issue {
@@ -124,7 +128,7 @@ fn structure(expression: &str, message: String) -> Issue {
 ///
 /// First the element-by-element walk of `walk` for what fhirbolt accepts but R4 forbids, then
 /// fhirbolt's strict typed parse (structure, unknown elements, cardinality of arrays).
-pub fn validate(value: &Value) -> Result<Value, Vec<Issue>> {
+pub fn validate(value: Value) -> Result<Value, Vec<Issue>> {
     let Some(rt) = value.get("resourceType").and_then(Value::as_str) else {
         return Err(vec![structure(
             "resourceType",
@@ -138,15 +142,16 @@ pub fn validate(value: &Value) -> Result<Value, Vec<Issue>> {
         )]);
     }
     // Walk first: its messages name the element precisely, fhirbolt's do not.
-    let issues = walk::validate_resource(value);
+    let issues = walk::validate_resource(&value);
     if !issues.is_empty() {
         return Err(issues);
     }
-    let resource = typed(value).map_err(|e| match e {
+    let rt = rt.to_owned();
+    let resource = typed_owned(value).map_err(|e| match e {
         CodecError::Invalid(issues) => issues,
-        other => vec![structure(rt, other.to_string())],
+        other => vec![structure(&rt, other.to_string())],
     })?;
-    fhirbolt::json::to_json_value(resource, None).map_err(|e| vec![structure(rt, e.to_string())])
+    fhirbolt::json::to_json_value(resource, None).map_err(|e| vec![structure(&rt, e.to_string())])
 }
 
 #[cfg(test)]
@@ -155,7 +160,7 @@ mod tests {
     use serde_json::json;
 
     fn expr_of(v: Value) -> Vec<String> {
-        validate(&v)
+        validate(v)
             .err()
             .unwrap_or_default()
             .into_iter()
@@ -169,7 +174,7 @@ mod tests {
             "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
             "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2024-01-02T10:00:00+01:00",
             "valueQuantity":{"value":72.50,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}});
-        assert!(validate(&v).is_ok());
+        assert!(validate(v.clone()).is_ok());
     }
 
     #[test]
@@ -210,7 +215,7 @@ mod tests {
             "http://example.org/fhir/Patient/1",
         ] {
             let v = json!({"resourceType":"Observation","status":"final","code":{"text":"x"},"subject":{"reference":ok}});
-            assert!(validate(&v).is_ok(), "{ok}");
+            assert!(validate(v).is_ok(), "{ok}");
         }
     }
 

@@ -65,7 +65,7 @@ pub async fn batch_or_transaction(
     State(state): State<AppState>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-    FhirBody(bundle): FhirBody,
+    FhirBody(mut bundle): FhirBody,
 ) -> Result<Response> {
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
@@ -80,9 +80,10 @@ pub async fn batch_or_transaction(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let raw_entries = match bundle.get("entry") {
+    // Entries are moved out of the Bundle, never copied: an ingest Bundle holds thousands.
+    let raw_entries = match bundle.get_mut("entry").map(Value::take) {
         None => Vec::new(),
-        Some(Value::Array(a)) => a.clone(),
+        Some(Value::Array(a)) => a,
         Some(_) => {
             return Err(FhirError::bad_request(
                 "Bundle.entry",
@@ -96,7 +97,7 @@ pub async fn batch_or_transaction(
     let results: Vec<std::result::Result<EntryResult, FhirError>> = match kind.as_str() {
         "transaction" => {
             let entries = raw_entries
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, e)| parse_entry(&state, i, e))
                 .collect::<Result<Vec<_>>>()?;
@@ -108,7 +109,7 @@ pub async fn batch_or_transaction(
         }
         "batch" => {
             let mut out = Vec::with_capacity(raw_entries.len());
-            for (i, raw) in raw_entries.iter().enumerate() {
+            for (i, raw) in raw_entries.into_iter().enumerate() {
                 out.push(batch_entry(&state, i, raw).await);
             }
             out
@@ -162,7 +163,7 @@ pub async fn batch_or_transaction(
     format::resource_value(StatusCode::OK, fmt, &out)
 }
 
-async fn batch_entry(state: &AppState, i: usize, raw: &Value) -> Result<EntryResult> {
+async fn batch_entry(state: &AppState, i: usize, raw: Value) -> Result<EntryResult> {
     let entry = parse_entry(state, i, raw)?;
     let mut tx = state.db.begin().await?;
     let mut done = process(state, &mut tx, vec![entry], false).await?;
@@ -196,8 +197,9 @@ fn in_entry(i: usize, e: FhirError) -> FhirError {
     }
 }
 
-fn parse_entry(state: &AppState, i: usize, raw: &Value) -> Result<Entry> {
+fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
     let at = |what: &str| format!("Bundle.entry[{i}].{what}");
+    let resource = raw.get_mut("resource").map(Value::take);
     let request = raw
         .get("request")
         .ok_or_else(|| FhirError::bad_request(&at("request"), "every entry needs a request"))?;
@@ -245,7 +247,6 @@ fn parse_entry(state: &AppState, i: usize, raw: &Value) -> Result<Entry> {
             "only Type, Type/id and Type?criteria URLs are supported in bundles",
         ));
     }
-    let resource = raw.get("resource").cloned();
     match method {
         Method::Post | Method::Put if resource.is_none() => {
             return Err(FhirError::bad_request(
@@ -335,7 +336,7 @@ async fn process(
         let i = e.index;
         match e.method {
             Method::Post => {
-                let new_id = Uuid::new_v4().to_string();
+                let new_id = write::new_id();
                 let mut target = new_id.clone();
                 if let Some(text) = &e.if_none_exist {
                     let criteria =
@@ -388,7 +389,7 @@ async fn process(
                     .await?
                     .as_slice()
                 {
-                    [] => body_id.unwrap_or_else(|| Uuid::new_v4().to_string()),
+                    [] => body_id.unwrap_or_else(write::new_id),
                     [one] => one.clone(),
                     _ => {
                         return Err(in_entry(
@@ -439,8 +440,8 @@ async fn process(
             } else {
                 None
             };
-            *resource =
-                check_resource(resource, &e.resource_type, url_id).map_err(|x| in_entry(i, x))?;
+            *resource = check_resource(resource.take(), &e.resource_type, url_id)
+                .map_err(|x| in_entry(i, x))?;
         }
     }
     // 3. Write in the order the specification gives; GETs read afterwards.
@@ -451,7 +452,7 @@ async fn process(
     let mut ops = Vec::new();
     let mut op_entry = Vec::new();
     for &k in &order {
-        let e = &entries[k];
+        let e = &mut entries[k];
         if existing.contains_key(&e.index) {
             continue;
         }
@@ -466,7 +467,7 @@ async fn process(
             kind,
             resource_type: e.resource_type.clone(),
             id,
-            resource: e.resource.clone(),
+            resource: e.resource.take(),
             if_match: e.if_match,
         });
         op_entry.push(k);

@@ -5,7 +5,6 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use uuid::Uuid;
 
 use crate::error::{FhirError, Result};
 use crate::fhir::body::FhirBody;
@@ -18,7 +17,7 @@ use crate::storage::{self, conditional};
 
 /// `GET [base]/{type}/{id}`: 200 with the current version, 404 unknown, 410 deleted,
 /// 304 when `If-None-Match` names the current version.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read(
     State(state): State<AppState>,
     Path((rt, id)): Path<(String, String)>,
@@ -53,7 +52,7 @@ pub async fn read(
 }
 
 /// `GET [base]/{type}/{id}/_history/{vid}`: that version; 410 for a tombstone, 404 otherwise.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn vread(
     State(state): State<AppState>,
     Path((rt, id, vid)): Path<(String, String, String)>,
@@ -82,7 +81,7 @@ pub async fn vread(
 
 /// `POST [base]/{type}`: 201 with a server-assigned id (a body `id` is ignored, as the spec says).
 /// With `If-None-Exist`, 200 and the existing resource when exactly one matches, 412 when several do.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn create(
     State(state): State<AppState>,
     Path(rt): Path<String>,
@@ -93,8 +92,8 @@ pub async fn create(
     let rt = resource_type(&rt)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
-    let resource = check_resource(&resource, rt, None)?;
-    let id = Uuid::new_v4().to_string();
+    let resource = check_resource(resource, rt, None)?;
+    let id = write::new_id();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
         let criteria = criteria
@@ -185,7 +184,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
 
 /// `PUT [base]/{type}/{id}`: 200 updated, 201 created (update-as-create), 412 on an `If-Match`
 /// mismatch, 400 when the body's type or id differs from the URL.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn update(
     State(state): State<AppState>,
     Path((rt, id)): Path<(String, String)>,
@@ -196,7 +195,7 @@ pub async fn update(
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let resource = check_resource(&resource, rt, Some(id))?;
+    let resource = check_resource(resource, rt, Some(id))?;
     put(
         &state,
         rt,
@@ -243,7 +242,7 @@ async fn put(
 
 /// `PUT [base]/{type}?criteria`: no match creates (with the body id if it has one), one match
 /// updates it, several give 412.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn conditional_update(
     State(state): State<AppState>,
     Path(rt): Path<String>,
@@ -268,7 +267,7 @@ pub async fn conditional_update(
     let id = match matches.as_slice() {
         [] => body_id
             .clone()
-            .unwrap_or_else(|| Uuid::new_v4().to_string()),
+            .unwrap_or_else(write::new_id),
         [one] => {
             if body_id.as_deref().is_some_and(|b| b != one) {
                 return Err(FhirError::bad_request(
@@ -286,7 +285,7 @@ pub async fn conditional_update(
     };
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
-    let resource = check_resource(&resource, rt, Some(&id))?;
+    let resource = check_resource(resource, rt, Some(&id))?;
     put(
         &state,
         rt,
@@ -301,7 +300,7 @@ pub async fn conditional_update(
 
 /// `DELETE [base]/{type}/{id}`: 204; a tombstone version is written, later reads give 410.
 /// Deleting a resource that does not exist or is already deleted is also 204, with no new version.
-#[tracing::instrument(skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     Path((rt, id)): Path<(String, String)>,

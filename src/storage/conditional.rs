@@ -11,39 +11,63 @@ use crate::error::{FhirError, Result};
 /// Parameters conditional operations understand.
 pub const SUPPORTED: &[&str] = &["_id", "identifier"];
 
-/// The blind hashes stored for each `Resource.identifier` of `resource`, so that `system|value`,
-/// `|value` (no system), `value` (any system) and `system|` all find it.
-pub fn identifier_hashes(keys: &Keyring, rt: &str, resource: &Value) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
+/// The blind `(value, system)` hashes of each `Resource.identifier` of `resource`. An identifier
+/// without a system gets the hash of the empty system, one without a value the hash of "no value",
+/// so `system|value`, `|value`, `value` and `system|` can all be answered (see [`Token`]).
+pub fn identifier_hashes(keys: &Keyring, rt: &str, resource: &Value) -> Vec<(Vec<u8>, Vec<u8>)> {
     let list = match resource.get("identifier") {
         Some(Value::Array(a)) => a.iter().collect::<Vec<_>>(),
         Some(v @ Value::Object(_)) => vec![v],
-        _ => return out,
+        _ => return Vec::new(),
     };
-    for ident in list {
-        let system = ident.get("system").and_then(Value::as_str);
-        let Some(value) = ident.get("value").and_then(Value::as_str) else {
-            if let Some(s) = system {
-                out.push(hash(keys, rt, Some(s), None));
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = list
+        .into_iter()
+        .filter_map(|ident| {
+            let system = ident.get("system").and_then(Value::as_str);
+            let value = ident.get("value").and_then(Value::as_str);
+            if system.is_none() && value.is_none() {
+                return None;
             }
-            continue;
-        };
-        out.push(hash(keys, rt, Some(system.unwrap_or("")), Some(value)));
-        out.push(hash(keys, rt, None, Some(value)));
-        if let Some(s) = system {
-            out.push(hash(keys, rt, Some(s), None));
-        }
-    }
+            Some((value_hash(keys, rt, value), system_hash(keys, rt, system.unwrap_or(""))))
+        })
+        .collect();
     out.sort();
     out.dedup();
     out
 }
 
-/// `system`: `Some("")` = explicitly no system, `None` = any system; `value`: `None` = any value.
-fn hash(keys: &Keyring, rt: &str, system: Option<&str>, value: Option<&str>) -> Vec<u8> {
-    let s = system.map_or(&b"\x01*"[..], str::as_bytes);
-    let v = value.map_or(&b"\x01*"[..], str::as_bytes);
-    keys.blind(&[b"identifier", rt.as_bytes(), s, v])
+/// `None` = an identifier without a value.
+fn value_hash(keys: &Keyring, rt: &str, value: Option<&str>) -> Vec<u8> {
+    match value {
+        Some(v) => keys.blind(&[b"identifier-value", rt.as_bytes(), v.as_bytes()]),
+        None => keys.blind(&[b"identifier-no-value", rt.as_bytes()]),
+    }
+}
+
+/// `""` = no system.
+fn system_hash(keys: &Keyring, rt: &str, system: &str) -> Vec<u8> {
+    keys.blind(&[b"identifier-system", rt.as_bytes(), system.as_bytes()])
+}
+
+/// One alternative of an `identifier` search value, as blind hashes: `system|value`, `|value`
+/// (no system), `value` (any system) or `system|` (any value).
+#[derive(Debug)]
+struct Token {
+    value: Option<Vec<u8>>,
+    system: Option<Vec<u8>>,
+}
+
+impl Token {
+    fn parse(keys: &Keyring, rt: &str, token: &str) -> Self {
+        match token.split_once('|') {
+            Some((system, "")) => Self { value: None, system: Some(system_hash(keys, rt, system)) },
+            Some((system, value)) => Self {
+                value: Some(value_hash(keys, rt, Some(value))),
+                system: Some(system_hash(keys, rt, system)),
+            },
+            None => Self { value: Some(value_hash(keys, rt, Some(token))), system: None },
+        }
+    }
 }
 
 /// Parsed criteria: the query string of a conditional request.
@@ -114,18 +138,13 @@ impl Criteria {
                         .await?
                 }
                 _ => {
-                    let hashes: Vec<Vec<u8>> = alternatives
-                        .iter()
-                        .map(|a| token_hash(keys, rt, a))
-                        .collect();
-                    // language=PostgreSQL
-                    sqlx::query_scalar(
-                        "select distinct id from resource_identifier where resource_type = $1 and hash = any($2) order by id",
-                    )
-                    .bind(rt)
-                    .bind(&hashes)
-                    .fetch_all(&mut *conn)
-                    .await?
+                    let mut ids = Vec::new();
+                    for alt in &alternatives {
+                        ids.extend(identifier_matches(conn, rt, &Token::parse(keys, rt, alt)).await?);
+                    }
+                    ids.sort();
+                    ids.dedup();
+                    ids
                 }
             };
             result = Some(match result {
@@ -137,13 +156,19 @@ impl Criteria {
     }
 }
 
-/// Token syntax for identifiers: `system|value`, `|value`, `value`, `system|`.
-fn token_hash(keys: &Keyring, rt: &str, token: &str) -> Vec<u8> {
-    match token.split_once('|') {
-        Some((system, "")) => hash(keys, rt, Some(system), None),
-        Some((system, value)) => hash(keys, rt, Some(system), Some(value)),
-        None => hash(keys, rt, None, Some(token)),
-    }
+/// Current, non-deleted resources with an identifier matching `t`. The index rows of old versions
+/// stay behind; the join on the current version ignores them.
+async fn identifier_matches(conn: &mut PgConnection, rt: &str, t: &Token) -> Result<Vec<String>> {
+    // language=PostgreSQL
+    let by_value = r#"select distinct i.id from resource_identifier i
+        join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id
+        where i.value_hash = $1 and ($2::bytea is null or i.system_hash = $2) and i.resource_type = $3"#;
+    // language=PostgreSQL
+    let by_system = r#"select distinct i.id from resource_identifier i
+        join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id
+        where i.system_hash = $2 and ($1::bytea is null) and i.resource_type = $3"#;
+    let sql = if t.value.is_some() { by_value } else { by_system };
+    Ok(sqlx::query_scalar(sql).bind(&t.value).bind(&t.system).bind(rt).fetch_all(&mut *conn).await?)
 }
 
 /// Outcome of [`claim_create`].

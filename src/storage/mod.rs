@@ -70,7 +70,7 @@ pub async fn read_current(state: &AppState, rt: &str, id: &str) -> Result<Option
 }
 
 /// [`read_current`] on a given connection or transaction (a transaction sees its own writes).
-#[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read_current_with<'e>(
     state: &AppState,
     exec: impl sqlx::PgExecutor<'e>,
@@ -113,7 +113,7 @@ pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec
 }
 
 /// Version `vid` of `rt/id`.
-#[tracing::instrument(skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
+#[tracing::instrument(level = "debug", skip_all, err(level = "warn"), fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read_version(
     state: &AppState,
     rt: &str,
@@ -162,7 +162,7 @@ pub struct HistoryCursor {
 }
 
 /// One page of history, newest first; fetches `count + 1` rows to know whether there is more.
-#[tracing::instrument(skip_all, err(level = "warn"))]
+#[tracing::instrument(level = "debug", skip_all, err(level = "warn"))]
 pub async fn history(state: &AppState, q: &HistoryQuery) -> Result<(Vec<StoredVersion>, bool)> {
     let (c_ts, c_rt, c_id, c_v) = match &q.cursor {
         Some(c) => (
@@ -263,13 +263,13 @@ pub struct NewVersion {
     pub last_updated: DateTime<Utc>,
     /// Canonical JSON, `None` for a delete.
     pub body: Option<Vec<u8>>,
-    /// Blind hashes of `Resource.identifier` (empty for a delete).
-    pub identifier_hashes: Vec<Vec<u8>>,
+    /// Blind `(value, system)` hashes of each `Resource.identifier` (empty for a delete).
+    pub identifier_hashes: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Encrypts and writes versions, moves the current pointers and replaces the identifier index, in
 /// four statements whatever the number of versions.
-#[tracing::instrument(skip_all, err(level = "warn"), fields(versions = versions.len()))]
+#[tracing::instrument(level = "debug", skip_all, err(level = "warn"), fields(versions = versions.len()))]
 pub async fn write_versions(
     state: &AppState,
     tx: &mut Transaction<'static, Postgres>,
@@ -329,58 +329,65 @@ pub async fn write_versions(
     .execute(&mut **tx)
     .await
     .map_err(conflict_on_duplicate)?;
-    // language=PostgreSQL
-    sqlx::query(
-        r#"insert into resource (resource_type, id, version_id, compartment, deleted, last_updated)
-           select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[])
-           on conflict (resource_type, id) do update
-             set version_id = excluded.version_id, compartment = excluded.compartment,
-                 deleted = excluded.deleted, last_updated = excluded.last_updated"#,
-    )
-    .bind(&types)
-    .bind(&ids)
-    .bind(&vids)
-    .bind(&comps)
-    .bind(&deleted)
-    .bind(&stamps)
-    .execute(&mut **tx)
-    .await?;
-    // Only versions that replace an earlier one can have index rows to remove.
-    let (old_types, old_ids): (Vec<&str>, Vec<&str>) = versions
-        .iter()
-        .filter(|v| v.version_id > 1)
-        .map(|v| (v.resource_type.as_str(), v.id.as_str()))
-        .unzip();
-    if !old_types.is_empty() {
+    // Version 1 means no current row exists yet (a deleted resource keeps its row): a plain insert.
+    // Later versions move a row this transaction has locked (`lock_current`): a plain update.
+    let (new_rows, moved): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| vids[i] == 1);
+    for (rows, statement) in [
         // language=PostgreSQL
-        sqlx::query(
-            r#"delete from resource_identifier r using unnest($1::text[], $2::text[]) as t(rt, id)
+        (
+            new_rows,
+            r#"insert into resource (resource_type, id, version_id, compartment, deleted, last_updated)
+               select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[])"#,
+        ),
+        // language=PostgreSQL
+        (
+            moved,
+            r#"update resource r
+               set version_id = t.v, compartment = t.c, deleted = t.d, last_updated = t.lu
+               from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[]) as t(rt, id, v, c, d, lu)
                where r.resource_type = t.rt and r.id = t.id"#,
-        )
-        .bind(&old_types)
-        .bind(&old_ids)
-        .execute(&mut **tx)
-        .await?;
+        ),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        sqlx::query(statement)
+            .bind(rows.iter().map(|&i| types[i]).collect::<Vec<_>>())
+            .bind(rows.iter().map(|&i| ids[i]).collect::<Vec<_>>())
+            .bind(rows.iter().map(|&i| vids[i]).collect::<Vec<_>>())
+            .bind(rows.iter().map(|&i| comps[i]).collect::<Vec<_>>())
+            .bind(rows.iter().map(|&i| deleted[i]).collect::<Vec<_>>())
+            .bind(rows.iter().map(|&i| stamps[i]).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(conflict_on_duplicate)?;
     }
+    // Identifier index rows belong to their version; searches join the current one.
     let mut it = Vec::new();
     let mut ii = Vec::new();
-    let mut ih = Vec::new();
+    let mut iv = Vec::new();
+    let mut ivh = Vec::new();
+    let mut ish = Vec::new();
     for v in versions {
-        for h in &v.identifier_hashes {
+        for (value_hash, system_hash) in &v.identifier_hashes {
             it.push(v.resource_type.as_str());
             ii.push(v.id.as_str());
-            ih.push(h.as_slice());
+            iv.push(v.version_id);
+            ivh.push(value_hash.as_slice());
+            ish.push(system_hash.as_slice());
         }
     }
     if !it.is_empty() {
         // language=PostgreSQL
         sqlx::query(
-            r#"insert into resource_identifier (resource_type, id, hash)
-               select * from unnest($1::text[], $2::text[], $3::bytea[]) on conflict do nothing"#,
+            r#"insert into resource_identifier (resource_type, id, version_id, value_hash, system_hash)
+               select * from unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::bytea[])"#,
         )
         .bind(&it)
         .bind(&ii)
-        .bind(&ih)
+        .bind(&iv)
+        .bind(&ivh)
+        .bind(&ish)
         .execute(&mut **tx)
         .await?;
     }

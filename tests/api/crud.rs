@@ -407,8 +407,8 @@ async fn metadata_describes_the_server() {
     assert_eq!(ready.status(), 200);
     // The statement itself is valid R4.
     assert!(
-        fhirgate_codec::validate(&cs).is_ok(),
+        fhirgate_codec::validate(cs.clone()).is_ok(),
         "{:?}",
-        fhirgate_codec::validate(&cs).err()
+        fhirgate_codec::validate(cs.clone()).err()
     );
 }

@@ -39,7 +39,7 @@ pub fn ctx(source: Source) -> MapContext {
 #[track_caller]
 pub fn assert_all_valid(out: &MapOutput) {
     for r in &out.resources {
-        if let Err(issues) = fhirgate_codec::validate(r) {
+        if let Err(issues) = fhirgate_codec::validate(r.clone()) {
             panic!(
                 "invalid resource {}:\n{issues:#?}",
                 serde_json::to_string_pretty(r).unwrap()
