@@ -16,8 +16,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            // Keys first: a missing production key must fail before anything touches the database.
+            let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;
-            let app = match Application::build(&args, &cli.db, db.pool.clone()).await {
+            let app = match Application::build(&args, Box::new(keys), db.pool.clone()).await {
                 Ok(app) => app,
                 Err(e) => {
                     db.close().await;

@@ -16,7 +16,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::{DbArgs, ServeArgs};
-use crate::crypto::{Keyring, LocalKeyProvider, MasterKey};
+use crate::crypto::{KeyProvider, Keyring, LocalKeyProvider, MasterKey};
 use crate::pg::{self, PrivatePostgres};
 use crate::state::{AppInner, AppState};
 
@@ -116,9 +116,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the key ring, builds the router and binds the listener.
-    pub async fn build(args: &ServeArgs, db: &DbArgs, pool: PgPool) -> anyhow::Result<Self> {
-        let keys = Keyring::open(&pool, Box::new(master_keys(db)?)).await?;
+    /// Opens the key ring with `keys`, builds the router and binds the listener.
+    pub async fn build(
+        args: &ServeArgs,
+        keys: Box<dyn KeyProvider>,
+        pool: PgPool,
+    ) -> anyhow::Result<Self> {
+        let keys = Keyring::open(&pool, keys).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;

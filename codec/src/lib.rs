@@ -174,7 +174,7 @@ mod tests {
             "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},
             "subject":{"reference":"Patient/p1"},"effectiveDateTime":"2024-01-02T10:00:00+01:00",
             "valueQuantity":{"value":72.50,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}});
-        assert!(validate(v.clone()).is_ok());
+        assert!(validate(v).is_ok());
     }
 
     #[test]

@@ -265,9 +265,7 @@ pub async fn conditional_update(
     let matches = criteria.matches(&mut conn, &state.keys, rt).await?;
     drop(conn);
     let id = match matches.as_slice() {
-        [] => body_id
-            .clone()
-            .unwrap_or_else(write::new_id),
+        [] => body_id.clone().unwrap_or_else(write::new_id),
         [one] => {
             if body_id.as_deref().is_some_and(|b| b != one) {
                 return Err(FhirError::bad_request(

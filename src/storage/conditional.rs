@@ -28,7 +28,10 @@ pub fn identifier_hashes(keys: &Keyring, rt: &str, resource: &Value) -> Vec<(Vec
             if system.is_none() && value.is_none() {
                 return None;
             }
-            Some((value_hash(keys, rt, value), system_hash(keys, rt, system.unwrap_or(""))))
+            Some((
+                value_hash(keys, rt, value),
+                system_hash(keys, rt, system.unwrap_or("")),
+            ))
         })
         .collect();
     out.sort();
@@ -60,12 +63,18 @@ struct Token {
 impl Token {
     fn parse(keys: &Keyring, rt: &str, token: &str) -> Self {
         match token.split_once('|') {
-            Some((system, "")) => Self { value: None, system: Some(system_hash(keys, rt, system)) },
+            Some((system, "")) => Self {
+                value: None,
+                system: Some(system_hash(keys, rt, system)),
+            },
             Some((system, value)) => Self {
                 value: Some(value_hash(keys, rt, Some(value))),
                 system: Some(system_hash(keys, rt, system)),
             },
-            None => Self { value: Some(value_hash(keys, rt, Some(token))), system: None },
+            None => Self {
+                value: Some(value_hash(keys, rt, Some(token))),
+                system: None,
+            },
         }
     }
 }
@@ -140,7 +149,9 @@ impl Criteria {
                 _ => {
                     let mut ids = Vec::new();
                     for alt in &alternatives {
-                        ids.extend(identifier_matches(conn, rt, &Token::parse(keys, rt, alt)).await?);
+                        ids.extend(
+                            identifier_matches(conn, rt, &Token::parse(keys, rt, alt)).await?,
+                        );
                     }
                     ids.sort();
                     ids.dedup();
@@ -167,8 +178,17 @@ async fn identifier_matches(conn: &mut PgConnection, rt: &str, t: &Token) -> Res
     let by_system = r#"select distinct i.id from resource_identifier i
         join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id
         where i.system_hash = $2 and ($1::bytea is null) and i.resource_type = $3"#;
-    let sql = if t.value.is_some() { by_value } else { by_system };
-    Ok(sqlx::query_scalar(sql).bind(&t.value).bind(&t.system).bind(rt).fetch_all(&mut *conn).await?)
+    let sql = if t.value.is_some() {
+        by_value
+    } else {
+        by_system
+    };
+    Ok(sqlx::query_scalar(sql)
+        .bind(&t.value)
+        .bind(&t.system)
+        .bind(rt)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// Outcome of [`claim_create`].

@@ -190,7 +190,7 @@ async fn production_refuses_a_development_key() {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .env("FHIRGATE_ENV", "production")
-        .env("DATABASE_URL", db_url("postgres"))
+        .env("DATABASE_URL", db_url("fhirgate_test_never_created"))
         .output()
         .expect("run");
     assert!(!out.status.success());

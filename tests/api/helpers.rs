@@ -106,9 +106,13 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         request_timeout_secs: 120,
     };
     tune(&mut args);
-    let app = Application::build(&args, &db_args(&master_key), pool.clone())
-        .await
-        .expect("build app");
+    let app = Application::build(
+        &args,
+        Box::new(fhirgate::startup::master_keys(&db_args(&master_key)).expect("keys")),
+        pool.clone(),
+    )
+    .await
+    .expect("build app");
     let base = format!("http://{}/fhir", app.addr());
     tokio::spawn(app.run(std::future::pending()));
     TestApp {
