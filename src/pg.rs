@@ -30,6 +30,15 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the `postgres` system user can enter `dir` (every parent must be searchable).
+fn postgres_can_enter(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Finds `initdb`/`pg_ctl`: `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bindir() -> anyhow::Result<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
@@ -62,9 +71,28 @@ impl PrivatePostgres {
         let data_dir = data_dir.canonicalize()?;
         let as_postgres = is_root();
         let bindir = find_bindir()?;
-        let pgdata = data_dir.join("postgres");
+        // As root, the cluster runs as `postgres`, which must be able to enter the directory. A
+        // data directory under /root (mode 0700) is not: then the cluster lives in a directory of
+        // its own under /var/tmp, named after the data directory so the next start finds it again.
+        let root = if as_postgres && !postgres_can_enter(&data_dir) {
+            let elsewhere = PathBuf::from("/var/tmp")
+                .join(format!("fhirgate-postgres-{}", short_hash(&data_dir)));
+            std::fs::create_dir_all(&elsewhere)?;
+            tracing::warn!(
+                cluster = %elsewhere.display(),
+                "the postgres system user cannot enter the data directory; the private cluster lives elsewhere"
+            );
+            std::fs::write(
+                data_dir.join("postgres-location.txt"),
+                format!("{}\n", elsewhere.display()),
+            )?;
+            elsewhere
+        } else {
+            data_dir.clone()
+        };
+        let pgdata = root.join("postgres");
         // Unix socket paths are limited to 107 bytes; fall back to a short private directory.
-        let mut socket_dir = data_dir.join("run");
+        let mut socket_dir = root.join("run");
         if socket_dir.as_os_str().len() > 80 {
             socket_dir = std::env::temp_dir().join(format!("fhirgate-{}", short_hash(&data_dir)));
         }
@@ -76,9 +104,6 @@ impl PrivatePostgres {
             as_postgres,
             started_here: false,
         };
-        if as_postgres {
-            pg.check_postgres_can_reach(&data_dir)?;
-        }
         if !pg.pgdata.join("PG_VERSION").exists() {
             std::fs::create_dir_all(&pg.pgdata)?;
             pg.chown(&pg.pgdata)?;
@@ -103,22 +128,6 @@ impl PrivatePostgres {
             started_here: started,
             ..pg
         })
-    }
-
-    fn check_postgres_can_reach(&self, data_dir: &Path) -> anyhow::Result<()> {
-        let ok = Command::new("runuser")
-            .args(["-u", "postgres", "--", "test", "-x"])
-            .arg(data_dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            bail!(
-                "the postgres system user cannot enter {}; choose a --data-dir it can reach (for example under /var/tmp), or set DATABASE_URL",
-                data_dir.display()
-            );
-        }
-        Ok(())
     }
 
     fn chown(&self, dir: &Path) -> anyhow::Result<()> {

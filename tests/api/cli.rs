@@ -383,3 +383,36 @@ async fn key_rotation_keeps_every_body_readable_while_serving() {
         "a server holding only the retired key cannot even open its index key"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_works_from_a_directory_postgres_cannot_enter() {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        return; // Only root hands the cluster to the postgres user.
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).expect("mkdir");
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let data = private.join("data");
+    let server = start(&[], &data);
+    let ready = reqwest::get(server.base.replace("/fhir", "/readyz"))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let location =
+        std::fs::read_to_string(data.join("postgres-location.txt")).expect("location note");
+    assert!(
+        location.starts_with("/var/tmp/fhirgate-postgres-"),
+        "{location}"
+    );
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_dir_all(location.trim());
+}
