@@ -184,14 +184,7 @@ async fn run(
         .iter()
         .map(|v| history_entry(base, v))
         .collect::<Result<Vec<_>>>()?;
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant(&crate::fhir::write::now())},
-        "type": "history",
-        "link": links,
-        "entry": entries,
-    });
+    let bundle = crate::fhir::respond::bundle("history", links, entries);
     format::resource_value(StatusCode::OK, fmt, &bundle)
 }
 

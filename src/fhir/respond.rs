@@ -108,7 +108,22 @@ pub fn written(
     Ok(resp)
 }
 
-/// A small JSON helper for informational outcomes.
-pub fn info_outcome(message: &str) -> serde_json::Value {
-    json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational", "diagnostics": message}]})
+/// A Bundle of `kind` (history, searchset) with its links and entries. An empty page has no
+/// `entry` element at all: FHIR JSON forbids empty arrays.
+pub fn bundle(
+    kind: &str,
+    links: Vec<serde_json::Value>,
+    entries: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let mut b = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": crate::fhir::write::instant(&crate::fhir::write::now())},
+        "type": kind,
+        "link": links,
+    });
+    if !entries.is_empty() {
+        b["entry"] = serde_json::Value::Array(entries);
+    }
+    b
 }

@@ -13,7 +13,6 @@ use crate::fhir::format::{self, negotiate, query_pairs};
 use crate::fhir::history::{link, parse_count, DEFAULT_COUNT};
 use crate::fhir::resource_type;
 use crate::fhir::respond::prefer_strict;
-use crate::fhir::write::{instant, now};
 use crate::state::AppState;
 use crate::storage::{self, conditional};
 
@@ -123,13 +122,6 @@ async fn run(
             "diagnostics": format!("ignored unknown search parameters: {}", ignored.join(", ")), "expression": ignored}]});
         entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": instant(&now())},
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    });
+    let bundle = crate::fhir::respond::bundle("searchset", links, entries);
     format::resource_value(StatusCode::OK, fmt, &bundle)
 }

@@ -285,9 +285,10 @@ async fn history_paging_and_since() {
             .await,
     )
     .await;
-    assert!(future
-        .get("entry")
-        .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
+    assert!(
+        future.get("entry").is_none(),
+        "an empty page has no entry array"
+    );
     assert_outcome(
         app.get("Observation/_history?_since=yesterday").await,
         400,
@@ -362,9 +363,7 @@ async fn conditional_create_and_update() {
     let by_system = json(app.get("Patient?identifier=urn:mrn|").await).await;
     assert_eq!(by_system["entry"].as_array().expect("e").len(), 3);
     let none = json(app.get("Patient?identifier=|42").await).await;
-    assert!(none
-        .get("entry")
-        .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)));
+    assert!(none.get("entry").is_none());
     let strict = app
         .client
         .get(format!("{}/Patient?foo=bar", app.base))

@@ -6,5 +6,6 @@ mod concurrency;
 mod crud;
 mod encryption;
 mod helpers;
+mod independent;
 mod spec_examples;
 mod validation;
