@@ -18,6 +18,7 @@ mod model;
 mod primitive;
 mod strict_json;
 mod walk;
+mod xml_check;
 
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
@@ -82,6 +83,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, CodecError> {
 
 /// Parses a FHIR XML document into the equivalent FHIR JSON value.
 pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
+    xml_check::well_formed(bytes)?;
     let resource: Resource = fhirbolt::xml::from_slice(bytes, strict()).map_err(|e| {
         let message = e.to_string();
         CodecError::Syntax {

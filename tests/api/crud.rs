@@ -239,6 +239,28 @@ async fn xml_in_and_out() {
         .await
         .expect("post");
     assert_outcome(resp, 400, "structure").await;
+    // A document whose closing tags are missing is not well formed, even if fhirbolt would stop early.
+    let resp = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+xml")
+        .body("<Patient xmlns=\"http://hl7.org/fhir\">\n<active value=\"true\">")
+        .send()
+        .await
+        .expect("post");
+    let oo = assert_outcome(resp, 400, "structure").await;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .expect("d")
+            .contains("line 2"),
+        "{oo}"
+    );
+    assert_eq!(
+        app.count("resource").await,
+        1,
+        "only the valid XML Patient was stored"
+    );
 }
 
 #[tokio::test]
