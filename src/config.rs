@@ -98,6 +98,12 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations to DATABASE_URL (or the private database) and exit.
     Migrate,
+    /// Register, list and remove OAuth clients (apps and partner backends).
+    Client {
+        /// Client operation.
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Manage the master key.
     Keys {
         /// Key operation.
@@ -123,6 +129,48 @@ pub struct ServeArgs {
     pub request_timeout_secs: u64,
 }
 
+/// `fhirgate client` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client.
+    ///
+    /// A backend (SMART Backend Services) authenticates with an assertion signed by a key of its
+    /// public JWKS: `--kind backend --id ID --jwks FILE --scopes "system/*.rs" [--organization Organization/ID]`.
+    /// Without --organization it is first-party; with one it is a partner and consent filters it.
+    /// An app: `--kind app --id ID --redirect-uri URI [--redirect-uri URI2] --scopes "..." [--confidential]`.
+    Add {
+        /// `app` or `backend`.
+        #[arg(long)]
+        kind: String,
+        /// The client_id.
+        #[arg(long)]
+        id: String,
+        /// Space-separated scopes the client may be granted.
+        #[arg(long)]
+        scopes: String,
+        /// A backend's public JWKS (JSON file).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// A partner backend's Organization, as `Organization/<id>`.
+        #[arg(long)]
+        organization: Option<String>,
+        /// An app's redirect URI (repeatable; matched exactly).
+        #[arg(long = "redirect-uri")]
+        redirect_uri: Vec<String>,
+        /// An app that can keep a secret (one is generated and printed once).
+        #[arg(long)]
+        confidential: bool,
+    },
+    /// List registered clients.
+    List,
+    /// Remove a client.
+    Remove {
+        /// The client_id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
 /// `fhirgate keys` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -142,6 +190,12 @@ pub enum KeysCommand {
         #[arg(long)]
         new_key_file: PathBuf,
         /// Delete every wrapping not under the new key (only once all data keys have one).
+        #[arg(long)]
+        retire_old: bool,
+    },
+    /// Create a new token-signing key; servers sign with it after their next start.
+    RotateSigning {
+        /// Also retire the older signing keys (tokens they signed stop verifying).
         #[arg(long)]
         retire_old: bool,
     },

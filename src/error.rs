@@ -142,6 +142,12 @@ pub enum FhirError {
     /// 415: a content type we do not read.
     #[error("unsupported content type {0}")]
     UnsupportedMediaType(String),
+    /// 401: no valid access token. The guard adds `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the token's scopes (or the patient's consent) do not allow this. Reveals no data.
+    #[error("{0}")]
+    Forbidden(String),
     /// 405: the method is not allowed on this URL.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -194,6 +200,8 @@ impl FhirError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 one(T::NotSupported, self.to_string()),
             ),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, one(T::Login, m.clone())),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, one(T::Forbidden, m.clone())),
             Self::MethodNotAllowed(m) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 one(T::NotSupported, m.clone()),

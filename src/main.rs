@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use fhirgate::config::{Cli, Command, KeysCommand};
+use fhirgate::config::{Cli, ClientCommand, Command, KeysCommand};
 use fhirgate::startup::{self, Application, Database};
 
 // The write path allocates many small JSON nodes; mimalloc handles that far better than glibc's
@@ -37,6 +37,32 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             db.close().await;
         }
+        Command::Client { command } => {
+            let db = Database::connect(&cli.db).await?;
+            let result = client_command(&db.pool, command).await;
+            db.close().await;
+            result?;
+        }
+        Command::Keys {
+            command: KeysCommand::RotateSigning { retire_old },
+        } => {
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let result = async {
+                let ring = fhirgate::crypto::Keyring::open(&db.pool, Box::new(keys)).await?;
+                let kid = fhirgate::auth::keys::SigningKeys::create(&db.pool, &ring, true).await?;
+                let retired = if retire_old {
+                    fhirgate::auth::keys::SigningKeys::retire_old(&db.pool).await?
+                } else {
+                    0
+                };
+                anyhow::Ok((kid, retired))
+            }
+            .await;
+            db.close().await;
+            let (kid, retired) = result?;
+            println!("new signing key {kid}; {retired} older keys retired; restart servers to sign with it");
+        }
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => {
@@ -70,6 +96,67 @@ async fn main() -> anyhow::Result<()> {
             if report.unreadable > 0 {
                 anyhow::bail!("some data keys could not be unwrapped with the configured keys");
             }
+        }
+    }
+    Ok(())
+}
+
+async fn client_command(db: &sqlx::PgPool, command: ClientCommand) -> anyhow::Result<()> {
+    use fhirgate::auth::clients::{self, Client};
+    match command {
+        ClientCommand::Add {
+            kind,
+            id,
+            scopes,
+            jwks,
+            organization,
+            redirect_uri,
+            confidential,
+        } => {
+            let jwks = match jwks {
+                Some(path) => Some(
+                    serde_json::from_str(
+                        &std::fs::read_to_string(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    )
+                    .with_context(|| format!("{} is not JSON", path.display()))?,
+                ),
+                None => None,
+            };
+            let secret =
+                (kind == "app" && confidential).then(|| hex::encode(rand::random::<[u8; 32]>()));
+            let client = Client {
+                client_id: id.clone(),
+                kind,
+                scopes,
+                redirect_uris: redirect_uri,
+                confidential,
+                secret_hash: secret.as_deref().map(clients::hash_secret),
+                jwks,
+                organization,
+            };
+            clients::add(db, &client).await?;
+            println!("registered client {id}");
+            if let Some(s) = secret {
+                println!("client secret (shown once): {s}");
+            }
+        }
+        ClientCommand::List => {
+            for c in clients::list(db).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    c.client_id,
+                    c.kind,
+                    c.organization.as_deref().unwrap_or("-"),
+                    c.scopes
+                );
+            }
+        }
+        ClientCommand::Remove { id } => {
+            if !clients::remove(db, &id).await? {
+                anyhow::bail!("no client {id}");
+            }
+            println!("removed client {id}");
         }
     }
     Ok(())

@@ -15,6 +15,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::keys::SigningKeys;
+use crate::auth::revoked::RevokedSet;
 use crate::config::{DbArgs, ServeArgs};
 use crate::crypto::{KeyProvider, Keyring, LocalKeyProvider, MasterKey};
 use crate::pg::{self, PrivatePostgres};
@@ -110,6 +112,7 @@ pub fn master_keys(args: &DbArgs) -> anyhow::Result<LocalKeyProvider> {
 
 /// A built server, bound and ready to run.
 pub struct Application {
+    state: AppState,
     listener: TcpListener,
     router: Router,
     addr: SocketAddr,
@@ -123,6 +126,7 @@ impl Application {
         pool: PgPool,
     ) -> anyhow::Result<Self> {
         let keys = Keyring::open(&pool, keys).await?;
+        let signing = SigningKeys::load(&pool, &keys).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -131,18 +135,37 @@ impl Application {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        let issuer = public.trim_end_matches('/').to_owned();
+        let revoked = Arc::new(RevokedSet::default());
+        tokio::spawn({
+            let revoked = revoked.clone();
+            let db = pool.clone();
+            async move { revoked.follow(db).await }
+        });
         let state = AppState(Arc::new(AppInner {
             db: pool,
             keys,
-            fhir_base: format!("{}/fhir", public.trim_end_matches('/')),
+            fhir_base: format!("{issuer}/fhir"),
             max_body_bytes: args.max_body_bytes,
+            issuer,
+            signing,
+            revoked,
         }));
-        let router = app(state, Duration::from_secs(args.request_timeout_secs));
+        let router = app(
+            state.clone(),
+            Duration::from_secs(args.request_timeout_secs),
+        );
         Ok(Self {
+            state,
             listener,
             router,
             addr,
         })
+    }
+
+    /// The application state (tests use it to mint tokens).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
     }
 
     /// The bound address (useful with port 0).
@@ -169,7 +192,8 @@ impl Application {
 /// below reads from the outermost: request id → trace → timeout → panic catcher → routes.
 pub fn app(state: AppState, timeout: Duration) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    crate::fhir::router()
+    crate::fhir::router(&state)
+        .merge(crate::auth::router())
         .merge(crate::health::router())
         .fallback(crate::fhir::fallback)
         .with_state(state)

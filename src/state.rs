@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::auth::keys::SigningKeys;
+use crate::auth::revoked::RevokedSet;
 use crate::crypto::Keyring;
 
 /// Application state: `AppState(Arc<AppInner>)`, dereferencing to the inner struct.
@@ -21,6 +23,19 @@ pub struct AppInner {
     pub fhir_base: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// The OAuth issuer: this server's public base URL (no trailing slash).
+    pub issuer: String,
+    /// Keys that sign and verify access tokens.
+    pub signing: SigningKeys,
+    /// Revoked token ids, refreshed in the background.
+    pub revoked: Arc<RevokedSet>,
+}
+
+impl AppInner {
+    /// The token endpoint, which is also the audience of client assertions.
+    pub fn token_url(&self) -> String {
+        format!("{}/auth/token", self.issuer)
+    }
 }
 
 impl Deref for AppState {

@@ -10,10 +10,13 @@ use std::collections::{HashMap, HashSet};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::auth::guard::Principal;
+use crate::auth::scopes::Permission;
 use crate::error::{outcome, FhirError, Result};
 use crate::fhir::body::FhirBody;
 use crate::fhir::format::{self, negotiate, query_pairs};
@@ -63,6 +66,7 @@ struct EntryResult {
 /// `POST [base]` with a Bundle of type `batch` or `transaction`.
 pub async fn batch_or_transaction(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     FhirBody(mut bundle): FhirBody,
@@ -103,14 +107,14 @@ pub async fn batch_or_transaction(
                 .collect::<Result<Vec<_>>>()?;
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
-            let done = process(&state, &mut tx, entries, true).await?;
+            let done = process(&state, &principal, &mut tx, entries, true).await?;
             tx.commit().await?;
             done.into_iter().map(Ok).collect()
         }
         "batch" => {
             let mut out = Vec::with_capacity(raw_entries.len());
             for (i, raw) in raw_entries.into_iter().enumerate() {
-                out.push(batch_entry(&state, i, raw).await);
+                out.push(batch_entry(&state, &principal, i, raw).await);
             }
             out
         }
@@ -163,10 +167,15 @@ pub async fn batch_or_transaction(
     format::resource_value(StatusCode::OK, fmt, &out)
 }
 
-async fn batch_entry(state: &AppState, i: usize, raw: Value) -> Result<EntryResult> {
+async fn batch_entry(
+    state: &AppState,
+    principal: &Principal,
+    i: usize,
+    raw: Value,
+) -> Result<EntryResult> {
     let entry = parse_entry(state, i, raw)?;
     let mut tx = state.db.begin().await?;
-    let mut done = process(state, &mut tx, vec![entry], false).await?;
+    let mut done = process(state, principal, &mut tx, vec![entry], false).await?;
     tx.commit().await?;
     done.pop()
         .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
@@ -193,6 +202,7 @@ fn in_entry(i: usize, e: FhirError) -> FhirError {
         FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(prefix(&m)),
         FhirError::NotFound(m) => FhirError::NotFound(prefix(&m)),
         FhirError::Conflict(m) => FhirError::Conflict(prefix(&m)),
+        FhirError::Forbidden(m) => FhirError::Forbidden(prefix(&m)),
         other => other,
     }
 }
@@ -325,10 +335,23 @@ fn check_distinct_targets(entries: &[Entry]) -> Result<()> {
 /// Resolves, validates and writes `entries` in `tx`; results in entry order.
 async fn process(
     state: &AppState,
+    principal: &Principal,
     tx: &mut Transaction<'static, Postgres>,
     mut entries: Vec<Entry>,
     transaction: bool,
 ) -> Result<Vec<EntryResult>> {
+    // 0. Every entry must be allowed by the token's scopes; one refusal fails a transaction.
+    for e in &entries {
+        let p = match e.method {
+            Method::Get => Permission::Read,
+            Method::Post => Permission::Create,
+            Method::Put => Permission::Update,
+            Method::Delete => Permission::Delete,
+        };
+        principal
+            .require(&e.resource_type, p)
+            .map_err(|x| in_entry(e.index, x))?;
+    }
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut existing: HashMap<usize, String> = HashMap::new();
     // 1. Assign ids and run the conditions of POST and conditional PUT.

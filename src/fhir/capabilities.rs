@@ -23,7 +23,7 @@ const TYPE_INTERACTIONS: &[&str] = &[
 ];
 
 /// Builds the CapabilityStatement for `base`.
-pub fn capability_statement(base: &str) -> Value {
+pub fn capability_statement(base: &str, token_url: &str) -> Value {
     let resources: Vec<Value> = fhirgate_codec::resource_types()
         .iter()
         .map(|rt| {
@@ -59,6 +59,14 @@ pub fn capability_statement(base: &str) -> Value {
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+                "description": "SMART on FHIR 2.x: Backend Services (client_credentials with private_key_jwt, RS384 or ES384). Every interaction but this statement and discovery needs a bearer token whose scopes allow it.",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token_url}],
+                }],
+            },
             "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured.",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
@@ -73,5 +81,9 @@ pub async fn metadata(
     headers: HeaderMap,
 ) -> Result<Response> {
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    format::resource_value(StatusCode::OK, fmt, &capability_statement(&state.fhir_base))
+    format::resource_value(
+        StatusCode::OK,
+        fmt,
+        &capability_statement(&state.fhir_base, &state.token_url()),
+    )
 }

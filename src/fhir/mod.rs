@@ -18,10 +18,10 @@ use axum::Router;
 use crate::error::FhirError;
 use crate::state::AppState;
 
-/// All FHIR routes under `/fhir`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/fhir/metadata", get(capabilities::metadata))
+/// All FHIR routes under `/fhir`. Everything but `/metadata` needs a bearer token whose scopes
+/// allow the interaction (`auth::guard`).
+pub fn router(state: &AppState) -> Router<AppState> {
+    let guarded = Router::new()
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/", post(bundle::batch_or_transaction))
         .route("/fhir/_history", get(history::history_system))
@@ -39,6 +39,13 @@ pub fn router() -> Router<AppState> {
         )
         .route("/fhir/{rt}/{id}/_history", get(history::history_instance))
         .route("/fhir/{rt}/{id}/_history/{vid}", get(crud::vread))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard::require_token,
+        ));
+    Router::new()
+        .route("/fhir/metadata", get(capabilities::metadata))
+        .merge(guarded)
         .method_not_allowed_fallback(method_not_allowed)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{admin_options, fresh_database, observation};
+use crate::helpers::{admin_options, es384_key, fresh_database, observation, request_token};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fhirgate");
 
@@ -101,9 +101,10 @@ fn db_url(name: &str) -> String {
 async fn serve_runs_its_own_postgres_and_shuts_down_gracefully() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let client = reqwest::Client::new();
 
     let server = start(&[], &data);
+    let backend = register_backend(&[], &data);
+    let client = client_for(&server, &backend).await;
     assert!(
         server
             .stderr
@@ -134,8 +135,9 @@ async fn serve_runs_its_own_postgres_and_shuts_down_gracefully() {
     let bundle =
         json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string();
     let url = server.base.clone();
+    let sender = client.clone();
     let in_flight = tokio::spawn(async move {
-        reqwest::Client::new()
+        sender
             .post(url)
             .header("content-type", "application/fhir+json")
             .body(bundle)
@@ -162,8 +164,9 @@ async fn serve_runs_its_own_postgres_and_shuts_down_gracefully() {
         "postgres still running after fhirgate {pid} exited"
     );
 
-    // Second start reuses the cluster and the data.
+    // Second start reuses the cluster, the data, the signing key and the registered client.
     let server = start(&[], &data);
+    let client = client_for(&server, &backend).await;
     let back = client
         .get(format!("{}/Patient/keepme", server.base))
         .send()
@@ -260,7 +263,13 @@ async fn key_rotation_keeps_every_body_readable_while_serving() {
             .success()
     );
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    let client = reqwest::Client::new();
+    let first = [
+        ("DATABASE_URL", url.clone()),
+        ("FHIRGATE_MASTER_KEY_FILE", path(&key_a)),
+    ];
+    let server = start(&first, dir.path());
+    let backend = register_backend(&first, dir.path());
+    let client = client_for(&server, &backend).await;
     let put = |base: String, pid: String| {
         let client = client.clone();
         async move {
@@ -277,21 +286,14 @@ async fn key_rotation_keeps_every_body_readable_while_serving() {
         }
     };
 
-    let server = start(
-        &[
-            ("DATABASE_URL", url.clone()),
-            ("FHIRGATE_MASTER_KEY_FILE", path(&key_a)),
-        ],
-        dir.path(),
-    );
     for i in 0..5 {
         assert_eq!(put(server.base.clone(), format!("before{i}")).await, 201);
     }
     // Rotate while the server (holding only key A) keeps serving reads and writes.
     let reader = {
         let base = server.base.clone();
+        let c = client.clone();
         tokio::spawn(async move {
-            let c = reqwest::Client::new();
             for _ in 0..50 {
                 assert_eq!(
                     c.get(format!("{base}/Patient/before0"))
@@ -333,6 +335,7 @@ async fn key_rotation_keeps_every_body_readable_while_serving() {
         ("FHIRGATE_PREVIOUS_MASTER_KEY_FILES", path(&key_a)),
     ];
     let server = start(&both, dir.path());
+    let client = client_for(&server, &backend).await;
     assert_eq!(
         client
             .get(format!("{}/Patient/after", server.base))
@@ -361,6 +364,7 @@ async fn key_rotation_keeps_every_body_readable_while_serving() {
         ],
         dir.path(),
     );
+    let client = client_for(&server, &backend).await;
     for id in ["before0", "before4", "after"] {
         let r = client
             .get(format!("{}/Patient/{id}", server.base))
@@ -415,4 +419,66 @@ async fn serve_works_from_a_directory_postgres_cannot_enter() {
     );
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(location.trim());
+}
+
+/// A first-party backend registered with `fhirgate client add` (the documented flags).
+struct Backend {
+    id: String,
+    key: crate::helpers::BackendKey,
+}
+
+fn register_backend(envs: &[(&str, String)], data_dir: &Path) -> Backend {
+    let key = es384_key("cli-key");
+    let jwks = tempfile::NamedTempFile::new().expect("jwks file");
+    std::fs::write(jwks.path(), key.jwks.to_string()).expect("write jwks");
+    let id = format!("cli-{}", uuid::Uuid::new_v4().simple());
+    let mut cmd = Command::new(BIN);
+    clean_env(&mut cmd)
+        .args([
+            "client",
+            "add",
+            "--kind",
+            "backend",
+            "--id",
+            &id,
+            "--scopes",
+            "system/*.cruds",
+            "--jwks",
+        ])
+        .arg(jwks.path())
+        .arg("--data-dir")
+        .arg(data_dir);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("client add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Backend { id, key }
+}
+
+/// An HTTP client that sends a token this server issued to `backend` (tokens name the server's
+/// URL as issuer and audience, so each start on a new port needs a new one).
+async fn client_for(server: &Server, backend: &Backend) -> reqwest::Client {
+    let token_url = server.base.replace("/fhir", "/auth/token");
+    let assertion = backend.key.assertion(&backend.id, &token_url, json!({}));
+    let resp = request_token(&token_url, &assertion, "system/*.cruds").await;
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.expect("token json");
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!(
+        "Bearer {}",
+        token["access_token"].as_str().expect("access_token")
+    );
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        bearer.parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }

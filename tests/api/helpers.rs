@@ -72,8 +72,12 @@ pub(crate) struct TestApp {
     pub(crate) options: PgConnectOptions,
     /// Its name.
     pub(crate) db_name: String,
-    /// An HTTP client.
+    /// An HTTP client that sends a first-party `system/*.cruds` token.
     pub(crate) client: reqwest::Client,
+    /// An HTTP client without any token.
+    pub(crate) anonymous: reqwest::Client,
+    /// The server's state (to mint tokens, register clients).
+    pub(crate) state: fhirgate::state::AppState,
 }
 
 /// Settings of a test server.
@@ -114,14 +118,139 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
     .await
     .expect("build app");
     let base = format!("http://{}/fhir", app.addr());
+    let state = app.state();
     tokio::spawn(app.run(std::future::pending()));
+    // The issue-2 tests act as a first-party backend with every system scope; the auth tests
+    // build their own clients and tokens.
+    let token = mint(&state, "system/*.cruds", None);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
     TestApp {
         base,
         pool,
         options,
         db_name,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client"),
+        anonymous: reqwest::Client::new(),
+        state,
     }
+}
+
+/// Signs an access token with the server's own key, as its token endpoint would.
+pub(crate) fn mint(
+    state: &fhirgate::state::AppState,
+    scope: &str,
+    organization: Option<&str>,
+) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = fhirgate::auth::jwt::AccessClaims {
+        iss: state.issuer.clone(),
+        aud: state.fhir_base.clone(),
+        sub: "test-backend".into(),
+        exp: now + 3600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: scope.into(),
+        client_id: "test-backend".into(),
+        patient: None,
+        organization: organization.map(str::to_owned),
+    };
+    state.signing.sign(&claims).expect("sign")
+}
+
+/// A backend's key pair: its public JWKS and a signer for client assertions.
+pub(crate) struct BackendKey {
+    /// The public JWKS to register.
+    pub(crate) jwks: Value,
+    kid: String,
+    alg: jsonwebtoken::Algorithm,
+    encoding: jsonwebtoken::EncodingKey,
+}
+
+/// A new ES384 key.
+pub(crate) fn es384_key(kid: &str) -> BackendKey {
+    use base64::Engine;
+    use p384::elliptic_curve::sec1::ToEncodedPoint;
+    use p384::pkcs8::EncodePrivateKey;
+    let secret = p384::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret.public_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384",
+        "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y"))});
+    BackendKey {
+        jwks: serde_json::json!({"keys": [jwk]}),
+        kid: kid.to_owned(),
+        alg: jsonwebtoken::Algorithm::ES384,
+        encoding: jsonwebtoken::EncodingKey::from_ec_der(
+            secret.to_pkcs8_der().expect("der").as_bytes(),
+        ),
+    }
+}
+
+/// A new RS384 key (2048-bit RSA).
+pub(crate) fn rs384_key(kid: &str) -> BackendKey {
+    use base64::Engine;
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("rsa");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({"kty": "RSA", "kid": kid, "alg": "RS384",
+        "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be())});
+    BackendKey {
+        jwks: serde_json::json!({"keys": [jwk]}),
+        kid: kid.to_owned(),
+        alg: jsonwebtoken::Algorithm::RS384,
+        encoding: jsonwebtoken::EncodingKey::from_rsa_der(
+            private.to_pkcs1_der().expect("der").as_bytes(),
+        ),
+    }
+}
+
+impl BackendKey {
+    /// A client assertion for `client_id` at `token_url`, with these claims overridden.
+    pub(crate) fn assertion(&self, client_id: &str, token_url: &str, overrides: Value) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let mut claims = serde_json::json!({"iss": client_id, "sub": client_id, "aud": token_url,
+            "exp": now + 240, "iat": now, "jti": uuid::Uuid::new_v4().to_string()});
+        for (k, v) in overrides.as_object().into_iter().flatten() {
+            if v.is_null() {
+                claims.as_object_mut().expect("obj").remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        let mut header = jsonwebtoken::Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).expect("sign assertion")
+    }
+}
+
+/// `POST token_url` with a client_credentials grant.
+pub(crate) async fn request_token(
+    token_url: &str,
+    assertion: &str,
+    scope: &str,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .expect("token request")
 }
 
 impl TestApp {

@@ -1,0 +1,186 @@
+//! Scope enforcement on every FHIR interaction: the bearer token is verified (401 with
+//! `WWW-Authenticate: Bearer` when missing or invalid), then the interaction is checked against
+//! its scopes (403 `forbidden`). `/metadata` and discovery stay public.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::jwt::{self, AccessClaims};
+use crate::auth::scopes::{Context, Permission, ScopeSet};
+use crate::error::FhirError;
+use crate::state::AppState;
+
+/// The verified caller of a request, put in the request extensions.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The token's claims.
+    pub claims: AccessClaims,
+    /// Its scopes, parsed.
+    pub scopes: ScopeSet,
+}
+
+impl Principal {
+    /// The context this token acts in.
+    pub fn context(&self) -> Context {
+        if self.claims.patient.is_some() {
+            Context::Patient
+        } else if self.scopes.has_context(Context::System) {
+            Context::System
+        } else {
+            Context::User
+        }
+    }
+
+    /// 403 unless the scopes allow `p` on `rt`.
+    pub fn require(&self, rt: &str, p: Permission) -> Result<(), FhirError> {
+        if self.scopes.allows(self.context(), rt, p) {
+            Ok(())
+        } else {
+            Err(FhirError::Forbidden(format!(
+                "the token's scopes do not allow '{p}' on {rt}"
+            )))
+        }
+    }
+}
+
+fn unauthorized(reason: &str, invalid: bool) -> Response {
+    tracing::debug!(reason, "request refused: authentication");
+    let mut resp = FhirError::Unauthorized(if invalid {
+        "the access token is invalid or expired".to_owned()
+    } else {
+        "an access token is required (Authorization: Bearer)".to_owned()
+    })
+    .into_response();
+    let challenge = if invalid {
+        r#"Bearer realm="fhirgate", error="invalid_token""#
+    } else {
+        r#"Bearer realm="fhirgate""#
+    };
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
+/// Why no usable bearer token came with a request.
+enum NoToken {
+    /// No Authorization header.
+    Missing,
+    /// A token in the wrong place or of the wrong kind.
+    Invalid(&'static str),
+    /// More than one Authorization header.
+    Several,
+}
+
+impl NoToken {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Missing => unauthorized("no Authorization header", false),
+            Self::Invalid(reason) => unauthorized(reason, true),
+            Self::Several => {
+                FhirError::bad_request("Authorization", "send exactly one Authorization header")
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Reads the one bearer token of a request; tokens in the query string are refused.
+fn bearer(req: &Request) -> Result<&str, NoToken> {
+    if req
+        .uri()
+        .query()
+        .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
+    {
+        return Err(NoToken::Invalid("token in the query string"));
+    }
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (Some(v), None) => v,
+        (None, _) => return Err(NoToken::Missing),
+        (Some(_), Some(_)) => return Err(NoToken::Several),
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| NoToken::Invalid("Authorization is not ASCII"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(NoToken::Invalid("not a bearer token")),
+    }
+}
+
+/// What an HTTP request asks to do, from its method and path below `/fhir`: the resource type
+/// and the SMART permission. `None` for the base (Bundles check each entry themselves).
+pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> {
+    let rest = path.strip_prefix("/fhir/")?;
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let rt = (*segs.first()?).to_owned();
+    let rt = if rt == "_history" { "*".to_owned() } else { rt };
+    let p = match (method, segs.as_slice()) {
+        (&Method::GET | &Method::HEAD, [_]) => Permission::Search,
+        (&Method::GET | &Method::HEAD, [_, "_history"]) => Permission::Search,
+        (&Method::GET | &Method::HEAD, _) => Permission::Read,
+        (&Method::POST, [_, "_search"]) => Permission::Search,
+        (&Method::POST, [_]) => Permission::Create,
+        (&Method::PUT, _) => Permission::Update,
+        (&Method::DELETE, _) => Permission::Delete,
+        _ => return None,
+    };
+    Some((rt, p))
+}
+
+/// The middleware: authenticate, then authorise the interaction by type and permission.
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let token = match bearer(&req) {
+        Ok(t) => t,
+        Err(no) => return no.into_response(),
+    };
+    let claims = match jwt::verify(&state.signing, token, &state.issuer, &state.fhir_base) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "token refused");
+            return unauthorized("invalid token", true);
+        }
+    };
+    if state.revoked.contains(&claims.jti) {
+        return unauthorized("revoked token", true);
+    }
+    let Ok(scopes) = ScopeSet::parse(&claims.scope) else {
+        return unauthorized("token with malformed scopes", true);
+    };
+    let principal = Principal { claims, scopes };
+    // Partner tokens see only what patients consented to. Until consent is enforced (the consent
+    // crate decides deny by default), a partner sees nothing.
+    if let Some(org) = &principal.claims.organization {
+        let ctx = fhirgate_consent::AccessContext {
+            organization: org.clone(),
+            purpose: None,
+            resource_type: String::new(),
+            classes: Vec::new(),
+            at: String::new(),
+        };
+        if let fhirgate_consent::Decision::Deny { reason } = fhirgate_consent::decide(&[], &ctx) {
+            tracing::debug!(reason, "partner access denied by consent");
+            return FhirError::Forbidden("no patient consent permits this access".into())
+                .into_response();
+        }
+    }
+    if let Some((rt, p)) = interaction(req.method(), req.uri().path()) {
+        if let Err(e) = principal.require(&rt, p) {
+            return e.into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}

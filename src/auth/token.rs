@@ -1,0 +1,263 @@
+//! The token endpoint (RFC 6749 §3.2) for SMART Backend Services
+//! (<https://hl7.org/fhir/smart-app-launch/backend-services.html>): `client_credentials` with a
+//! `private_key_jwt` client assertion (RFC 7523), signed RS384 or ES384 with a key of the client's
+//! registered JWKS.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::clients;
+use crate::auth::jwt::{AccessClaims, LEEWAY_SECS};
+use crate::auth::scopes::{Context, ScopeSet};
+use crate::state::AppState;
+
+/// Lifetime of a backend access token (Backend Services: at most five minutes).
+pub const BACKEND_TOKEN_SECS: i64 = 300;
+/// Longest `exp - now` accepted on a client assertion.
+const MAX_ASSERTION_SECS: i64 = 300;
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// An OAuth2 error response (RFC 6749 §5.2): `{"error", "error_description"}`, never cached.
+#[derive(Debug)]
+pub struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+}
+
+impl OAuthError {
+    /// 401 `invalid_client`: the client could not be authenticated.
+    pub fn invalid_client(description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: description.into(),
+        }
+    }
+    /// 400 with another error code.
+    pub fn bad(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        tracing::debug!(error = self.error, reason = %self.description, "token request refused");
+        let body = json!({"error": self.error, "error_description": self.description});
+        no_store((self.status, axum::Json(body)).into_response())
+    }
+}
+
+impl From<sqlx::Error> for OAuthError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error at the token endpoint");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: "try again later".into(),
+        }
+    }
+}
+
+/// Adds `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1).
+pub fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// The form of a token request.
+#[derive(Debug, Deserialize)]
+pub struct TokenRequest {
+    grant_type: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+}
+
+/// `POST /auth/token`.
+pub async fn token(
+    State(state): State<AppState>,
+    Form(req): Form<TokenRequest>,
+) -> Result<Response, OAuthError> {
+    match req.grant_type.as_deref() {
+        Some("client_credentials") => client_credentials(&state, req).await,
+        Some(other) => Err(OAuthError::bad(
+            "unsupported_grant_type",
+            format!("grant_type {other} is not supported"),
+        )),
+        None => Err(OAuthError::bad("invalid_request", "grant_type is missing")),
+    }
+}
+
+fn unverified_claims(jwt: &str) -> Option<Value> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Response, OAuthError> {
+    match req.client_assertion_type.as_deref() {
+        Some(JWT_BEARER) => {}
+        Some(_) => {
+            return Err(OAuthError::invalid_client(
+                "client_assertion_type must be jwt-bearer",
+            ))
+        }
+        None => {
+            return Err(OAuthError::bad(
+                "invalid_request",
+                "client_assertion_type is missing",
+            ))
+        }
+    }
+    let assertion = req
+        .client_assertion
+        .as_deref()
+        .ok_or_else(|| OAuthError::bad("invalid_request", "client_assertion is missing"))?;
+    // `alg=none` cannot even be represented by jsonwebtoken's header type: it fails here.
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| OAuthError::invalid_client("the client assertion is not a valid JWS"))?;
+    let (kty, crv) = match header.alg {
+        Algorithm::RS384 => ("RSA", None),
+        Algorithm::ES384 => ("EC", Some("P-384")),
+        other => {
+            return Err(OAuthError::invalid_client(format!(
+                "assertion algorithm {other:?} is not accepted (RS384 or ES384)"
+            )))
+        }
+    };
+    if header.jku.is_some() || header.jwk.is_some() || header.x5u.is_some() {
+        return Err(OAuthError::invalid_client(
+            "keys must come from the registered JWKS, not from the assertion header",
+        ));
+    }
+    let claimed = unverified_claims(assertion)
+        .ok_or_else(|| OAuthError::invalid_client("the client assertion payload is not JSON"))?;
+    let iss = claimed
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or_else(|| OAuthError::invalid_client("the assertion has no iss"))?;
+    if req.client_id.as_deref().is_some_and(|c| c != iss) {
+        return Err(OAuthError::invalid_client(
+            "client_id differs from the assertion issuer",
+        ));
+    }
+    let client = clients::get(&state.db, iss)
+        .await?
+        .filter(|c| c.kind == "backend")
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    let keys = client
+        .jwks
+        .as_ref()
+        .and_then(|j| j.get("keys"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let candidates: Vec<&Value> = keys
+        .iter()
+        .filter(|k| k.get("kty").and_then(Value::as_str) == Some(kty))
+        .filter(|k| crv.is_none() || k.get("crv").and_then(Value::as_str) == crv)
+        .filter(|k| {
+            header.kid.is_none() || k.get("kid").and_then(Value::as_str) == header.kid.as_deref()
+        })
+        .collect();
+    // SMART: zero or several matching keys is a failure, never a guess.
+    let [key] = candidates.as_slice() else {
+        return Err(OAuthError::invalid_client(format!(
+            "{} registered keys match the assertion; exactly one must",
+            candidates.len()
+        )));
+    };
+    let jwk: Jwk = serde_json::from_value((*key).clone())
+        .map_err(|_| OAuthError::invalid_client("the registered key is unusable"))?;
+    let decoding = DecodingKey::from_jwk(&jwk)
+        .map_err(|_| OAuthError::invalid_client("the registered key is unusable"))?;
+    let mut v = Validation::new(header.alg);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    v.set_issuer(&[&client.client_id]);
+    v.set_audience(&[&state.token_url()]);
+    v.sub = Some(client.client_id.clone());
+    v.leeway = LEEWAY_SECS;
+    let verified = jsonwebtoken::decode::<Value>(assertion, &decoding, &v)
+        .map_err(|e| OAuthError::invalid_client(format!("the client assertion was refused: {e}")))?
+        .claims;
+    let now = chrono::Utc::now().timestamp();
+    let exp = verified.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    if exp - now > MAX_ASSERTION_SECS + LEEWAY_SECS as i64 {
+        return Err(OAuthError::invalid_client(
+            "the assertion expires more than five minutes from now",
+        ));
+    }
+    let jti = verified
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty())
+        .ok_or_else(|| OAuthError::invalid_client("the assertion has no jti"))?;
+    // A jti is single use until the assertion expires; the primary key settles concurrent replays.
+    // language=PostgreSQL
+    let fresh = sqlx::query("insert into client_assertion_jti (client_id, jti, expires_at) values ($1, $2, to_timestamp($3)) on conflict do nothing")
+        .bind(&client.client_id)
+        .bind(jti)
+        .bind(exp as f64)
+        .execute(&state.db)
+        .await?
+        .rows_affected()
+        == 1;
+    if !fresh {
+        return Err(OAuthError::invalid_client(
+            "the assertion was already used (jti replay)",
+        ));
+    }
+    let requested = ScopeSet::parse(req.scope.as_deref().unwrap_or_default())
+        .map_err(|e| OAuthError::bad("invalid_scope", e.to_string()))?;
+    if requested
+        .resources
+        .iter()
+        .any(|r| r.context != Context::System)
+    {
+        return Err(OAuthError::bad(
+            "invalid_scope",
+            "a backend may only ask for system/ scopes",
+        ));
+    }
+    let registered = ScopeSet::parse(&client.scopes).unwrap_or_default();
+    let granted = requested.intersect(&registered);
+    if granted.resources.is_empty() {
+        return Err(OAuthError::bad(
+            "invalid_scope",
+            "none of the requested scopes is allowed for this client",
+        ));
+    }
+    let claims = AccessClaims {
+        iss: state.issuer.clone(),
+        aud: state.fhir_base.clone(),
+        sub: client.client_id.clone(),
+        exp: now + BACKEND_TOKEN_SECS,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: granted.to_string(),
+        client_id: client.client_id.clone(),
+        patient: None,
+        organization: client.organization.clone(),
+    };
+    let access_token = state.signing.sign(&claims).map_err(|e| {
+        tracing::error!(error = %e, "signing failed");
+        OAuthError::bad("server_error", "could not issue a token")
+    })?;
+    let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": BACKEND_TOKEN_SECS, "scope": claims.scope});
+    Ok(no_store(axum::Json(body).into_response()))
+}
