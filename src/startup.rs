@@ -150,6 +150,7 @@ impl Application {
             issuer,
             signing,
             revoked,
+            verified: Default::default(),
         }));
         let router = app(
             state.clone(),

@@ -29,6 +29,8 @@ pub struct AppInner {
     pub signing: SigningKeys,
     /// Revoked token ids, refreshed in the background.
     pub revoked: Arc<RevokedSet>,
+    /// Access tokens already verified.
+    pub verified: crate::auth::jwt::VerifiedCache,
 }
 
 impl AppInner {

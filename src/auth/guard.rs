@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::jwt::{self, AccessClaims};
+use crate::auth::jwt::AccessClaims;
 use crate::auth::scopes::{Context, Permission, ScopeSet};
 use crate::error::FhirError;
 use crate::state::AppState;
@@ -16,7 +16,7 @@ use crate::state::AppState;
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// The token's claims.
-    pub claims: AccessClaims,
+    pub claims: std::sync::Arc<AccessClaims>,
     /// Its scopes, parsed.
     pub scopes: ScopeSet,
 }
@@ -146,7 +146,10 @@ pub async fn require_token(
         Ok(t) => t,
         Err(no) => return no.into_response(),
     };
-    let claims = match jwt::verify(&state.signing, token, &state.issuer, &state.fhir_base) {
+    let claims = match state
+        .verified
+        .verify(&state.signing, token, &state.issuer, &state.fhir_base)
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "token refused");

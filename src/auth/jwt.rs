@@ -77,3 +77,57 @@ pub fn verify(
         .map_err(|e| TokenError::Invalid(e.to_string()))?;
     Ok(data.claims)
 }
+
+/// Tokens whose signature and claims were already verified, keyed by the SHA-256 of the token.
+/// A client sends the same token for minutes; checking the ES256 signature once instead of on
+/// every request removes most of the cost of authentication. Expiry is re-checked on each use and
+/// revocation is checked separately (`revoked`), so the cache never extends a token's life.
+#[derive(Default)]
+pub struct VerifiedCache {
+    map: std::sync::RwLock<std::collections::HashMap<[u8; 32], std::sync::Arc<AccessClaims>>>,
+}
+
+/// Entries kept before the cache is emptied (a crude bound; tokens live five minutes).
+const CACHE_LIMIT: usize = 50_000;
+
+impl VerifiedCache {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Verifies `token`, from the cache when it was seen before.
+    pub fn verify(
+        &self,
+        keys: &SigningKeys,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<std::sync::Arc<AccessClaims>, TokenError> {
+        let key = Self::key(token);
+        let now = chrono::Utc::now().timestamp();
+        let cached = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(claims) = cached {
+            return if claims.exp + LEEWAY_SECS as i64 >= now {
+                Ok(claims)
+            } else {
+                Err(TokenError::Invalid("expired".into()))
+            };
+        }
+        let claims = std::sync::Arc::new(verify(keys, token, issuer, audience)?);
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key, claims.clone());
+        Ok(claims)
+    }
+}

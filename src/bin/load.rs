@@ -30,6 +30,13 @@ struct Cli {
     /// PostgreSQL URL for the ceiling measurement (the server's database or any other).
     #[arg(long, env = "LOAD_DATABASE_URL")]
     database_url: Option<String>,
+    /// Bearer token to send.
+    #[arg(long, env = "FHIR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Register a first-party backend (system/*.cruds) in the server's database given by
+    /// --database-url, and get a token from the server's token endpoint (SMART Backend Services).
+    #[arg(long)]
+    register_client: bool,
     /// Workload.
     #[command(subcommand)]
     workload: Workload,
@@ -153,6 +160,7 @@ fn run_id() -> String {
 
 async fn ingest(cli: &Cli, a: &IngestArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
+        .default_headers(auth_headers(cli))
         .pool_max_idle_per_host(a.concurrency)
         .build()?;
     let run = run_id();
@@ -322,6 +330,7 @@ fn pick(ids: &[String], k: u64) -> &str {
 
 async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
+        .default_headers(auth_headers(cli))
         .pool_max_idle_per_host(a.connections)
         .build()?;
     let ids = Arc::new(seed(&client, &cli.base, a.seed).await?);
@@ -396,6 +405,7 @@ async fn select_ceiling(url: &str, connections: usize, duration: Duration) -> an
 
 async fn mixed(cli: &Cli, a: &MixedArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
+        .default_headers(auth_headers(cli))
         .pool_max_idle_per_host(a.connections)
         .build()?;
     let ids = Arc::new(seed(&client, &cli.base, a.seed).await?);
@@ -451,9 +461,87 @@ async fn mixed(cli: &Cli, a: &MixedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn auth_headers(cli: &Cli) -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    if let Some(t) = &cli.token {
+        if let Ok(v) = format!("Bearer {t}").parse() {
+            h.insert(reqwest::header::AUTHORIZATION, v);
+        }
+    }
+    h
+}
+
+/// Registers a backend with a fresh ES384 key and asks the server for a token, as a partner's
+/// backend would (the key never leaves this process).
+async fn register_and_get_token(cli: &Cli) -> anyhow::Result<String> {
+    use base64::Engine;
+    use p384::elliptic_curve::sec1::ToEncodedPoint;
+    use p384::pkcs8::EncodePrivateKey;
+    let url = cli
+        .database_url
+        .as_deref()
+        .context("--register-client needs --database-url")?;
+    let pool = sqlx::PgPool::connect(url).await?;
+    let secret = p384::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = secret.public_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "load", "alg": "ES384",
+        "x": b64(point.x().context("x")?), "y": b64(point.y().context("y")?)}]});
+    let client_id = format!("load-{}", run_id());
+    let client = fhirgate::auth::clients::Client {
+        client_id: client_id.clone(),
+        kind: "backend".into(),
+        scopes: "system/*.cruds".into(),
+        redirect_uris: vec![],
+        confidential: false,
+        secret_hash: None,
+        jwks: Some(jwks),
+        organization: None,
+    };
+    fhirgate::auth::clients::add(&pool, &client).await?;
+    let token_url = format!(
+        "{}/auth/token",
+        cli.base.trim_end_matches('/').trim_end_matches("/fhir")
+    );
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240, "jti": uuid::Uuid::new_v4().to_string()});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+    header.kid = Some("load".into());
+    let assertion = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(secret.to_pkcs8_der()?.as_bytes()),
+    )?;
+    let resp: Value = reqwest::Client::new()
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion.as_str()),
+            ("scope", "system/*.cruds"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    resp["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no token: {resp}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.register_client {
+        cli.token = Some(register_and_get_token(&cli).await?);
+        println!(
+            "registered a backend client and obtained a system/*.cruds token (ES256, 5 minutes)"
+        );
+    }
     match &cli.workload {
         Workload::Ingest(a) => ingest(&cli, a).await,
         Workload::Read(a) => read(&cli, a).await,
