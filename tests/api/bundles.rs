@@ -296,3 +296,21 @@ async fn all_synthea_patients_load_with_matching_counts() {
     );
     assert_eq!(app.count("resource").await, before);
 }
+
+#[tokio::test]
+async fn unsupported_bundle_entries_are_501() {
+    let app = spawn_app().await;
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:x|1"}}]});
+    assert_outcome(app.post("", &tx).await, 501, "not-supported").await;
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?identifier=urn:x|1"}},
+        {"request": {"method": "PATCH", "url": "Patient/1"}}]});
+    let out = json(app.post("", &batch).await).await;
+    assert_eq!(out["entry"][0]["response"]["status"], "501 Not Implemented");
+    assert_eq!(
+        out["entry"][0]["response"]["outcome"]["issue"][0]["code"],
+        "not-supported"
+    );
+    assert_eq!(out["entry"][1]["response"]["status"], "400 Bad Request");
+}
