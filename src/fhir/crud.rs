@@ -126,19 +126,7 @@ pub async fn create(
         resource: Some(resource),
         if_match: None,
     };
-    let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
-    tx.commit().await?;
-    respond::written(
-        r.status,
-        fmt,
-        ret,
-        &state.fhir_base,
-        rt,
-        &r.id,
-        r.version_id,
-        &r.last_updated,
-        r.body,
-    )
+    write_one(&state, tx, op, fmt, ret).await
 }
 
 /// The 200 answer of a conditional create that found its resource.
@@ -217,7 +205,7 @@ async fn put(
     fmt: format::Format,
     ret: Return,
 ) -> Result<Response> {
-    let mut tx = state.db.begin().await?;
+    let tx = state.db.begin().await?;
     let op = WriteOp {
         kind: WriteKind::Update,
         resource_type: rt.to_owned(),
@@ -225,6 +213,17 @@ async fn put(
         resource: Some(resource),
         if_match,
     };
+    write_one(state, tx, op, fmt, ret).await
+}
+
+/// Applies one write in `tx`, commits, and answers with the headers and body `Prefer` asks for.
+async fn write_one(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    op: WriteOp,
+    fmt: format::Format,
+    ret: Return,
+) -> Result<Response> {
     let r = write::apply(state, &mut tx, vec![op]).await?.remove(0);
     tx.commit().await?;
     respond::written(
@@ -232,7 +231,7 @@ async fn put(
         fmt,
         ret,
         &state.fhir_base,
-        rt,
+        &r.resource_type,
         &r.id,
         r.version_id,
         &r.last_updated,
