@@ -4,6 +4,7 @@
 
 pub mod clients;
 pub mod guard;
+pub mod introspect;
 pub mod jwt;
 pub mod keys;
 pub mod revoked;
@@ -29,4 +30,6 @@ pub fn router() -> Router<AppState> {
         )
         .route("/auth/jwks", get(well_known::jwks))
         .route("/auth/token", post(token::token))
+        .route("/auth/introspect", post(introspect::introspect))
+        .route("/auth/revoke", post(introspect::revoke))
 }

@@ -24,6 +24,11 @@ impl RevokedSet {
             .contains(jti)
     }
 
+    /// Marks `jti` revoked on this server at once (others learn it from the table).
+    pub fn insert(&self, jti: &str) {
+        self.extend(vec![jti.to_owned()]);
+    }
+
     fn extend(&self, jtis: Vec<String>) {
         if !jtis.is_empty() {
             self.jtis

@@ -14,6 +14,8 @@ pub fn configuration(state: &AppState) -> Value {
         "issuer": state.issuer,
         "jwks_uri": format!("{}/auth/jwks", state.issuer),
         "token_endpoint": state.token_url(),
+        "introspection_endpoint": format!("{}/auth/introspect", state.issuer),
+        "revocation_endpoint": format!("{}/auth/revoke", state.issuer),
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "grant_types_supported": ["client_credentials"],

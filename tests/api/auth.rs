@@ -574,3 +574,115 @@ async fn a_revoked_token_stops_working_within_seconds() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn introspection_and_revocation() {
+    let app = spawn_app().await;
+    let root = app.state.issuer.clone();
+    let mine = mint(&app.state, "system/*.rs", None);
+    let post = |path: &'static str, bearer: Option<String>, token: String| {
+        let mut r = app
+            .anonymous
+            .post(format!("{root}/auth/{path}"))
+            .form(&[("token", token)]);
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        r.send()
+    };
+    // Without authorization: 401 invalid_client.
+    oauth_error(
+        post("introspect", None, mine.clone()).await.expect("post"),
+        401,
+        "invalid_client",
+    )
+    .await;
+    // A random string and an expired token are inactive, with nothing else said.
+    let body = json(
+        post("introspect", Some(mine.clone()), "random".into())
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(body, json!({"active": false}));
+    let now = chrono::Utc::now().timestamp();
+    let expired = app
+        .state
+        .signing
+        .sign(&json!({"iss": app.state.issuer, "aud": app.state.fhir_base, "sub": "t", "exp": now - 120, "iat": now - 500,
+            "jti": "old", "scope": "system/*.rs", "client_id": "test-backend"}))
+        .expect("sign");
+    assert_eq!(
+        json(
+            post("introspect", Some(mine.clone()), expired)
+                .await
+                .expect("post")
+        )
+        .await,
+        json!({"active": false})
+    );
+    // A live token: active with its claims.
+    let body = json(
+        post("introspect", Some(mine.clone()), mine.clone())
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!(body["active"], true);
+    assert_eq!(body["scope"], "system/*.rs");
+    // A partner cannot learn about another client's tokens.
+    let partner = mint(&app.state, "system/*.rs", Some("Organization/p"));
+    let other = app.state.signing.sign(&json!({"iss": app.state.issuer, "aud": app.state.fhir_base, "sub": "x", "exp": now + 60,
+        "iat": now, "jti": "x1", "scope": "system/*.rs", "client_id": "someone-else"})).expect("sign");
+    assert_eq!(
+        json(
+            post("introspect", Some(partner), other)
+                .await
+                .expect("post")
+        )
+        .await,
+        json!({"active": false})
+    );
+    // Revocation: 200, then the token is inactive and refused by the FHIR API within seconds.
+    let victim = mint(&app.state, "system/*.rs", None);
+    let resp = post("revoke", Some(victim.clone()), victim.clone())
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(
+        json(
+            post("introspect", Some(mine.clone()), victim.clone())
+                .await
+                .expect("post")
+        )
+        .await["active"],
+        false
+    );
+    let started = std::time::Instant::now();
+    while app
+        .anonymous
+        .get(format!("{}/Patient", app.base))
+        .bearer_auth(&victim)
+        .send()
+        .await
+        .expect("get")
+        .status()
+        != 401
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "revoked token still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let conf = json(
+        app.anonymous
+            .get(format!("{root}/.well-known/smart-configuration"))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(conf["revocation_endpoint"], format!("{root}/auth/revoke"));
+}

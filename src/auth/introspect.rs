@@ -1,0 +1,96 @@
+//! Token introspection (RFC 7662) and revocation (RFC 7009). Both need the caller to present a
+//! valid access token of its own; a client learns about, and revokes, only its own tokens (a
+//! first-party backend may introspect any). An unknown, expired, revoked or foreign token is
+//! simply `{"active": false}`, with no other fields.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Form, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::jwt::{self, AccessClaims};
+use crate::auth::token::{no_store, OAuthError};
+use crate::state::AppState;
+
+/// The form of both endpoints.
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    token: Option<String>,
+}
+
+fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<std::sync::Arc<AccessClaims>, OAuthError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .ok_or_else(|| OAuthError::invalid_client("authenticate with your own bearer token"))?;
+    let claims = state
+        .verified
+        .verify(&state.signing, value, &state.issuer, &state.fhir_base)
+        .map_err(|_| OAuthError::invalid_client("the caller's token is not valid"))?;
+    if state.revoked.contains(&claims.jti) {
+        return Err(OAuthError::invalid_client("the caller's token was revoked"));
+    }
+    Ok(claims)
+}
+
+/// The claims of `token` if it is active and the caller may see it.
+fn visible(state: &AppState, me: &AccessClaims, token: &str) -> Option<AccessClaims> {
+    let claims = jwt::verify(&state.signing, token, &state.issuer, &state.fhir_base).ok()?;
+    let first_party = me.organization.is_none() && me.patient.is_none();
+    let own = claims.client_id == me.client_id;
+    (!state.revoked.contains(&claims.jti) && (own || first_party)).then_some(claims)
+}
+
+/// `POST /auth/introspect`.
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> Result<Response, OAuthError> {
+    let me = caller(&state, &headers)?;
+    let token = form
+        .token
+        .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+    let body: Value = match visible(&state, &me, &token) {
+        Some(c) => {
+            let mut v = json!({"active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id,
+                "sub": c.sub, "exp": c.exp, "iat": c.iat, "iss": c.iss, "aud": c.aud, "jti": c.jti});
+            if let Some(p) = c.patient {
+                v["patient"] = json!(p);
+            }
+            v
+        }
+        None => json!({"active": false}),
+    };
+    Ok(no_store(Json(body).into_response()))
+}
+
+/// `POST /auth/revoke`: 200 whether or not the token was known (RFC 7009 §2.2).
+pub async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> Result<Response, OAuthError> {
+    let me = caller(&state, &headers)?;
+    let token = form
+        .token
+        .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+    if let Some(c) = visible(&state, &me, &token) {
+        // language=PostgreSQL
+        sqlx::query("insert into revoked_token (jti, expires_at) values ($1, to_timestamp($2)) on conflict do nothing")
+            .bind(&c.jti)
+            .bind(c.exp as f64)
+            .execute(&state.db)
+            .await?;
+        state.revoked.insert(&c.jti);
+    }
+    Ok(no_store(StatusCode::OK.into_response()))
+}
