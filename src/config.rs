@@ -98,6 +98,18 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations to DATABASE_URL (or the private database) and exit.
     Migrate,
+    /// Import provider payloads for a patient (the same path as POST /ingest/{source}).
+    Import {
+        /// apple-health, healthkit, fitbit, google-fit, oura or withings.
+        #[arg(long)]
+        source: String,
+        /// The Patient id the data belongs to.
+        #[arg(long)]
+        patient: String,
+        /// Files to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Register, list and remove OAuth clients (apps and partner backends).
     Client {
         /// Client operation.

@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod error;
 pub mod fhir;
 pub mod health;
+pub mod ingest;
 pub mod pg;
 pub mod startup;
 pub mod state;

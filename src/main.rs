@@ -37,6 +37,23 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             db.close().await;
         }
+        Command::Import {
+            source,
+            patient,
+            files,
+        } => {
+            let source: fhirgate_mappers::Source = source
+                .parse()
+                .map_err(|_| anyhow::anyhow!("unknown source {source}: apple-health, healthkit, fitbit, google-fit, oura or withings"))?;
+            if !fhirgate_codec::is_valid_id(&patient) {
+                anyhow::bail!("--patient must be a FHIR id");
+            }
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let result = import(&db.pool, Box::new(keys), source, &patient, &files).await;
+            db.close().await;
+            result?;
+        }
         Command::Client { command } => {
             let db = Database::connect(&cli.db).await?;
             let result = client_command(&db.pool, command).await;
@@ -159,5 +176,42 @@ async fn client_command(db: &sqlx::PgPool, command: ClientCommand) -> anyhow::Re
             println!("removed client {id}");
         }
     }
+    Ok(())
+}
+
+async fn import(
+    pool: &sqlx::PgPool,
+    keys: Box<dyn fhirgate::crypto::KeyProvider>,
+    source: fhirgate_mappers::Source,
+    patient: &str,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
+    let state = startup::open_state(pool.clone(), keys, "http://localhost", usize::MAX).await?;
+    let mut total = fhirgate::ingest::IngestSummary::default();
+    for (n, path) in files.iter().enumerate() {
+        eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mapped = fhirgate::ingest::map(source, patient, bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let s = fhirgate::ingest::store(&state, patient, mapped)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!(
+            "{} created, {} updated, {} unchanged, {} rejected",
+            s.created,
+            s.updated,
+            s.unchanged,
+            s.rejected.len()
+        );
+        total.created += s.created;
+        total.updated += s.updated;
+        total.unchanged += s.unchanged;
+        total.rejected.extend(s.rejected);
+        for (k, v) in s.skipped {
+            *total.skipped.entry(k).or_default() += v;
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&total)?);
     Ok(())
 }

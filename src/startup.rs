@@ -110,6 +110,29 @@ pub fn master_keys(args: &DbArgs) -> anyhow::Result<LocalKeyProvider> {
     Ok(LocalKeyProvider::new(primary, previous))
 }
 
+/// Opens the key ring and the signing keys and builds the state; `public` is the base URL
+/// (scheme://host[:port]). Used by the server and by the command-line tools that write data.
+pub async fn open_state(
+    pool: PgPool,
+    keys: Box<dyn KeyProvider>,
+    public: &str,
+    max_body_bytes: usize,
+) -> anyhow::Result<AppState> {
+    let keys = Keyring::open(&pool, keys).await?;
+    let signing = SigningKeys::load(&pool, &keys).await?;
+    let issuer = public.trim_end_matches('/').to_owned();
+    Ok(AppState(Arc::new(AppInner {
+        db: pool,
+        keys,
+        fhir_base: format!("{issuer}/fhir"),
+        max_body_bytes,
+        issuer,
+        signing,
+        revoked: Arc::new(RevokedSet::default()),
+        verified: Default::default(),
+    })))
+}
+
 /// A built server, bound and ready to run.
 pub struct Application {
     state: AppState,
@@ -125,8 +148,6 @@ impl Application {
         keys: Box<dyn KeyProvider>,
         pool: PgPool,
     ) -> anyhow::Result<Self> {
-        let keys = Keyring::open(&pool, keys).await?;
-        let signing = SigningKeys::load(&pool, &keys).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
@@ -135,23 +156,10 @@ impl Application {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let issuer = public.trim_end_matches('/').to_owned();
-        let revoked = Arc::new(RevokedSet::default());
-        tokio::spawn({
-            let revoked = revoked.clone();
-            let db = pool.clone();
-            async move { revoked.follow(db).await }
-        });
-        let state = AppState(Arc::new(AppInner {
-            db: pool,
-            keys,
-            fhir_base: format!("{issuer}/fhir"),
-            max_body_bytes: args.max_body_bytes,
-            issuer,
-            signing,
-            revoked,
-            verified: Default::default(),
-        }));
+        let state = open_state(pool, keys, &public, args.max_body_bytes).await?;
+        let revoked = state.revoked.clone();
+        let db = state.db.clone();
+        tokio::spawn(async move { revoked.follow(db).await });
         let router = app(
             state.clone(),
             Duration::from_secs(args.request_timeout_secs),
@@ -195,6 +203,7 @@ pub fn app(state: AppState, timeout: Duration) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     crate::fhir::router(&state)
         .merge(crate::auth::router())
+        .merge(crate::ingest::router(&state))
         .merge(crate::health::router())
         .fallback(crate::fhir::fallback)
         .with_state(state)

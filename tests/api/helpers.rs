@@ -78,6 +78,8 @@ pub(crate) struct TestApp {
     pub(crate) anonymous: reqwest::Client,
     /// The server's state (to mint tokens, register clients).
     pub(crate) state: fhirgate::state::AppState,
+    /// The server's master key (hex), for command-line tools that must read its data.
+    pub(crate) master_key: String,
 }
 
 /// Settings of a test server.
@@ -139,6 +141,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
             .expect("client"),
         anonymous: reqwest::Client::new(),
         state,
+        master_key,
     }
 }
 

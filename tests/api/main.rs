@@ -8,5 +8,6 @@ mod crud;
 mod encryption;
 mod helpers;
 mod independent;
+mod ingest;
 mod spec_examples;
 mod validation;

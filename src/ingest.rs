@@ -1,0 +1,225 @@
+//! The ingest path: a provider payload (Apple Health export, HealthKit JSON, Fitbit, Google Fit,
+//! Oura, Withings) is mapped by the `mappers` crate, validated, compared with what is stored and
+//! written in one transaction, with a Provenance for the import. Re-importing the same data
+//! creates nothing: the mappers give every record a deterministic id. A record whose content
+//! changed becomes a new version with status `amended`.
+//!
+//! Used by `POST /ingest/{source}?patient=ID` and by `fhirgate import`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{FhirError, Result};
+use crate::fhir::write::{self, check_resource, WriteKind, WriteOp};
+use crate::state::AppState;
+use crate::storage;
+
+/// What an import did.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Resources stored for the first time.
+    pub created: u64,
+    /// Resources whose content changed (a new version).
+    pub updated: u64,
+    /// Resources already stored with the same content.
+    pub unchanged: u64,
+    /// Records that could not be mapped or did not validate, with where and why.
+    pub rejected: Vec<Rejected>,
+    /// Records deliberately not mapped, counted per reason.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// One rejected record.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Rejected {
+    /// Line, JSON path or resource id of the record.
+    pub location: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Maps `bytes` of `source` for `patient_id` off the async runtime (mapping is CPU work).
+pub async fn map(
+    source: fhirgate_mappers::Source,
+    patient_id: &str,
+    bytes: Vec<u8>,
+) -> Result<fhirgate_mappers::MapOutput> {
+    let ctx = fhirgate_mappers::MapContext::new(patient_id);
+    tokio::task::spawn_blocking(move || fhirgate_mappers::map(source, &bytes, &ctx))
+        .await
+        .map_err(|e| FhirError::Internal(e.into()))?
+        .map_err(|e| {
+            FhirError::bad_request(
+                "body",
+                format!("the body cannot be read as {}: {e}", source.as_str()),
+            )
+        })
+}
+
+fn without_meta(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("meta");
+    }
+    v
+}
+
+/// Validates, de-duplicates and stores mapped resources in one transaction.
+pub async fn store(
+    state: &AppState,
+    patient_id: &str,
+    mapped: fhirgate_mappers::MapOutput,
+) -> Result<IngestSummary> {
+    let mut summary = IngestSummary {
+        rejected: mapped
+            .errors
+            .into_iter()
+            .map(|e| Rejected {
+                location: e.location,
+                reason: e.reason,
+            })
+            .collect(),
+        skipped: mapped.skipped,
+        ..Default::default()
+    };
+    // Validate first; group ids by type to fetch what is stored in one query per type.
+    let mut valid: Vec<(String, String, Value)> = Vec::new();
+    for r in mapped.resources {
+        let rt = r
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let id = r
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match check_resource(r, &rt, Some(&id)) {
+            Ok(canonical) => valid.push((rt, id, canonical)),
+            Err(e) => {
+                let (_, issues) = e.client_response();
+                let reason = issues
+                    .into_iter()
+                    .map(|i| i.message)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                summary.rejected.push(Rejected {
+                    location: format!("{rt}/{id}"),
+                    reason,
+                });
+            }
+        }
+    }
+    let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+    for (rt, id, _) in &valid {
+        by_type.entry(rt.clone()).or_default().push(id.clone());
+    }
+    let mut stored: HashMap<(String, String), Value> = HashMap::new();
+    for (rt, ids) in &by_type {
+        for v in storage::read_many(state, rt, ids).await? {
+            if let Some(b) = v.body {
+                stored.insert((v.resource_type, v.id), fhirgate_codec::parse_json(&b)?);
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    let mut written = Vec::new();
+    for (rt, id, mut resource) in valid {
+        match stored.get(&(rt.clone(), id.clone())) {
+            Some(old) if without_meta(old) == without_meta(&resource) => {
+                summary.unchanged += 1;
+                continue;
+            }
+            Some(_) => {
+                // The content changed: a new version, marked as amended (R4 observation-status).
+                summary.updated += 1;
+                if rt == "Observation" {
+                    resource["status"] = json!("amended");
+                }
+            }
+            None => summary.created += 1,
+        }
+        written.push(json!({"reference": format!("{rt}/{id}")}));
+        ops.push(WriteOp {
+            kind: WriteKind::Update,
+            resource_type: rt,
+            id,
+            resource: Some(resource),
+            if_match: None,
+        });
+    }
+    if ops.is_empty() {
+        return Ok(summary);
+    }
+    // One Provenance per import batch: what was written, on whose behalf, when.
+    let provenance_id = write::new_id();
+    let provenance = json!({
+        "resourceType": "Provenance",
+        "id": provenance_id,
+        "target": written,
+        "recorded": write::instant(&write::now()),
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}]},
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}]},
+                   "who": {"reference": format!("Patient/{patient_id}")}}],
+    });
+    let provenance = check_resource(provenance, "Provenance", Some(&provenance_id))?;
+    ops.push(WriteOp {
+        kind: WriteKind::Create,
+        resource_type: "Provenance".into(),
+        id: provenance_id,
+        resource: Some(provenance),
+        if_match: None,
+    });
+    let mut tx = state.db.begin().await?;
+    write::apply(state, &mut tx, ops).await?;
+    tx.commit().await?;
+    Ok(summary)
+}
+
+/// The `/ingest/{source}` route; it needs a token like the FHIR API.
+pub fn router(state: &AppState) -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/ingest/{source}", axum::routing::post(ingest))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard::require_token,
+        ))
+}
+
+/// `POST /ingest/{source}?patient=ID`: maps the body and answers with the summary. The token must
+/// allow creating and updating Observations and Devices (a first-party backend or admin).
+async fn ingest(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
+    axum::extract::Path(source): axum::extract::Path<String>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    body: axum::body::Body,
+) -> Result<axum::response::Response> {
+    use crate::auth::scopes::Permission;
+    let source: fhirgate_mappers::Source = source.parse().map_err(|_| {
+        FhirError::NotFound(format!(
+            "unknown source '{source}' (apple-health, healthkit, fitbit, google-fit, oura, withings)"
+        ))
+    })?;
+    for rt in ["Observation", "Device"] {
+        principal.require(rt, Permission::Create)?;
+        principal.require(rt, Permission::Update)?;
+    }
+    principal.require("Provenance", Permission::Create)?;
+    let pairs = crate::fhir::format::query_pairs(q.as_deref());
+    let patient = pairs
+        .iter()
+        .find(|(k, _)| k == "patient")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| FhirError::bad_request("patient", "the patient parameter is required"))?;
+    crate::fhir::logical_id(&patient)?;
+    let bytes = crate::fhir::body::read_limited(body, state.max_body_bytes).await?;
+    let mapped = map(source, &patient, bytes.to_vec()).await?;
+    let summary = store(&state, &patient, mapped).await?;
+    Ok(axum::response::IntoResponse::into_response(axum::Json(
+        summary,
+    )))
+}

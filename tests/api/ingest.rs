@@ -1,0 +1,201 @@
+//! The ingest path: provider payloads become de-duplicated, versioned FHIR, through
+//! `POST /ingest/{source}` and `fhirgate import`.
+
+use serde_json::Value;
+
+use crate::helpers::{assert_outcome, json, mint, spawn_app};
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("mappers/tests/fixtures")
+            .join(path),
+    )
+    .expect("fixture")
+}
+
+async fn ingest(
+    app: &crate::helpers::TestApp,
+    source: &str,
+    patient: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    app.client
+        .post(
+            app.base
+                .replace("/fhir", &format!("/ingest/{source}?patient={patient}")),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("ingest")
+}
+
+#[tokio::test]
+async fn a_reimport_creates_nothing_and_a_changed_value_is_a_new_amended_version() {
+    let app = spawn_app().await;
+    let payload = fixture("withings/shimmer_withings-body-measures.json");
+    let first = ingest(&app, "withings", "w1", payload.clone()).await;
+    assert_eq!(first.status(), 200);
+    let first = json(first).await;
+    let created = first["created"].as_u64().expect("created");
+    assert!(created > 0, "{first}");
+    assert_eq!(first["updated"], 0);
+    let versions = app.count("resource_version").await;
+    // The same data again: nothing new except no Provenance either.
+    let again = json(ingest(&app, "withings", "w1", payload.clone()).await).await;
+    assert_eq!(again["created"], 0);
+    assert_eq!(again["updated"], 0);
+    assert_eq!(again["unchanged"].as_u64(), Some(created));
+    assert_eq!(app.count("resource_version").await, versions);
+    // One Provenance for the import batch.
+    assert_eq!(
+        app.count("resource where resource_type = 'Provenance'")
+            .await,
+        1
+    );
+    // Change one measured value: exactly that record gets a new version with status amended.
+    let mut doc: Value = serde_json::from_slice(&payload).expect("json");
+    let old = doc["body"]["measuregrps"][0]["measures"][0]["value"]
+        .as_i64()
+        .expect("value");
+    doc["body"]["measuregrps"][0]["measures"][0]["value"] = Value::from(old + 7);
+    let changed = json(
+        ingest(
+            &app,
+            "withings",
+            "w1",
+            serde_json::to_vec(&doc).expect("bytes"),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(changed["created"], 0, "{changed}");
+    assert_eq!(changed["updated"], 1, "{changed}");
+    let (id,): (String,) = sqlx::query_as(
+        "select id from resource where resource_type = 'Observation' and version_id = 2",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("the amended one");
+    let obs = json(app.get(&format!("Observation/{id}")).await).await;
+    assert_eq!(obs["status"], "amended");
+    assert_eq!(obs["subject"]["reference"], "Patient/w1");
+}
+
+#[tokio::test]
+async fn bad_ingest_requests_write_nothing() {
+    let app = spawn_app().await;
+    let resp = ingest(
+        &app,
+        "withings",
+        "w2",
+        b"{\"body\": {\"measuregrps\": [".to_vec(),
+    )
+    .await;
+    let oo = assert_outcome(resp, 400, "invalid").await;
+    assert!(
+        oo["issue"][0]["diagnostics"]
+            .as_str()
+            .expect("d")
+            .contains("withings"),
+        "{oo}"
+    );
+    assert_outcome(
+        ingest(&app, "myspace", "w2", b"{}".to_vec()).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let resp = app
+        .client
+        .post(app.base.replace("/fhir", "/ingest/oura"))
+        .body(fixture("oura/dexta_oura_sleep.json"))
+        .send()
+        .await
+        .expect("post");
+    assert_outcome(resp, 400, "invalid").await;
+    let read_only = mint(&app.state, "system/*.rs", None);
+    let resp = app
+        .anonymous
+        .post(app.base.replace("/fhir", "/ingest/oura?patient=w2"))
+        .bearer_auth(read_only)
+        .body(fixture("oura/dexta_oura_sleep.json"))
+        .send()
+        .await
+        .expect("post");
+    assert_outcome(resp, 403, "forbidden").await;
+    let resp = app
+        .anonymous
+        .post(app.base.replace("/fhir", "/ingest/oura?patient=w2"))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_outcome(resp, 401, "login").await;
+    assert_eq!(app.count("resource_version").await, 0);
+    // A payload that maps: Oura sleep works end to end.
+    let ok = json(ingest(&app, "oura", "w2", fixture("oura/dexta_oura_sleep.json")).await).await;
+    assert!(ok["created"].as_u64().expect("created") > 0, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_import_command_uses_the_same_path() {
+    let app = spawn_app().await;
+    let url = {
+        let o = crate::helpers::admin_options();
+        let host = o.get_host().to_owned();
+        if host.starts_with('/') {
+            format!(
+                "postgres://postgres@localhost/{}?host={host}&port={}",
+                app.db_name,
+                o.get_port()
+            )
+        } else {
+            format!(
+                "postgres://postgres@{host}:{}/{}",
+                o.get_port(),
+                app.db_name
+            )
+        }
+    };
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("mappers/tests/fixtures/withings/shimmer_withings-body-measures.json");
+    let run = |f: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(["import", "--source", "withings", "--patient", "cli1"])
+            .arg(f)
+            .env("DATABASE_URL", &url)
+            .env_remove("FHIRGATE_MASTER_KEY_FILE")
+            .env("FHIRGATE_MASTER_KEY", &app.master_key)
+            .output()
+            .expect("import")
+    };
+    let out = run(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary json");
+    assert!(summary["created"].as_u64().expect("created") > 0);
+    // Imported data reads through the API (same keys).
+    let (id,): (String,) =
+        sqlx::query_as("select id from resource where resource_type = 'Observation' limit 1")
+            .fetch_one(&app.pool)
+            .await
+            .expect("one");
+    assert_eq!(app.get(&format!("Observation/{id}")).await.status(), 200);
+    // A file that is not a Withings payload: non-zero exit, nothing more written.
+    let before = app.count("resource_version").await;
+    let bad = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(bad.path(), "<html>not json</html>").expect("write");
+    let out = run(bad.path());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be read as withings"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(app.count("resource_version").await, before);
+}
