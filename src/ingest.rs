@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -183,6 +184,7 @@ pub async fn store(
 pub fn router(state: &AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route("/ingest/{source}", axum::routing::post(ingest))
+        .route("/ingest/jobs/{job}", axum::routing::get(job_status))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::guard::require_token,
@@ -216,10 +218,197 @@ async fn ingest(
         .map(|(_, v)| v.clone())
         .ok_or_else(|| FhirError::bad_request("patient", "the patient parameter is required"))?;
     crate::fhir::logical_id(&patient)?;
+    if source == fhirgate_mappers::Source::AppleHealth {
+        return start_job(state, patient, body).await;
+    }
     let bytes = crate::fhir::body::read_limited(body, state.max_body_bytes).await?;
     let mapped = map(source, &patient, bytes.to_vec()).await?;
     let summary = store(&state, &patient, mapped).await?;
     Ok(axum::response::IntoResponse::into_response(axum::Json(
         summary,
     )))
+}
+
+/// Resources written per transaction (and per Provenance) when streaming a large export.
+const CHUNK: usize = 1000;
+
+/// Maps an Apple Health export read from `path` in constant memory and stores it in chunks,
+/// calling `progress` with the number of records handled so far.
+pub async fn import_apple_stream(
+    state: &AppState,
+    patient_id: &str,
+    path: std::path::PathBuf,
+    mut progress: impl FnMut(u64) + Send,
+) -> Result<IngestSummary> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<fhirgate_mappers::MapOutput>(2);
+    let ctx = fhirgate_mappers::MapContext::new(patient_id);
+    let mapper = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let mut chunk = fhirgate_mappers::MapOutput::default();
+        let summary = fhirgate_mappers::map_apple_health_stream(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            &ctx,
+            |record| {
+                match record {
+                    fhirgate_mappers::MappedRecord::Resource(r) => chunk.resources.push(r),
+                    fhirgate_mappers::MappedRecord::Error(e) => chunk.errors.push(e),
+                }
+                if chunk.resources.len() >= CHUNK {
+                    // The receiver stops only when the import fails; then mapping may stop too.
+                    let _ = tx.blocking_send(std::mem::take(&mut chunk));
+                }
+            },
+        );
+        let _ = tx.blocking_send(chunk);
+        summary
+    });
+    let mut total = IngestSummary::default();
+    let mut records = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        records += (chunk.resources.len() + chunk.errors.len()) as u64;
+        let s = store(state, patient_id, chunk).await?;
+        total.created += s.created;
+        total.updated += s.updated;
+        total.unchanged += s.unchanged;
+        total.rejected.extend(s.rejected);
+        progress(records);
+    }
+    let summary = mapper
+        .await
+        .map_err(|e| FhirError::Internal(e.into()))?
+        .map_err(|e| {
+            FhirError::bad_request(
+                "body",
+                format!("the body cannot be read as apple-health: {e}"),
+            )
+        })?;
+    total.skipped = summary.skipped;
+    Ok(total)
+}
+
+/// Largest Apple Health export accepted (exports of several GB exist).
+const MAX_EXPORT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Streams the upload to a private temporary file, records a job and imports it in the
+/// background; answers 202 with the job's status URL in `Content-Location`.
+async fn start_job(
+    state: AppState,
+    patient: String,
+    body: axum::body::Body,
+) -> Result<axum::response::Response> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let file = tempfile::NamedTempFile::new().map_err(|e| FhirError::Internal(e.into()))?;
+    let path = file.path().to_owned();
+    let mut out = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| FhirError::Internal(e.into()))?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            FhirError::bad_request("body", "the upload could not be read completely")
+        })?;
+        size += chunk.len() as u64;
+        if size > MAX_EXPORT_BYTES {
+            return Err(FhirError::PayloadTooLarge(MAX_EXPORT_BYTES as usize));
+        }
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| FhirError::Internal(e.into()))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| FhirError::Internal(e.into()))?;
+    let job = uuid::Uuid::new_v4();
+    // language=PostgreSQL
+    sqlx::query("insert into ingest_job (job_id, patient, source, status) values ($1::uuid, $2, 'apple-health', 'running')")
+        .bind(job.to_string())
+        .bind(&patient)
+        .execute(&state.db)
+        .await?;
+    let worker = state.clone();
+    tokio::spawn(async move {
+        let file = file; // removed when the import ends
+        let db = worker.db.clone();
+        let mut last = std::time::Instant::now();
+        let progress = |records: u64| {
+            if last.elapsed() > std::time::Duration::from_secs(1) {
+                last = std::time::Instant::now();
+                let db = db.clone();
+                tokio::spawn(async move {
+                    // language=PostgreSQL
+                    let _ = sqlx::query("update ingest_job set records = $2, updated_at = now() where job_id = $1::uuid")
+                        .bind(job.to_string())
+                        .bind(records as i64)
+                        .execute(&db)
+                        .await;
+                });
+            }
+        };
+        let result = import_apple_stream(&worker, &patient, file.path().to_owned(), progress).await;
+        let (status, summary, error) = match result {
+            Ok(s) => ("done", serde_json::to_value(&s).ok(), None),
+            Err(e) => (
+                "failed",
+                None,
+                Some(
+                    e.client_response()
+                        .1
+                        .into_iter()
+                        .map(|i| i.message)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+            ),
+        };
+        // language=PostgreSQL
+        let _ = sqlx::query("update ingest_job set status = $2, summary = $3, error = $4, updated_at = now() where job_id = $1::uuid")
+            .bind(job.to_string())
+            .bind(status)
+            .bind(summary)
+            .bind(error)
+            .execute(&worker.db)
+            .await;
+    });
+    let status_url = format!("{}/ingest/jobs/{job}", state.issuer);
+    let mut resp = (
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(json!({"job": job.to_string(), "status": status_url})),
+    )
+        .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&status_url) {
+        resp.headers_mut()
+            .insert(axum::http::header::CONTENT_LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /ingest/jobs/{job}`: 202 with progress while running, 200 with the summary when done.
+async fn job_status(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::Path(job): axum::extract::Path<String>,
+) -> Result<axum::response::Response> {
+    let id = uuid::Uuid::parse_str(&job)
+        .map_err(|_| FhirError::NotFound("no such import job".into()))?;
+    // language=PostgreSQL
+    let row: Option<(String, i64, Option<Value>, Option<String>)> = sqlx::query_as(
+        "select status, records, summary, error from ingest_job where job_id = $1::uuid",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&state.db)
+    .await?;
+    let (status, records, summary, error) =
+        row.ok_or_else(|| FhirError::NotFound("no such import job".into()))?;
+    let code = if status == "running" {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let body = json!({"job": job, "status": status, "records": records, "summary": summary, "error": error});
+    let mut resp = (code, axum::Json(body)).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{records} records")) {
+        resp.headers_mut().insert("x-progress", v);
+    }
+    Ok(resp)
 }

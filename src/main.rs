@@ -190,13 +190,26 @@ async fn import(
     let mut total = fhirgate::ingest::IngestSummary::default();
     for (n, path) in files.iter().enumerate() {
         eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let mapped = fhirgate::ingest::map(source, patient, bytes)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let s = fhirgate::ingest::store(&state, patient, mapped)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let s = if source == fhirgate_mappers::Source::AppleHealth {
+            // Exports can be gigabytes: streamed, mapped and stored in chunks in constant memory.
+            let progress = |records: u64| {
+                eprint!(
+                    "\r[{}/{}] {} … {records} records ",
+                    n + 1,
+                    files.len(),
+                    path.display()
+                )
+            };
+            fhirgate::ingest::import_apple_stream(&state, patient, path.clone(), progress).await
+        } else {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            match fhirgate::ingest::map(source, patient, bytes).await {
+                Ok(mapped) => fhirgate::ingest::store(&state, patient, mapped).await,
+                Err(e) => Err(e),
+            }
+        }
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         eprintln!(
             "{} created, {} updated, {} unchanged, {} rejected",
             s.created,

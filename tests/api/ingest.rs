@@ -199,3 +199,52 @@ async fn the_import_command_uses_the_same_path() {
     );
     assert_eq!(app.count("resource_version").await, before);
 }
+
+#[tokio::test]
+async fn an_apple_export_is_imported_in_the_background() {
+    let app = spawn_app().await;
+    let export = fixture("apple_health/tdda_export6s3sample.xml");
+    let mut created = 0;
+    for round in 0..2 {
+        let resp = ingest(&app, "apple-health", "a1", export.clone()).await;
+        assert_eq!(resp.status(), 202);
+        let status_url = resp.headers()["content-location"]
+            .to_str()
+            .expect("url")
+            .to_owned();
+        let started = std::time::Instant::now();
+        let done = loop {
+            let r = app.client.get(&status_url).send().await.expect("status");
+            if r.status() == 200 {
+                break json(r).await;
+            }
+            assert_eq!(r.status(), 202);
+            assert!(r.headers().contains_key("x-progress"));
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "import did not finish"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(done["status"], "done", "{done}");
+        if round == 0 {
+            created = done["summary"]["created"].as_u64().expect("created");
+            assert!(created > 0, "{done}");
+        } else {
+            // The same export again changes nothing.
+            assert_eq!(done["summary"]["created"], 0, "{done}");
+            assert_eq!(
+                done["summary"]["unchanged"].as_u64(),
+                Some(created),
+                "{done}"
+            );
+        }
+    }
+    let resp = app
+        .client
+        .get(app.base.replace("/fhir", "/ingest/jobs/not-a-job"))
+        .send()
+        .await
+        .expect("get");
+    assert_outcome(resp, 404, "not-found").await;
+}
