@@ -41,6 +41,19 @@ fn caller(
     Ok(claims)
 }
 
+/// The caller's claims and the `token` parameter, or the OAuth error for a missing one.
+fn authenticated(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: TokenForm,
+) -> Result<(std::sync::Arc<AccessClaims>, String), OAuthError> {
+    let me = caller(state, headers)?;
+    let token = form
+        .token
+        .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+    Ok((me, token))
+}
+
 /// The claims of `token` if it is active and the caller may see it.
 fn visible(state: &AppState, me: &AccessClaims, token: &str) -> Option<AccessClaims> {
     let claims = jwt::verify(&state.signing, token, &state.issuer, &state.fhir_base).ok()?;
@@ -55,10 +68,7 @@ pub async fn introspect(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, OAuthError> {
-    let me = caller(&state, &headers)?;
-    let token = form
-        .token
-        .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+    let (me, token) = authenticated(&state, &headers, form)?;
     let body: Value = match visible(&state, &me, &token) {
         Some(c) => {
             let mut v = json!({"active": true, "token_type": "Bearer", "scope": c.scope, "client_id": c.client_id,
@@ -79,10 +89,7 @@ pub async fn revoke(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, OAuthError> {
-    let me = caller(&state, &headers)?;
-    let token = form
-        .token
-        .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+    let (me, token) = authenticated(&state, &headers, form)?;
     if let Some(c) = visible(&state, &me, &token) {
         // language=PostgreSQL
         sqlx::query("insert into revoked_token (jti, expires_at) values ($1, to_timestamp($2)) on conflict do nothing")
