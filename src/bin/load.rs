@@ -50,6 +50,19 @@ enum Workload {
     Read(ReadArgs),
     /// Reads mixed with creates.
     Mixed(MixedArgs),
+    /// An Apple Health export scaled from the real samples: mapping throughput in this process,
+    /// then the end-to-end import through `POST /ingest/apple-health`.
+    Apple(AppleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct AppleArgs {
+    /// Size of the generated export in MB.
+    #[arg(long, default_value_t = 100)]
+    size_mb: u64,
+    /// Also import it through the server (needs a token with Observation/Device write scopes).
+    #[arg(long)]
+    import: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -546,5 +559,89 @@ async fn main() -> anyhow::Result<()> {
         Workload::Ingest(a) => ingest(&cli, a).await,
         Workload::Read(a) => read(&cli, a).await,
         Workload::Mixed(a) => mixed(&cli, a).await,
+        Workload::Apple(a) => apple(&cli, a).await,
     }
+}
+
+async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    let started = Instant::now();
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(file.path())?);
+        fhirgate_mappers::generate_apple_export(a.size_mb * 1_000_000, &mut w)?;
+        std::io::Write::flush(&mut w)?;
+    }
+    let bytes = std::fs::metadata(file.path())?.len();
+    println!(
+        "apple: generated a {:.0} MB export in {:.1} s",
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    let path = file.path().to_owned();
+    let (summary, secs) = tokio::task::spawn_blocking(move || {
+        let ctx = fhirgate_mappers::MapContext::new("load-apple");
+        let t = Instant::now();
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+        let s = fhirgate_mappers::map_apple_health_stream(reader, &ctx, |_| {})?;
+        anyhow::Ok((s, t.elapsed().as_secs_f64()))
+    })
+    .await??;
+    println!(
+        "apple: mapped {} records into {} resources in {secs:.2} s = {:.0} records/s (one core, streaming)",
+        summary.elements,
+        summary.resources,
+        summary.elements as f64 / secs
+    );
+    if a.import {
+        let client = reqwest::Client::builder()
+            .default_headers(auth_headers(cli))
+            .build()?;
+        let url = format!(
+            "{}/ingest/apple-health?patient=load-apple-{}",
+            cli.base.trim_end_matches("/fhir"),
+            run_id()
+        );
+        let t = Instant::now();
+        let body = reqwest::Body::wrap_stream(tokio_util_stream(file.path()).await?);
+        let resp = client.post(&url).body(body).send().await?;
+        if resp.status() != 202 {
+            bail!("import refused: {} {}", resp.status(), resp.text().await?);
+        }
+        let status_url = resp
+            .headers()
+            .get("content-location")
+            .and_then(|v| v.to_str().ok())
+            .context("no status URL")?
+            .to_owned();
+        let done: Value = loop {
+            let r = client.get(&status_url).send().await?;
+            if r.status() == 200 {
+                break r.json().await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let secs = t.elapsed().as_secs_f64();
+        let created = done["summary"]["created"].as_u64().unwrap_or(0);
+        println!("apple: end-to-end import {} in {secs:.1} s: {created} resources created = {:.0} resources/s", done["status"], created as f64 / secs);
+    }
+    Ok(())
+}
+
+/// The file as a stream of 1 MB chunks, so the generator never holds the export in memory.
+async fn tokio_util_stream(
+    path: &std::path::Path,
+) -> anyhow::Result<impl futures::Stream<Item = std::io::Result<Vec<u8>>>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    Ok(futures::stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(buf), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    }))
 }
