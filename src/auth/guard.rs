@@ -33,6 +33,19 @@ impl Principal {
         }
     }
 
+    /// Whether granular scopes (`Observation.rs?category=vital-signs`) let this token see
+    /// `resource` for `p`. Without a filter on the granting scope, everything of the type is
+    /// visible. Filters on parameters other than token elements of the resource fail closed.
+    pub fn sees(&self, rt: &str, p: Permission, resource: &serde_json::Value) -> bool {
+        match self.scopes.filters(self.context(), rt, p) {
+            None => true,
+            Some(alternatives) => alternatives.iter().any(|all| {
+                all.iter()
+                    .all(|(param, value)| token_matches(resource.get(param.as_str()), value))
+            }),
+        }
+    }
+
     /// 403 unless the scopes allow `p` on `rt`.
     pub fn require(&self, rt: &str, p: Permission) -> Result<(), FhirError> {
         if self.scopes.allows(self.context(), rt, p) {
@@ -186,4 +199,29 @@ pub async fn require_token(
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Token matching of a granular-scope filter (`code`, `system|code`, `|code`) against the
+/// CodeableConcept(s) or Coding(s) at an element.
+fn token_matches(element: Option<&serde_json::Value>, wanted: &str) -> bool {
+    use serde_json::Value;
+    let (system, code) = match wanted.split_once('|') {
+        Some((s, c)) => (Some(s), c),
+        None => (None, wanted),
+    };
+    let items: Vec<&Value> = match element {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v) => vec![v],
+        None => return false,
+    };
+    items.into_iter().any(|item| {
+        let codings: Vec<&Value> = match item.get("coding") {
+            Some(Value::Array(c)) => c.iter().collect(),
+            _ => vec![item],
+        };
+        codings.into_iter().any(|c| {
+            c.get("code").and_then(Value::as_str) == Some(code)
+                && system.is_none_or(|s| c.get("system").and_then(Value::as_str).unwrap_or("") == s)
+        })
+    })
 }

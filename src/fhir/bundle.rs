@@ -465,6 +465,15 @@ async fn process(
             };
             *resource = check_resource(resource.take(), &e.resource_type, url_id)
                 .map_err(|x| in_entry(i, x))?;
+            let p = if e.method == Method::Put {
+                Permission::Update
+            } else {
+                Permission::Create
+            };
+            if !principal.sees(&e.resource_type, p, resource) {
+                let msg = format!("the token's scopes do not cover this {}", e.resource_type);
+                return Err(in_entry(i, FhirError::Forbidden(msg)));
+            }
         }
     }
     // 3. Write in the order the specification gives; GETs read afterwards.
@@ -523,6 +532,18 @@ async fn process(
             .unwrap_or_default();
         let v = storage::read_current_with(state, &mut **tx, &e.resource_type, &id).await?;
         results[k] = Some(match (e.method, v) {
+            (Method::Get, Some(v))
+                if v.body
+                    .as_deref()
+                    .map(|b| crate::fhir::crud::hidden(principal, &e.resource_type, b))
+                    .transpose()?
+                    .unwrap_or(false) =>
+            {
+                return Err(in_entry(
+                    e.index,
+                    FhirError::not_found(&e.resource_type, &id),
+                ))
+            }
             (Method::Get, Some(v)) if v.body.is_none() => {
                 return Err(in_entry(
                     e.index,

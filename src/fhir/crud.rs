@@ -5,7 +5,10 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
+use crate::auth::guard::Principal;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::body::FhirBody;
 use crate::fhir::format::{self, negotiate, query_pairs};
@@ -20,6 +23,7 @@ use crate::storage::{self, conditional};
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -37,6 +41,9 @@ pub async fn read(
             version: v.version_id,
         });
     };
+    if hidden(&principal, rt, &body)? {
+        return Err(FhirError::not_found(rt, id));
+    }
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -55,6 +62,7 @@ pub async fn read(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn vread(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((rt, id, vid)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -74,6 +82,9 @@ pub async fn vread(
             version: v.version_id,
         });
     };
+    if hidden(&principal, rt, &body)? {
+        return Err(FhirError::not_found(rt, id));
+    }
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     Ok(resp)
@@ -84,6 +95,7 @@ pub async fn vread(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -93,6 +105,7 @@ pub async fn create(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
     let resource = check_resource(resource, rt, None)?;
+    check_write_scope(&principal, rt, Permission::Create, &resource)?;
     let id = write::new_id();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
@@ -175,6 +188,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -184,6 +198,7 @@ pub async fn update(
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let resource = check_resource(resource, rt, Some(id))?;
+    check_write_scope(&principal, rt, Permission::Update, &resource)?;
     put(
         &state,
         rt,
@@ -244,6 +259,7 @@ async fn write_one(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn conditional_update(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -283,6 +299,7 @@ pub async fn conditional_update(
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
     let resource = check_resource(resource, rt, Some(&id))?;
+    check_write_scope(&principal, rt, Permission::Update, &resource)?;
     put(
         &state,
         rt,
@@ -320,4 +337,32 @@ pub async fn delete(
         version_headers(resp.headers_mut(), r.version_id, &r.last_updated);
     }
     Ok(resp)
+}
+
+/// Whether a stored body is outside the token's granular scopes (then it reads as not found).
+pub fn hidden(principal: &Principal, rt: &str, body: &[u8]) -> Result<bool> {
+    if principal
+        .scopes
+        .filters(principal.context(), rt, Permission::Read)
+        .is_none()
+    {
+        return Ok(false);
+    }
+    Ok(!principal.sees(rt, Permission::Read, &fhirgate_codec::parse_json(body)?))
+}
+
+/// 403 when a granular write scope does not cover the resource being written.
+fn check_write_scope(
+    principal: &Principal,
+    rt: &str,
+    p: Permission,
+    resource: &serde_json::Value,
+) -> Result<()> {
+    if principal.sees(rt, p, resource) {
+        Ok(())
+    } else {
+        Err(FhirError::Forbidden(format!(
+            "the token's scopes do not cover this {rt}"
+        )))
+    }
 }

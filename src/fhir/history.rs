@@ -5,10 +5,13 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::auth::guard::Principal;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::format::{self, negotiate, query_pairs};
 use crate::fhir::write::instant;
@@ -24,15 +27,26 @@ pub const MAX_COUNT: i64 = 1000;
 /// `GET [base]/_history`.
 pub async fn history_system(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
-    run(&state, None, None, q.as_deref(), &headers, "_history").await
+    run(
+        &state,
+        &principal,
+        None,
+        None,
+        q.as_deref(),
+        &headers,
+        "_history",
+    )
+    .await
 }
 
 /// `GET [base]/{type}/_history`.
 pub async fn history_type(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -40,6 +54,7 @@ pub async fn history_type(
     let rt = resource_type(&rt)?;
     run(
         &state,
+        &principal,
         Some(rt),
         None,
         q.as_deref(),
@@ -52,6 +67,7 @@ pub async fn history_type(
 /// `GET [base]/{type}/{id}/_history`: 404 when the resource never existed.
 pub async fn history_instance(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -63,6 +79,7 @@ pub async fn history_instance(
     }
     run(
         &state,
+        &principal,
         Some(rt),
         Some(id),
         q.as_deref(),
@@ -137,6 +154,7 @@ fn decode_cursor(s: &str) -> Result<HistoryCursor> {
 
 async fn run(
     state: &AppState,
+    principal: &Principal,
     rt: Option<&str>,
     id: Option<&str>,
     raw: Option<&str>,
@@ -180,10 +198,21 @@ async fn run(
             links.push(json!({"relation": "next", "url": link(base, path, &keep)}));
         }
     }
-    let entries = versions
-        .iter()
-        .map(|v| history_entry(base, v))
-        .collect::<Result<Vec<_>>>()?;
+    let mut entries = Vec::with_capacity(versions.len());
+    for v in &versions {
+        // Granular scopes: versions the token may not see are left out (tombstones too, when
+        // the token is filtered, since they carry no content to check).
+        let visible = match &v.body {
+            Some(b) => !crate::fhir::crud::hidden(principal, &v.resource_type, b)?,
+            None => principal
+                .scopes
+                .filters(principal.context(), &v.resource_type, Permission::Read)
+                .is_none(),
+        };
+        if visible {
+            entries.push(history_entry(base, v)?);
+        }
+    }
     let bundle = crate::fhir::respond::bundle("history", links, entries);
     format::resource_value(StatusCode::OK, fmt, &bundle)
 }

@@ -5,8 +5,11 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::Extension;
 use serde_json::{json, Value};
 
+use crate::auth::guard::Principal;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::body::read_limited;
 use crate::fhir::format::{self, negotiate, query_pairs};
@@ -19,17 +22,19 @@ use crate::storage::{self, conditional};
 /// `GET [base]/{type}?params`.
 pub async fn search_type(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
-    run(&state, rt, query_pairs(q.as_deref()), &headers).await
+    run(&state, &principal, rt, query_pairs(q.as_deref()), &headers).await
 }
 
 /// `POST [base]/{type}/_search` with an `application/x-www-form-urlencoded` body.
 pub async fn search_type_post(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -39,11 +44,12 @@ pub async fn search_type_post(
     let form = read_limited(body, state.max_body_bytes).await?;
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(query_pairs(Some(&String::from_utf8_lossy(&form))));
-    run(&state, rt, pairs, &headers).await
+    run(&state, &principal, rt, pairs, &headers).await
 }
 
 async fn run(
     state: &AppState,
+    principal: &Principal,
     rt: &str,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
@@ -115,6 +121,10 @@ async fn run(
             Some(b) => fhirgate_codec::parse_json(b)?,
             None => continue,
         };
+        // Granular scopes: what the token may not see is simply not in the results.
+        if !principal.sees(rt, Permission::Search, &resource) {
+            continue;
+        }
         entries.push(json!({"fullUrl": format!("{base}/{rt}/{}", v.id), "resource": resource, "search": {"mode": "match"}}));
     }
     if !ignored.is_empty() {

@@ -686,3 +686,118 @@ async fn introspection_and_revocation() {
     .await;
     assert_eq!(conf["revocation_endpoint"], format!("{root}/auth/revoke"));
 }
+
+#[tokio::test]
+async fn granular_scopes_hide_what_they_do_not_cover() {
+    let app = spawn_app().await;
+    let vital = observation("g1", 60.0);
+    let mut lab = observation("g1", 5.4);
+    lab["category"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}]);
+    let vital_id = json(app.post("Observation", &vital).await).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let lab_id = json(app.post("Observation", &lab).await).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let token = mint(
+        &app.state,
+        "system/Observation.rs?category=vital-signs",
+        None,
+    );
+    let get = |path: String| {
+        app.anonymous
+            .get(format!("{}/{path}", app.base))
+            .bearer_auth(token.clone())
+            .send()
+    };
+    assert_eq!(
+        get(format!("Observation/{vital_id}"))
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    assert_outcome(
+        get(format!("Observation/{lab_id}")).await.expect("get"),
+        404,
+        "not-found",
+    )
+    .await;
+    assert_outcome(
+        get(format!("Observation/{lab_id}/_history/1"))
+            .await
+            .expect("get"),
+        404,
+        "not-found",
+    )
+    .await;
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(
+        ids(&json(get("Observation".into()).await.expect("search")).await),
+        vec![vital_id.clone()]
+    );
+    assert_eq!(
+        ids(&json(get("Observation/_history".into()).await.expect("history")).await),
+        vec![vital_id.clone()]
+    );
+    // The system-qualified form of the filter works too.
+    let qualified = mint(&app.state, "system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory", None);
+    let r = app
+        .anonymous
+        .get(format!("{}/Observation/{lab_id}", app.base))
+        .bearer_auth(&qualified)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    // A granular write scope cannot write outside its category, in a create or in a Bundle.
+    let writer = mint(
+        &app.state,
+        "system/Observation.cu?category=vital-signs",
+        None,
+    );
+    let post = |body: Value| {
+        app.anonymous
+            .post(format!("{}/Observation", app.base))
+            .bearer_auth(writer.clone())
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    assert_eq!(post(vital.clone()).await.expect("post").status(), 201);
+    assert_outcome(post(lab.clone()).await.expect("post"), 403, "forbidden").await;
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": lab, "request": {"method": "POST", "url": "Observation"}}]});
+    let r = app
+        .anonymous
+        .post(&app.base)
+        .bearer_auth(&writer)
+        .header("content-type", "application/fhir+json")
+        .body(tx.to_string())
+        .send()
+        .await
+        .expect("tx");
+    assert_outcome(r, 403, "forbidden").await;
+    // A batch GET of a hidden resource is a 404 entry.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": format!("Observation/{lab_id}")}}]});
+    let out = json(
+        app.anonymous
+            .post(&app.base)
+            .bearer_auth(&token)
+            .header("content-type", "application/fhir+json")
+            .body(batch.to_string())
+            .send()
+            .await
+            .expect("batch"),
+    )
+    .await;
+    assert_eq!(out["entry"][0]["response"]["status"], "404 Not Found");
+}
