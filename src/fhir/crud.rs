@@ -31,19 +31,10 @@ pub async fn read(
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let v = storage::read_current(&state, rt, id)
+    let mut v = storage::read_current(&state, rt, id)
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
-    let Some(body) = v.body else {
-        return Err(FhirError::Gone {
-            resource_type: rt.to_owned(),
-            id: id.to_owned(),
-            version: v.version_id,
-        });
-    };
-    if hidden(&principal, rt, &body)? {
-        return Err(FhirError::not_found(rt, id));
-    }
+    let body = readable_body(&principal, rt, id, &mut v)?;
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -72,19 +63,10 @@ pub async fn vread(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let missing = || FhirError::NotFound(format!("{rt}/{id} has no version {vid}"));
     let n: i32 = vid.parse().map_err(|_| missing())?;
-    let v = storage::read_version(&state, rt, id, n)
+    let mut v = storage::read_version(&state, rt, id, n)
         .await?
         .ok_or_else(missing)?;
-    let Some(body) = v.body else {
-        return Err(FhirError::Gone {
-            resource_type: rt.to_owned(),
-            id: id.to_owned(),
-            version: v.version_id,
-        });
-    };
-    if hidden(&principal, rt, &body)? {
-        return Err(FhirError::not_found(rt, id));
-    }
+    let body = readable_body(&principal, rt, id, &mut v)?;
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     Ok(resp)
@@ -337,6 +319,27 @@ pub async fn delete(
         version_headers(resp.headers_mut(), r.version_id, &r.last_updated);
     }
     Ok(resp)
+}
+
+/// The body of a stored version as this token may see it: 410 for a tombstone, 404 when
+/// granular scopes hide it.
+fn readable_body(
+    principal: &Principal,
+    rt: &str,
+    id: &str,
+    v: &mut storage::StoredVersion,
+) -> Result<Vec<u8>> {
+    let Some(body) = v.body.take() else {
+        return Err(FhirError::Gone {
+            resource_type: rt.to_owned(),
+            id: id.to_owned(),
+            version: v.version_id,
+        });
+    };
+    if hidden(principal, rt, &body)? {
+        return Err(FhirError::not_found(rt, id));
+    }
+    Ok(body)
 }
 
 /// Whether a stored body is outside the token's granular scopes (then it reads as not found).
