@@ -175,7 +175,7 @@ pub async fn store(
         if_match: None,
     });
     let mut tx = state.db.begin().await?;
-    write::apply(state, &mut tx, ops).await?;
+    write::apply(state, &mut tx, ops, None).await?;
     tx.commit().await?;
     Ok(summary)
 }
@@ -212,12 +212,19 @@ async fn ingest(
     }
     principal.require("Provenance", Permission::Create)?;
     let pairs = crate::fhir::format::query_pairs(q.as_deref());
+    // A patient's own app uploads to that patient only; `patient` may then be left out.
     let patient = pairs
         .iter()
         .find(|(k, _)| k == "patient")
         .map(|(_, v)| v.clone())
+        .or_else(|| principal.owner().map(str::to_owned))
         .ok_or_else(|| FhirError::bad_request("patient", "the patient parameter is required"))?;
     crate::fhir::logical_id(&patient)?;
+    if !principal.reaches(Some(&patient)) {
+        return Err(FhirError::Forbidden(
+            "a patient token can only upload to its own patient".into(),
+        ));
+    }
     if source == fhirgate_mappers::Source::AppleHealth {
         return start_job(state, patient, body).await;
     }
@@ -387,19 +394,21 @@ async fn start_job(
 /// `GET /ingest/jobs/{job}`: 202 with progress while running, 200 with the summary when done.
 async fn job_status(
     axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
     axum::extract::Path(job): axum::extract::Path<String>,
 ) -> Result<axum::response::Response> {
     let id = uuid::Uuid::parse_str(&job)
         .map_err(|_| FhirError::NotFound("no such import job".into()))?;
     // language=PostgreSQL
-    let row: Option<(String, i64, Option<Value>, Option<String>)> = sqlx::query_as(
-        "select status, records, summary, error from ingest_job where job_id = $1::uuid",
+    let row: Option<(String, i64, Option<Value>, Option<String>, String)> = sqlx::query_as(
+        "select status, records, summary, error, patient from ingest_job where job_id = $1::uuid",
     )
     .bind(id.to_string())
     .fetch_optional(&state.db)
     .await?;
-    let (status, records, summary, error) =
-        row.ok_or_else(|| FhirError::NotFound("no such import job".into()))?;
+    let (status, records, summary, error, _) = row
+        .filter(|r| principal.reaches(Some(&r.4)))
+        .ok_or_else(|| FhirError::NotFound("no such import job".into()))?;
     let code = if status == "running" {
         axum::http::StatusCode::ACCEPTED
     } else {

@@ -13,5 +13,6 @@ pub mod startup;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod ui;
 
 pub use startup::app;

@@ -130,6 +130,7 @@ pub async fn open_state(
         signing,
         revoked: Arc::new(RevokedSet::default()),
         verified: Default::default(),
+        limits: Default::default(),
     })))
 }
 
@@ -203,6 +204,8 @@ pub fn app(state: AppState, timeout: Duration) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     crate::fhir::router(&state)
         .merge(crate::auth::router())
+        .merge(crate::auth::admin::router(&state))
+        .merge(crate::ui::router())
         .merge(crate::ingest::router(&state))
         .merge(crate::health::router())
         .fallback(crate::fhir::fallback)

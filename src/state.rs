@@ -31,6 +31,8 @@ pub struct AppInner {
     pub revoked: Arc<RevokedSet>,
     /// Access tokens already verified.
     pub verified: crate::auth::jwt::VerifiedCache,
+    /// Failure counters for sign-in and the token endpoint.
+    pub limits: crate::auth::limit::Limits,
 }
 
 impl AppInner {

@@ -22,14 +22,31 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// The context this token acts in.
-    pub fn context(&self) -> Context {
+    /// The contexts whose scopes apply to this token. A patient's own token (an app acting for
+    /// a signed-in patient) uses its `patient/` and `user/` scopes alike, both bounded by the
+    /// patient's compartment.
+    pub fn contexts(&self) -> &'static [Context] {
         if self.claims.patient.is_some() {
-            Context::Patient
+            &[Context::Patient, Context::User]
         } else if self.scopes.has_context(Context::System) {
-            Context::System
+            &[Context::System]
         } else {
-            Context::User
+            &[Context::User]
+        }
+    }
+
+    /// The patient whose compartment bounds this token, for patient tokens.
+    pub fn owner(&self) -> Option<&str> {
+        self.claims.patient.as_deref()
+    }
+
+    /// Whether a resource in `compartment` (the patient it belongs to, if any) is within this
+    /// token's reach: a patient token reaches its own compartment and resources of no patient
+    /// (an Organization, a Device without a patient); other tokens reach everything.
+    pub fn reaches(&self, compartment: Option<&str>) -> bool {
+        match (self.owner(), compartment) {
+            (Some(me), Some(c)) => me == c,
+            _ => true,
         }
     }
 
@@ -37,7 +54,7 @@ impl Principal {
     /// `resource` for `p`. Without a filter on the granting scope, everything of the type is
     /// visible. Filters on parameters other than token elements of the resource fail closed.
     pub fn sees(&self, rt: &str, p: Permission, resource: &serde_json::Value) -> bool {
-        match self.scopes.filters(self.context(), rt, p) {
+        match self.scopes.filters(self.contexts(), rt, p) {
             None => true,
             Some(alternatives) => alternatives.iter().any(|all| {
                 all.iter()
@@ -48,7 +65,7 @@ impl Principal {
 
     /// 403 unless the scopes allow `p` on `rt`.
     pub fn require(&self, rt: &str, p: Permission) -> Result<(), FhirError> {
-        if self.scopes.allows(self.context(), rt, p) {
+        if self.scopes.allows(self.contexts(), rt, p) {
             Ok(())
         } else {
             Err(FhirError::Forbidden(format!(

@@ -10,6 +10,7 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::grants::{self, GrantForm};
 use crate::auth::jwt::{self, AccessClaims};
 use crate::auth::token::{no_store, OAuthError};
 use crate::state::AppState;
@@ -18,6 +19,16 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize)]
 pub struct TokenForm {
     token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn has_bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
 }
 
 fn caller(
@@ -83,21 +94,50 @@ pub async fn introspect(
     Ok(no_store(Json(body).into_response()))
 }
 
-/// `POST /auth/revoke`: 200 whether or not the token was known (RFC 7009 §2.2).
+/// `POST /auth/revoke`: 200 whether or not the token was known (RFC 7009 §2.2). A backend
+/// authenticates with its own bearer token; an app authenticates as at the token endpoint
+/// (`client_id`, with its secret if confidential) and may revoke its refresh tokens, which ends
+/// the whole grant, or its access tokens.
 pub async fn revoke(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, OAuthError> {
+    if !has_bearer(&headers) {
+        let token = form
+            .token
+            .clone()
+            .ok_or_else(|| OAuthError::bad("invalid_request", "token is missing"))?;
+        let grant_form = GrantForm {
+            client_id: form.client_id,
+            client_secret: form.client_secret,
+            ..Default::default()
+        };
+        let client = grants::authenticate_app(&state, &headers, &grant_form).await?;
+        if !grants::revoke_refresh_token(&state, &client, &token).await? {
+            let own = jwt::verify(&state.signing, &token, &state.issuer, &state.fhir_base)
+                .ok()
+                .filter(|c| c.client_id == client.client_id);
+            if let Some(c) = own {
+                revoke_jti(&state, &c).await?;
+            }
+        }
+        return Ok(no_store(StatusCode::OK.into_response()));
+    }
     let (me, token) = authenticated(&state, &headers, form)?;
     if let Some(c) = visible(&state, &me, &token) {
-        // language=PostgreSQL
-        sqlx::query("insert into revoked_token (jti, expires_at) values ($1, to_timestamp($2)) on conflict do nothing")
-            .bind(&c.jti)
-            .bind(c.exp as f64)
-            .execute(&state.db)
-            .await?;
-        state.revoked.insert(&c.jti);
+        revoke_jti(&state, &c).await?;
     }
     Ok(no_store(StatusCode::OK.into_response()))
+}
+
+async fn revoke_jti(state: &AppState, c: &AccessClaims) -> Result<(), OAuthError> {
+    // language=PostgreSQL
+    sqlx::query("insert into revoked_token (jti, expires_at) values ($1, to_timestamp($2)) on conflict do nothing")
+        .bind(&c.jti)
+        .bind(c.exp as f64)
+        .execute(&state.db)
+        .await?;
+    state.revoked.insert(&c.jti);
+    Ok(())
 }

@@ -138,8 +138,8 @@ impl ResourceScope {
         }))
     }
 
-    fn covers(&self, context: Context, rt: &str, p: Permission) -> bool {
-        self.context == context
+    fn covers(&self, contexts: &[Context], rt: &str, p: Permission) -> bool {
+        contexts.contains(&self.context)
             && (self.resource_type == "*" || self.resource_type == rt)
             && self.permissions.contains(&p)
     }
@@ -178,23 +178,23 @@ impl ScopeSet {
         Ok(set)
     }
 
-    /// Whether some scope grants `p` on `rt` in `context` (ignoring filters).
-    pub fn allows(&self, context: Context, rt: &str, p: Permission) -> bool {
-        self.resources.iter().any(|s| s.covers(context, rt, p))
+    /// Whether some scope grants `p` on `rt` in one of `contexts` (ignoring filters).
+    pub fn allows(&self, contexts: &[Context], rt: &str, p: Permission) -> bool {
+        self.resources.iter().any(|s| s.covers(contexts, rt, p))
     }
 
     /// The filters that apply to `p` on `rt`: `None` when an unfiltered scope grants it (no
     /// restriction), otherwise the alternatives (a resource must match one of them).
     pub fn filters(
         &self,
-        context: Context,
+        contexts: &[Context],
         rt: &str,
         p: Permission,
     ) -> Option<Vec<Vec<(String, String)>>> {
         let matching: Vec<&ResourceScope> = self
             .resources
             .iter()
-            .filter(|s| s.covers(context, rt, p))
+            .filter(|s| s.covers(contexts, rt, p))
             .collect();
         if matching.iter().any(|s| s.filters.is_empty()) {
             return None;
@@ -259,12 +259,12 @@ mod tests {
             "patient/Observation.read system/*.rs user/Patient.cruds launch/patient openid",
         )
         .expect("parse");
-        assert!(s.allows(Context::Patient, "Observation", Permission::Read));
-        assert!(s.allows(Context::Patient, "Observation", Permission::Search));
-        assert!(!s.allows(Context::Patient, "Observation", Permission::Create));
-        assert!(s.allows(Context::System, "Encounter", Permission::Search));
-        assert!(!s.allows(Context::System, "Encounter", Permission::Update));
-        assert!(s.allows(Context::User, "Patient", Permission::Delete));
+        assert!(s.allows(&[Context::Patient], "Observation", Permission::Read));
+        assert!(s.allows(&[Context::Patient], "Observation", Permission::Search));
+        assert!(!s.allows(&[Context::Patient], "Observation", Permission::Create));
+        assert!(s.allows(&[Context::System], "Encounter", Permission::Search));
+        assert!(!s.allows(&[Context::System], "Encounter", Permission::Update));
+        assert!(s.allows(&[Context::User], "Patient", Permission::Delete));
         assert!(s.has("openid"));
         assert_eq!(s.other, ["launch/patient", "openid"]);
     }
@@ -290,14 +290,14 @@ mod tests {
         )
         .expect("parse");
         let f = s
-            .filters(Context::Patient, "Observation", Permission::Read)
+            .filters(&[Context::Patient], "Observation", Permission::Read)
             .expect("filtered");
         assert_eq!(f.len(), 2);
         let open =
             ScopeSet::parse("patient/Observation.rs?category=vital-signs patient/Observation.read")
                 .expect("parse");
         assert_eq!(
-            open.filters(Context::Patient, "Observation", Permission::Read),
+            open.filters(&[Context::Patient], "Observation", Permission::Read),
             None
         );
     }

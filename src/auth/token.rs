@@ -4,7 +4,7 @@
 //! registered JWKS.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,6 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::clients;
+use crate::auth::grants::{self, GrantForm};
+use crate::auth::limit::ClientAddr;
 use crate::auth::jwt::{AccessClaims, LEEWAY_SECS};
 use crate::auth::scopes::{Context, ScopeSet};
 use crate::state::AppState;
@@ -34,6 +36,28 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
+    /// 429: too many failures from this address.
+    pub fn too_many(retry_after: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: "temporarily_unavailable",
+            description: format!(
+                "too many failed requests; try again in {} s",
+                retry_after.as_secs().max(1)
+            ),
+        }
+    }
+
+    /// Whether this refusal counts as a failed authentication or grant (for rate limiting).
+    pub fn is_failure(&self) -> bool {
+        matches!(self.error, "invalid_client" | "invalid_grant")
+    }
+
+    /// The OAuth error code.
+    pub fn code(&self) -> &'static str {
+        self.error
+    }
+
     /// 401 `invalid_client`: the client could not be authenticated.
     pub fn invalid_client(description: impl Into<String>) -> Self {
         Self {
@@ -87,21 +111,72 @@ pub struct TokenRequest {
     client_id: Option<String>,
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
+    client_secret: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
 }
 
-/// `POST /auth/token`.
+impl TokenRequest {
+    fn grant_form(self) -> GrantForm {
+        GrantForm {
+            client_id: self.client_id,
+            client_secret: self.client_secret,
+            code: self.code,
+            redirect_uri: self.redirect_uri,
+            code_verifier: self.code_verifier,
+            refresh_token: self.refresh_token,
+            scope: self.scope,
+        }
+    }
+}
+
+/// `POST /auth/token`: `client_credentials` (backends), `authorization_code` and `refresh_token`
+/// (apps). Failed client authentications and grants are counted per address; past the limit the
+/// address gets 429 for the rest of the minute.
 pub async fn token(
     State(state): State<AppState>,
+    addr: ClientAddr,
+    headers: HeaderMap,
     Form(req): Form<TokenRequest>,
 ) -> Result<Response, OAuthError> {
-    match req.grant_type.as_deref() {
+    let key = addr.key();
+    if let Some(wait) = state.limits.token_address.blocked(&key) {
+        return Err(OAuthError::too_many(wait));
+    }
+    let result = match req.grant_type.as_deref() {
         Some("client_credentials") => client_credentials(&state, req).await,
+        Some("authorization_code") => {
+            let form = req.grant_form();
+            match grants::authenticate_app(&state, &headers, &form).await {
+                Ok(client) => grants::exchange_code(&state, &client, &form)
+                    .await
+                    .map(|b| no_store(axum::Json(b).into_response())),
+                Err(e) => Err(e),
+            }
+        }
+        Some("refresh_token") => {
+            let form = req.grant_form();
+            match grants::authenticate_app(&state, &headers, &form).await {
+                Ok(client) => grants::refresh(&state, &client, &form)
+                    .await
+                    .map(|b| no_store(axum::Json(b).into_response())),
+                Err(e) => Err(e),
+            }
+        }
         Some(other) => Err(OAuthError::bad(
             "unsupported_grant_type",
             format!("grant_type {other} is not supported"),
         )),
         None => Err(OAuthError::bad("invalid_request", "grant_type is missing")),
+    };
+    if let Err(e) = &result {
+        if e.is_failure() {
+            state.limits.token_address.fail(&key);
+        }
     }
+    result
 }
 
 fn unverified_claims(jwt: &str) -> Option<Value> {
@@ -236,7 +311,7 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
     }
     let registered = ScopeSet::parse(&client.scopes).unwrap_or_default();
     let granted = requested.intersect(&registered);
-    if granted.resources.is_empty() {
+    if granted.resources.is_empty() && granted.other.is_empty() {
         return Err(OAuthError::bad(
             "invalid_scope",
             "none of the requested scopes is allowed for this client",

@@ -16,14 +16,42 @@ pub fn configuration(state: &AppState) -> Value {
         "token_endpoint": state.token_url(),
         "introspection_endpoint": format!("{}/auth/introspect", state.issuer),
         "revocation_endpoint": format!("{}/auth/revoke", state.issuer),
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "authorization_endpoint": format!("{}/auth/authorize", state.issuer),
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
-        "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.rs", "system/*.cruds", "system/*.read", "system/*.write"],
-        "response_types_supported": [],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "scopes_supported": ["openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "patient/*.rs", "patient/*.cruds", "patient/*.read", "patient/*.write",
+            "user/*.rs", "user/*.cruds", "system/*.rs", "system/*.cruds", "system/*.read", "system/*.write"],
+        "response_types_supported": ["code"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "capabilities": ["launch-standalone", "client-public", "client-confidential-symmetric",
+            "client-confidential-asymmetric", "context-standalone-patient", "sso-openid-connect",
+            "permission-offline", "permission-online", "permission-patient", "permission-user",
+            "permission-v1", "permission-v2", "authorize-post"],
         "code_challenge_methods_supported": ["S256"],
     })
+}
+
+/// The OpenID Connect discovery document (for `openid fhirUser`).
+pub fn openid_configuration(state: &AppState) -> Value {
+    json!({
+        "issuer": state.issuer,
+        "authorization_endpoint": format!("{}/auth/authorize", state.issuer),
+        "token_endpoint": state.token_url(),
+        "jwks_uri": format!("{}/auth/jwks", state.issuer),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "scopes_supported": ["openid", "fhirUser"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
+        "code_challenge_methods_supported": ["S256"],
+    })
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub async fn openid(State(state): State<AppState>) -> Response {
+    Json(openid_configuration(&state)).into_response()
 }
 
 /// `GET /.well-known/smart-configuration` (also under `/fhir`).

@@ -504,7 +504,7 @@ async fn process(
         });
         op_entry.push(k);
     }
-    let written = write::apply(state, tx, ops)
+    let written = write::apply(state, tx, ops, principal.owner())
         .await
         .map_err(|x| match op_entry.first() {
             Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
@@ -532,6 +532,12 @@ async fn process(
             .unwrap_or_default();
         let v = storage::read_current_with(state, &mut **tx, &e.resource_type, &id).await?;
         results[k] = Some(match (e.method, v) {
+            (_, Some(v)) if !principal.reaches(v.compartment.as_deref()) => {
+                return Err(in_entry(
+                    e.index,
+                    FhirError::not_found(&e.resource_type, &id),
+                ))
+            }
             (Method::Get, Some(v))
                 if v.body
                     .as_deref()

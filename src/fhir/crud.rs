@@ -111,7 +111,7 @@ pub async fn create(
         };
         if let Some(existing) = existing {
             tx.rollback().await?;
-            return existing_response(&state, rt, &existing, fmt, ret).await;
+            return existing_response(&state, &principal, rt, &existing, fmt, ret).await;
         }
     }
     let op = WriteOp {
@@ -121,12 +121,13 @@ pub async fn create(
         resource: Some(resource),
         if_match: None,
     };
-    write_one(&state, tx, op, fmt, ret).await
+    write_one(&state, tx, op, fmt, ret, principal.owner()).await
 }
 
 /// The 200 answer of a conditional create that found its resource.
 async fn existing_response(
     state: &AppState,
+    principal: &Principal,
     rt: &str,
     id: &str,
     fmt: format::Format,
@@ -135,6 +136,11 @@ async fn existing_response(
     let v = storage::read_current(state, rt, id)
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
+    if !principal.reaches(v.compartment.as_deref()) {
+        return Err(FhirError::Forbidden(
+            "the If-None-Exist criteria match a resource outside this token's patient".into(),
+        ));
+    }
     respond::written(
         StatusCode::OK,
         fmt,
@@ -189,6 +195,7 @@ pub async fn update(
         if_match(&headers)?,
         fmt,
         prefer_return(&headers),
+        principal.owner(),
     )
     .await
 }
@@ -201,6 +208,7 @@ async fn put(
     if_match: Option<i32>,
     fmt: format::Format,
     ret: Return,
+    owner: Option<&str>,
 ) -> Result<Response> {
     let tx = state.db.begin().await?;
     let op = WriteOp {
@@ -210,7 +218,7 @@ async fn put(
         resource: Some(resource),
         if_match,
     };
-    write_one(state, tx, op, fmt, ret).await
+    write_one(state, tx, op, fmt, ret, owner).await
 }
 
 /// Applies one write in `tx`, commits, and answers with the headers and body `Prefer` asks for.
@@ -220,8 +228,9 @@ async fn write_one(
     op: WriteOp,
     fmt: format::Format,
     ret: Return,
+    owner: Option<&str>,
 ) -> Result<Response> {
-    let r = write::apply(state, &mut tx, vec![op]).await?.remove(0);
+    let r = write::apply(state, &mut tx, vec![op], owner).await?.remove(0);
     tx.commit().await?;
     respond::written(
         r.status,
@@ -290,6 +299,7 @@ pub async fn conditional_update(
         if_match(&headers)?,
         fmt,
         prefer_return(&headers),
+        principal.owner(),
     )
     .await
 }
@@ -299,6 +309,7 @@ pub async fn conditional_update(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -312,7 +323,7 @@ pub async fn delete(
         resource: None,
         if_match: if_match(&headers)?,
     };
-    let r = write::apply(&state, &mut tx, vec![op]).await?.remove(0);
+    let r = write::apply(&state, &mut tx, vec![op], principal.owner()).await?.remove(0);
     tx.commit().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if r.version_id > 0 {
@@ -322,13 +333,17 @@ pub async fn delete(
 }
 
 /// The body of a stored version as this token may see it: 410 for a tombstone, 404 when
-/// granular scopes hide it.
+/// granular scopes hide it or it lies in another patient's compartment (the same 404 as for a
+/// resource that does not exist, so a patient token learns nothing about other patients).
 fn readable_body(
     principal: &Principal,
     rt: &str,
     id: &str,
     v: &mut storage::StoredVersion,
 ) -> Result<Vec<u8>> {
+    if !principal.reaches(v.compartment.as_deref()) {
+        return Err(FhirError::not_found(rt, id));
+    }
     let Some(body) = v.body.take() else {
         return Err(FhirError::Gone {
             resource_type: rt.to_owned(),
@@ -346,7 +361,7 @@ fn readable_body(
 pub fn hidden(principal: &Principal, rt: &str, body: &[u8]) -> Result<bool> {
     if principal
         .scopes
-        .filters(principal.context(), rt, Permission::Read)
+        .filters(principal.contexts(), rt, Permission::Read)
         .is_none()
     {
         return Ok(false);

@@ -202,11 +202,12 @@ async fn run(
     for v in &versions {
         // Granular scopes: versions the token may not see are left out (tombstones too, when
         // the token is filtered, since they carry no content to check).
-        let visible = match &v.body {
+        let visible = principal.reaches(v.compartment.as_deref())
+            && match &v.body {
             Some(b) => !crate::fhir::crud::hidden(principal, &v.resource_type, b)?,
             None => principal
                 .scopes
-                .filters(principal.context(), &v.resource_type, Permission::Read)
+                .filters(principal.contexts(), &v.resource_type, Permission::Read)
                 .is_none(),
         };
         if visible {

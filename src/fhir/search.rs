@@ -80,11 +80,12 @@ async fn run(
     let ids: Vec<String> = if criteria.is_empty() {
         // language=PostgreSQL
         sqlx::query_scalar(
-            "select id from resource where resource_type = $1 and not deleted and ($2::text is null or id > $2) order by id limit $3",
+            "select id from resource where resource_type = $1 and not deleted and ($2::text is null or id > $2) and ($4::text is null or compartment is null or compartment = $4) order by id limit $3",
         )
         .bind(rt)
         .bind(&after)
         .bind(count + 1)
+        .bind(principal.owner())
         .fetch_all(&state.db)
         .await?
     } else {
@@ -117,6 +118,10 @@ async fn run(
     }
     let mut entries = Vec::with_capacity(found.len() + 1);
     for v in &found {
+        // A patient token finds nothing outside its own compartment.
+        if !principal.reaches(v.compartment.as_deref()) {
+            continue;
+        }
         let resource: Value = match &v.body {
             Some(b) => fhirgate_codec::parse_json(b)?,
             None => continue,

@@ -127,10 +127,15 @@ fn stamp(resource: Value, id: &str, version: i32, at: &DateTime<Utc>) -> Result<
 
 /// Applies `ops` inside `tx`: locks the current versions, checks `If-Match`, writes every new
 /// version in one batch. Results come back in the order of `ops`.
+///
+/// With an `owner` (a patient token), every write must stay inside that patient's compartment:
+/// the current version (if any) and the new one must both belong to the patient, so a resource
+/// can be neither taken from nor moved to another patient.
 pub async fn apply(
     state: &AppState,
     tx: &mut Transaction<'static, Postgres>,
     ops: Vec<WriteOp>,
+    owner: Option<&str>,
 ) -> Result<Vec<WriteResult>> {
     let targets: Vec<(String, String)> = ops
         .iter()
@@ -141,19 +146,28 @@ pub async fn apply(
     let at = now();
     let mut versions = Vec::with_capacity(ops.len());
     let mut results = Vec::with_capacity(ops.len());
-    let mut bumped: HashMap<(String, String), i32> = HashMap::new();
+    let mut bumped: HashMap<(String, String), storage::Current> = HashMap::new();
     let mut stored_at = Vec::with_capacity(ops.len());
     for op in ops {
         let key = (op.resource_type.clone(), op.id.clone());
-        let cur = bumped
-            .get(&key)
-            .map(|v| storage::Current {
-                version_id: *v,
-                deleted: false,
-            })
-            .or_else(|| current.get(&key).copied());
+        let cur = bumped.get(&key).or_else(|| current.get(&key)).cloned();
+        // A tombstone stays in the compartment of the version it deletes.
+        let compartment = match &op.resource {
+            Some(r) => compartment(&op.resource_type, &op.id, Some(r)),
+            None => cur.as_ref().and_then(|c| c.compartment.clone()),
+        };
+        if let Some(me) = owner {
+            let old_outside = cur.as_ref().is_some_and(|c| c.compartment.as_deref() != Some(me));
+            let new_outside = op.resource.is_some() && compartment.as_deref() != Some(me);
+            if old_outside || new_outside {
+                return Err(FhirError::Forbidden(format!(
+                    "{}/{} is outside the patient compartment of this token",
+                    op.resource_type, op.id
+                )));
+            }
+        }
         if let Some(want) = op.if_match {
-            if cur.is_none_or(|c| c.version_id != want || c.deleted) {
+            if cur.as_ref().is_none_or(|c| c.version_id != want || c.deleted) {
                 return Err(FhirError::PreconditionFailed(format!(
                     "If-Match W/\"{want}\" does not match the current version of {}/{}",
                     op.resource_type, op.id
@@ -187,8 +201,14 @@ pub async fn apply(
                 continue;
             }
         };
-        bumped.insert(key, version);
-        let compartment = compartment(&op.resource_type, &op.id, op.resource.as_ref());
+        bumped.insert(
+            key,
+            storage::Current {
+                version_id: version,
+                deleted: op.resource.is_none(),
+                compartment: compartment.clone(),
+            },
+        );
         let identifier_hashes = op
             .resource
             .as_ref()

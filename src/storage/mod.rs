@@ -28,6 +28,8 @@ pub struct StoredVersion {
     pub deleted: bool,
     /// When this version was written.
     pub last_updated: DateTime<Utc>,
+    /// The patient this version belongs to, if any.
+    pub compartment: Option<String>,
     /// The canonical JSON of the resource (`None` for a tombstone).
     pub body: Option<Vec<u8>>,
 }
@@ -38,13 +40,14 @@ type VersionRow = (
     i32,
     bool,
     DateTime<Utc>,
+    Option<String>,
     Option<i64>,
     Option<Vec<u8>>,
 );
 
 async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<StoredVersion>> {
     let mut out = Vec::with_capacity(rows.len());
-    for (resource_type, id, version_id, deleted, last_updated, key_id, body) in rows {
+    for (resource_type, id, version_id, deleted, last_updated, compartment, key_id, body) in rows {
         let body = match (key_id, body) {
             (Some(k), Some(sealed)) => {
                 let key = state.keys.by_id(k).await.map_err(FhirError::Unavailable)?;
@@ -58,6 +61,7 @@ async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<Sto
             version_id,
             deleted,
             last_updated,
+            compartment,
             body,
         });
     }
@@ -79,7 +83,7 @@ pub async fn read_current_with<'e>(
 ) -> Result<Option<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
-        r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.key_id, v.body
+        r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.compartment, v.key_id, v.body
            from resource r
            join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id
            where r.resource_type = $1 and r.id = $2"#,
@@ -95,7 +99,7 @@ pub async fn read_current_with<'e>(
 pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
-        r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.key_id, v.body
+        r#"select v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.compartment, v.key_id, v.body
            from resource r
            join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id
            where r.resource_type = $1 and r.id = any($2) and not r.deleted"#,
@@ -122,7 +126,7 @@ pub async fn read_version(
 ) -> Result<Option<StoredVersion>> {
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
-        r#"select resource_type, id, version_id, deleted, last_updated, key_id, body
+        r#"select resource_type, id, version_id, deleted, last_updated, compartment, key_id, body
            from resource_version where resource_type = $1 and id = $2 and version_id = $3"#,
     )
     .bind(rt)
@@ -175,7 +179,7 @@ pub async fn history(state: &AppState, q: &HistoryQuery) -> Result<(Vec<StoredVe
     };
     // language=PostgreSQL
     let rows: Vec<VersionRow> = sqlx::query_as(
-        r#"select resource_type, id, version_id, deleted, last_updated, key_id, body
+        r#"select resource_type, id, version_id, deleted, last_updated, compartment, key_id, body
            from resource_version
            where ($1::text is null or resource_type = $1)
              and ($2::text is null or id = $2)
@@ -202,12 +206,14 @@ pub async fn history(state: &AppState, q: &HistoryQuery) -> Result<(Vec<StoredVe
 }
 
 /// The current state of a resource, locked for the rest of the transaction.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Current {
     /// Current version number.
     pub version_id: i32,
     /// Whether the current version is a tombstone.
     pub deleted: bool,
+    /// The patient the current version belongs to, if any.
+    pub compartment: Option<String>,
 }
 
 /// Locks the current rows of `targets` (`(type, id)` pairs) with `for update`, in a fixed order so
@@ -224,8 +230,8 @@ pub async fn lock_current(
         .map(|(t, i)| (t.as_str(), i.as_str()))
         .unzip();
     // language=PostgreSQL
-    let rows: Vec<(String, String, i32, bool)> = sqlx::query_as(
-        r#"select r.resource_type, r.id, r.version_id, r.deleted
+    let rows: Vec<(String, String, i32, bool, Option<String>)> = sqlx::query_as(
+        r#"select r.resource_type, r.id, r.version_id, r.deleted, r.compartment
            from resource r join unnest($1::text[], $2::text[]) as t(rt, id) on r.resource_type = t.rt and r.id = t.id
            order by r.resource_type, r.id
            for update of r"#,
@@ -236,12 +242,13 @@ pub async fn lock_current(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(t, i, v, d)| {
+        .map(|(t, i, v, d, c)| {
             (
                 (t, i),
                 Current {
                     version_id: v,
                     deleted: d,
+                    compartment: c,
                 },
             )
         })
