@@ -9,5 +9,6 @@ mod encryption;
 mod helpers;
 mod independent;
 mod ingest;
+mod smart_app;
 mod spec_examples;
 mod validation;
