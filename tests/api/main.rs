@@ -10,5 +10,6 @@ mod helpers;
 mod independent;
 mod ingest;
 mod smart_app;
+mod smart_clients;
 mod spec_examples;
 mod validation;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::{es384_key, request_token, spawn_app, TestApp};
 
-pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
+pub(crate) const REDIRECT: &str = "http://127.0.0.1:48123/callback";
 pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// Registers an app client.
@@ -485,10 +485,10 @@ async fn an_unregistered_redirect_uri_gets_an_error_page_never_a_redirect() {
     let (_, challenge) = pkce();
     for uri in [
         "http://evil.example/callback",
-        "http://127.0.0.1:9/callback/extra",
-        "http://127.0.0.1:9/callback?x=1",
-        "https://127.0.0.1:9/callback",
-        "HTTP://127.0.0.1:9/callback",
+        "http://127.0.0.1:48123/callback/extra",
+        "http://127.0.0.1:48123/callback?x=1",
+        "https://127.0.0.1:48123/callback",
+        "HTTP://127.0.0.1:48123/callback",
         "https://APP.example/cb?x=1",
     ] {
         let q = authorize_query(&app, "diary", FULL, &challenge, &[("redirect_uri", Some(uri))]);

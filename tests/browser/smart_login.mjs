@@ -10,13 +10,6 @@ const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const browser = await chromium.launch({ executablePath, args: ['--no-sandbox'] });
 try {
   const page = await browser.newPage();
-  let callback = null;
-  // The app is not running: answer its redirect URI here and remember where the browser went.
-  await page.route((url) => url.href.startsWith(redirectUri), async (route) => {
-    callback = route.request().url();
-    await route.fulfill({ status: 200, contentType: 'text/plain', body: 'app callback' });
-  });
-
   await page.goto(authorizeUrl);
   // Not signed in: the server sent us to the sign-in page, which links to sign-up.
   await page.waitForSelector('#sign-in');
@@ -32,8 +25,9 @@ try {
   await page.waitForSelector('#allow');
   const approvalTitle = await page.textContent('h1');
   const scopes = await page.$$eval('#scopes li', (items) => items.map((li) => li.textContent));
+  // Allow: the browser is sent to the app's redirect URI (a stub app served by the test).
   await Promise.all([page.waitForURL((u) => u.href.startsWith(redirectUri)), page.click('#allow')]);
-  if (!callback) callback = page.url();
+  const callback = page.url();
   console.log(JSON.stringify({ callback, scopes, approvalTitle }));
 } finally {
   await browser.close();
