@@ -139,6 +139,11 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 503.
     #[arg(long, env = "FHIRGATE_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
     pub request_timeout_secs: u64,
+    /// Answer FHIR reads and searches that come without a token, as a `system/*.rs` caller.
+    /// Off by default; for benchmarks (the cost of token verification) and public demo data only.
+    /// Refused with FHIRGATE_ENV=production.
+    #[arg(long, env = "FHIRGATE_ALLOW_ANONYMOUS_READ")]
+    pub allow_anonymous_read: bool,
 }
 
 /// `fhirgate client` subcommands.

@@ -392,6 +392,9 @@ async fn start_job(
 }
 
 /// `GET /ingest/jobs/{job}`: 202 with progress while running, 200 with the summary when done.
+/// status, records, summary, error, patient
+type JobRow = (String, i64, Option<Value>, Option<String>, String);
+
 async fn job_status(
     axum::extract::State(state): axum::extract::State<AppState>,
     axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
@@ -400,7 +403,7 @@ async fn job_status(
     let id = uuid::Uuid::parse_str(&job)
         .map_err(|_| FhirError::NotFound("no such import job".into()))?;
     // language=PostgreSQL
-    let row: Option<(String, i64, Option<Value>, Option<String>, String)> = sqlx::query_as(
+    let row: Option<JobRow> = sqlx::query_as(
         "select status, records, summary, error, patient from ingest_job where job_id = $1::uuid",
     )
     .bind(id.to_string())

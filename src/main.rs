@@ -16,6 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            if args.allow_anonymous_read && cli.db.environment == "production" {
+                anyhow::bail!("--allow-anonymous-read is refused with FHIRGATE_ENV=production");
+            }
             // Keys first: a missing production key must fail before anything touches the database.
             let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;
@@ -186,7 +189,8 @@ async fn import(
     patient: &str,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let state = startup::open_state(pool.clone(), keys, "http://localhost", usize::MAX).await?;
+    let state =
+        startup::open_state(pool.clone(), keys, "http://localhost", usize::MAX, false).await?;
     let mut total = fhirgate::ingest::IngestSummary::default();
     for (n, path) in files.iter().enumerate() {
         eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());

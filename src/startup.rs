@@ -117,6 +117,7 @@ pub async fn open_state(
     keys: Box<dyn KeyProvider>,
     public: &str,
     max_body_bytes: usize,
+    anonymous_read: bool,
 ) -> anyhow::Result<AppState> {
     let keys = Keyring::open(&pool, keys).await?;
     let signing = SigningKeys::load(&pool, &keys).await?;
@@ -131,6 +132,7 @@ pub async fn open_state(
         revoked: Arc::new(RevokedSet::default()),
         verified: Default::default(),
         limits: Default::default(),
+        anonymous_read,
     })))
 }
 
@@ -157,7 +159,17 @@ impl Application {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let state = open_state(pool, keys, &public, args.max_body_bytes).await?;
+        if args.allow_anonymous_read {
+            tracing::warn!("!!! --allow-anonymous-read: FHIR reads without a token are answered (system/*.rs). Benchmarks and demo data only. !!!");
+        }
+        let state = open_state(
+            pool,
+            keys,
+            &public,
+            args.max_body_bytes,
+            args.allow_anonymous_read,
+        )
+        .await?;
         let revoked = state.revoked.clone();
         let db = state.db.clone();
         tokio::spawn(async move { revoked.follow(db).await });

@@ -33,6 +33,8 @@ pub struct AppInner {
     pub verified: crate::auth::jwt::VerifiedCache,
     /// Failure counters for sign-in and the token endpoint.
     pub limits: crate::auth::limit::Limits,
+    /// Whether reads without a token are answered (`serve --allow-anonymous-read`; off by default).
+    pub anonymous_read: bool,
 }
 
 impl AppInner {

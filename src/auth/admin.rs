@@ -37,8 +37,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 }
 
 fn require_admin(p: &Principal) -> Result<()> {
-    if p.scopes.has(ADMIN_SCOPE) && p.claims.patient.is_none() && p.claims.organization.is_none()
-    {
+    if p.scopes.has(ADMIN_SCOPE) && p.claims.patient.is_none() && p.claims.organization.is_none() {
         Ok(())
     } else {
         Err(FhirError::Forbidden(format!(
@@ -133,8 +132,8 @@ async fn add(
             "redirect_uris and confidential are for apps; a backend has a jwks",
         ));
     }
-    let secret = (new.kind == "app" && new.confidential)
-        .then(|| hex::encode(rand::random::<[u8; 32]>()));
+    let secret =
+        (new.kind == "app" && new.confidential).then(|| hex::encode(rand::random::<[u8; 32]>()));
     let client = Client {
         client_id: new.client_id,
         kind: new.kind,

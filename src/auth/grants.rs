@@ -152,8 +152,13 @@ pub async fn authenticate_app(
         .filter(|c| c.kind == "app")
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
     match (&client.secret_hash, secret) {
-        (Some(hash), Some(s)) if constant_eq(hash.as_bytes(), clients::hash_secret(&s).as_bytes()) => {}
-        (Some(_), _) => return Err(OAuthError::invalid_client("the client secret is wrong or missing")),
+        (Some(hash), Some(s))
+            if constant_eq(hash.as_bytes(), clients::hash_secret(&s).as_bytes()) => {}
+        (Some(_), _) => {
+            return Err(OAuthError::invalid_client(
+                "the client secret is wrong or missing",
+            ))
+        }
         (None, Some(_)) => return Err(OAuthError::invalid_client("a public client has no secret")),
         (None, None) => {}
     }
@@ -168,8 +173,7 @@ pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 /// RFC 7636 §4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
 fn valid_verifier(v: &str) -> bool {
     (43..=128).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
@@ -183,6 +187,35 @@ pub fn valid_challenge(challenge: &str) -> bool {
 
 fn s256(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+/// An authorization code with its grant, as locked for an exchange.
+#[derive(sqlx::FromRow)]
+struct CodeRow {
+    grant_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    nonce: Option<String>,
+    live: bool,
+    used: bool,
+    client_id: String,
+    user_id: String,
+    patient_id: String,
+    scope: String,
+    revoked: bool,
+}
+
+/// A refresh token with its grant, as locked for a refresh.
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    grant_id: String,
+    scope: String,
+    live: bool,
+    used: bool,
+    client_id: String,
+    user_id: String,
+    patient_id: String,
+    revoked: bool,
 }
 
 struct GrantRow {
@@ -200,10 +233,12 @@ pub async fn revoke_grant(
     grant_id: &str,
 ) -> sqlx::Result<()> {
     // language=PostgreSQL
-    sqlx::query("update oauth_grant set revoked_at = coalesce(revoked_at, now()) where grant_id = $1::uuid")
-        .bind(grant_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "update oauth_grant set revoked_at = coalesce(revoked_at, now()) where grant_id = $1::uuid",
+    )
+    .bind(grant_id)
+    .execute(&mut *conn)
+    .await?;
     // language=PostgreSQL
     let jtis: Vec<String> = sqlx::query_scalar(
         r#"insert into revoked_token (jti, expires_at)
@@ -240,21 +275,36 @@ pub async fn exchange_code(
         .ok_or_else(|| OAuthError::bad("invalid_request", "code is missing"))?;
     let mut tx = state.db.begin().await?;
     // language=PostgreSQL
-    let row: Option<(String, String, String, Option<String>, bool, bool, String, String, String, String, bool)> =
-        sqlx::query_as(
-            r#"select c.grant_id::text, c.redirect_uri, c.code_challenge, c.nonce, c.expires_at > now(), c.used_at is not null,
-                      g.client_id, g.user_id::text, g.patient_id, g.scope, g.revoked_at is not null
-               from authorization_code c join oauth_grant g on g.grant_id = c.grant_id
-               where c.code_hash = $1 for update of c"#,
-        )
-        .bind(digest(code))
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((grant_id, redirect_uri, challenge, nonce, live, used, client_id, user_id, patient_id, scope, revoked)) = row else {
+    let row: Option<CodeRow> = sqlx::query_as(
+        r#"select c.grant_id::text as grant_id, c.redirect_uri, c.code_challenge, c.nonce,
+                  c.expires_at > now() as live, c.used_at is not null as used,
+                  g.client_id, g.user_id::text as user_id, g.patient_id, g.scope, g.revoked_at is not null as revoked
+           from authorization_code c join oauth_grant g on g.grant_id = c.grant_id
+           where c.code_hash = $1 for update of c"#,
+    )
+    .bind(digest(code))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(CodeRow {
+        grant_id,
+        redirect_uri,
+        code_challenge: challenge,
+        nonce,
+        live,
+        used,
+        client_id,
+        user_id,
+        patient_id,
+        scope,
+        revoked,
+    }) = row
+    else {
         return Err(invalid("the authorization code is not valid"));
     };
     if client_id != client.client_id {
-        return Err(invalid("the authorization code was issued to another client"));
+        return Err(invalid(
+            "the authorization code was issued to another client",
+        ));
     }
     if used {
         drop(tx);
@@ -276,7 +326,9 @@ pub async fn exchange_code(
         return Err(invalid("code_verifier is missing or malformed (PKCE)"));
     }
     if !constant_eq(s256(verifier).as_bytes(), challenge.as_bytes()) {
-        return Err(invalid("code_verifier does not match the code challenge (PKCE S256)"));
+        return Err(invalid(
+            "code_verifier does not match the code challenge (PKCE S256)",
+        ));
     }
     // language=PostgreSQL
     sqlx::query("update authorization_code set used_at = now() where code_hash = $1")
@@ -308,16 +360,26 @@ pub async fn refresh(
         .ok_or_else(|| OAuthError::bad("invalid_request", "refresh_token is missing"))?;
     let mut tx = state.db.begin().await?;
     // language=PostgreSQL
-    let row: Option<(String, String, bool, bool, String, String, String, bool)> = sqlx::query_as(
-        r#"select r.grant_id::text, r.scope, r.expires_at > now(), r.used_at is not null,
-                  g.client_id, g.user_id::text, g.patient_id, g.revoked_at is not null
+    let row: Option<RefreshRow> = sqlx::query_as(
+        r#"select r.grant_id::text as grant_id, r.scope, r.expires_at > now() as live, r.used_at is not null as used,
+                  g.client_id, g.user_id::text as user_id, g.patient_id, g.revoked_at is not null as revoked
            from refresh_token r join oauth_grant g on g.grant_id = r.grant_id
            where r.token_hash = $1 for update of r"#,
     )
     .bind(digest(token))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((grant_id, scope, live, used, client_id, user_id, patient_id, revoked)) = row else {
+    let Some(RefreshRow {
+        grant_id,
+        scope,
+        live,
+        used,
+        client_id,
+        user_id,
+        patient_id,
+        revoked,
+    }) = row
+    else {
         return Err(invalid("the refresh token is not valid"));
     };
     if client_id != client.client_id {
@@ -470,8 +532,13 @@ mod tests {
     fn pkce_s256_matches_rfc7636_appendix_b() {
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         assert!(valid_verifier(verifier));
-        assert_eq!(s256(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
-        assert!(valid_challenge("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"));
+        assert_eq!(
+            s256(verifier),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        assert!(valid_challenge(
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        ));
         assert!(!valid_verifier("short"));
         assert!(!valid_verifier(&"a".repeat(129)));
         assert!(!valid_verifier(&format!("{}!", "a".repeat(43))));

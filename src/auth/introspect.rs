@@ -45,7 +45,8 @@ fn caller(
     let claims = state
         .verified
         .verify(&state.signing, value, &state.issuer, &state.fhir_base)
-        .map_err(|_| OAuthError::invalid_client("the caller's token is not valid"))?;
+        .map_err(|_| OAuthError::invalid_client("the caller's token is not valid"))?
+        .0;
     if state.revoked.contains(&claims.jti) {
         return Err(OAuthError::invalid_client("the caller's token was revoked"));
     }

@@ -7,6 +7,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::keys::SigningKeys;
+use crate::auth::scopes::ScopeSet;
 
 /// Seconds of clock skew tolerated.
 pub const LEEWAY_SECS: u64 = 30;
@@ -78,48 +79,50 @@ pub fn verify(
     Ok(data.claims)
 }
 
-/// Tokens whose signature and claims were already verified, keyed by the SHA-256 of the token.
-/// A client sends the same token for minutes; checking the ES256 signature once instead of on
-/// every request removes most of the cost of authentication. Expiry is re-checked on each use and
-/// revocation is checked separately (`revoked`), so the cache never extends a token's life.
+/// A verified token: its claims and its parsed scopes, shared by every request that carries it.
+pub type Verified = (std::sync::Arc<AccessClaims>, std::sync::Arc<ScopeSet>);
+
+/// Tokens whose signature and claims were already verified, keyed by the whole token (an exact
+/// match, so nothing but the very same token can hit an entry). A client sends the same token for
+/// minutes; checking the ES256 signature and parsing the scopes once instead of on every request
+/// removes most of the cost of authentication. Expiry is re-checked on each use and revocation is
+/// checked separately (`revoked`), so the cache never extends a token's life.
 #[derive(Default)]
 pub struct VerifiedCache {
-    map: std::sync::RwLock<std::collections::HashMap<[u8; 32], std::sync::Arc<AccessClaims>>>,
+    map: std::sync::RwLock<std::collections::HashMap<Box<str>, Verified>>,
 }
 
-/// Entries kept before the cache is emptied (a crude bound; tokens live five minutes).
+/// Entries kept before the cache is emptied (a crude bound; tokens live minutes).
 const CACHE_LIMIT: usize = 50_000;
 
 impl VerifiedCache {
-    fn key(token: &str) -> [u8; 32] {
-        use sha2::Digest;
-        sha2::Sha256::digest(token.as_bytes()).into()
-    }
-
-    /// Verifies `token`, from the cache when it was seen before.
+    /// Verifies `token`, from the cache when it was seen before. A token whose scope string does
+    /// not parse is refused.
     pub fn verify(
         &self,
         keys: &SigningKeys,
         token: &str,
         issuer: &str,
         audience: &str,
-    ) -> Result<std::sync::Arc<AccessClaims>, TokenError> {
-        let key = Self::key(token);
+    ) -> Result<Verified, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let cached = self
             .map
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
+            .get(token)
             .cloned();
-        if let Some(claims) = cached {
-            return if claims.exp + LEEWAY_SECS as i64 >= now {
-                Ok(claims)
+        if let Some(v) = cached {
+            return if v.0.exp + LEEWAY_SECS as i64 >= now {
+                Ok(v)
             } else {
                 Err(TokenError::Invalid("expired".into()))
             };
         }
-        let claims = std::sync::Arc::new(verify(keys, token, issuer, audience)?);
+        let claims = verify(keys, token, issuer, audience)?;
+        let scopes =
+            ScopeSet::parse(&claims.scope).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let v = (std::sync::Arc::new(claims), std::sync::Arc::new(scopes));
         let mut map = self
             .map
             .write()
@@ -127,7 +130,7 @@ impl VerifiedCache {
         if map.len() >= CACHE_LIMIT {
             map.clear();
         }
-        map.insert(key, claims.clone());
-        Ok(claims)
+        map.insert(token.into(), v.clone());
+        Ok(v)
     }
 }

@@ -18,7 +18,8 @@ pub struct ClientAddr(pub Option<IpAddr>);
 impl ClientAddr {
     /// A limiter key for this address.
     pub fn key(&self) -> String {
-        self.0.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        self.0
+            .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
     }
 }
 

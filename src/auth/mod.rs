@@ -32,10 +32,7 @@ pub fn router() -> Router<AppState> {
             "/fhir/.well-known/smart-configuration",
             get(well_known::smart_configuration),
         )
-        .route(
-            "/.well-known/openid-configuration",
-            get(well_known::openid),
-        )
+        .route("/.well-known/openid-configuration", get(well_known::openid))
         .route("/auth/jwks", get(well_known::jwks))
         .route("/auth/token", post(token::token))
         .route("/auth/introspect", post(introspect::introspect))

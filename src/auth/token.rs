@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use crate::auth::clients;
 use crate::auth::grants::{self, GrantForm};
-use crate::auth::limit::ClientAddr;
 use crate::auth::jwt::{AccessClaims, LEEWAY_SECS};
+use crate::auth::limit::ClientAddr;
 use crate::auth::scopes::{Context, ScopeSet};
 use crate::state::AppState;
 

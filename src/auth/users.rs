@@ -264,7 +264,16 @@ mod tests {
             normalize_email("  Ada@Example.ORG ").as_deref(),
             Some("ada@example.org")
         );
-        for bad in ["", "ada", "@example.org", "ada@", "ada@org", "a b@x.org", "a@@x.org", "a@x.org."] {
+        for bad in [
+            "",
+            "ada",
+            "@example.org",
+            "ada@",
+            "ada@org",
+            "a b@x.org",
+            "a@@x.org",
+            "a@x.org.",
+        ] {
             assert_eq!(normalize_email(bad), None, "{bad}");
         }
     }

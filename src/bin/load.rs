@@ -92,6 +92,19 @@ struct ReadArgs {
     /// Observations created first and then read at random.
     #[arg(long, default_value_t = 2000)]
     seed: usize,
+    /// Also read without a token and report the cost of token verification. The server must run
+    /// with `--allow-anonymous-read`. Runs alternate (with, without, with, …) in --rounds pairs
+    /// that share --duration; the cost is the median over pairs, which the machine's drift
+    /// affects least.
+    #[arg(long)]
+    compare_without_token: bool,
+    /// Pairs of runs for --compare-without-token.
+    #[arg(long, default_value_t = 6)]
+    rounds: u32,
+    /// The server's process id: with it, --compare-without-token also reports the server's CPU
+    /// time per request (from /proc), which the machine's drift does not skew.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -354,21 +367,89 @@ async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
         a.duration,
         cli.base
     );
-    let base = cli.base.clone();
-    let (rps, mut lat, errors) =
-        timed_loop(a.connections, Duration::from_secs(a.duration), move |k| {
-            let url = format!("{base}/{}", pick(&ids, k));
-            let client = client.clone();
-            Box::pin(async move {
-                let resp = client.get(url).send().await?;
-                if resp.status() != 200 {
-                    bail!("status {}", resp.status());
-                }
-                resp.bytes().await?;
-                Ok(())
-            })
-        })
-        .await?;
+    if a.compare_without_token {
+        let anonymous = reqwest::Client::builder()
+            .pool_max_idle_per_host(a.connections)
+            .build()?;
+        let each =
+            Duration::from_millis((a.duration * 1000 / (2 * u64::from(a.rounds.max(1)))).max(500));
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        // Server CPU ticks and requests served, with and without a token.
+        let (mut cpu_with, mut cpu_without) = ((0u64, 0f64), (0u64, 0f64));
+        for _ in 0..a.rounds.max(1) {
+            let t0 = a.server_pid.and_then(cpu_ticks);
+            let r = read_loop(&client, &cli.base, &ids, a.connections, each).await?;
+            let t1 = a.server_pid.and_then(cpu_ticks);
+            if let (Some(t0), Some(t1)) = (t0, t1) {
+                cpu_with.0 += t1 - t0;
+                cpu_with.1 += r.0 * each.as_secs_f64();
+            }
+            with.push(r);
+            let r = read_loop(&anonymous, &cli.base, &ids, a.connections, each).await?;
+            let t2 = a.server_pid.and_then(cpu_ticks);
+            if let (Some(t1), Some(t2)) = (t1, t2) {
+                cpu_without.0 += t2 - t1;
+                cpu_without.1 += r.0 * each.as_secs_f64();
+            }
+            without.push(r);
+        }
+        if a.server_pid.is_some() && cpu_with.1 > 0.0 && cpu_without.1 > 0.0 {
+            // Linux reports process CPU time in clock ticks of 1/100 s.
+            let per = |(ticks, n): (u64, f64)| ticks as f64 * 10_000.0 / n;
+            let (w, wo) = (per(cpu_with), per(cpu_without));
+            println!(
+                "server CPU per request: {w:.1} µs with token verification, {wo:.1} µs without → verification costs {:.1} % of the server's CPU per request",
+                100.0 * (w - wo) / wo
+            );
+        }
+        let rates = |runs: &[(f64, Latencies, u64)]| {
+            runs.iter()
+                .map(|r| format!("{:.0}", r.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mean = |runs: &[(f64, Latencies, u64)]| {
+            runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64
+        };
+        let mut costs: Vec<f64> = with
+            .iter()
+            .zip(&without)
+            .map(|(w, wo)| 100.0 * (wo.0 - w.0) / wo.0)
+            .collect();
+        costs.sort_by(f64::total_cmp);
+        let median = (costs[(costs.len() - 1) / 2] + costs[costs.len() / 2]) / 2.0;
+        let errors: u64 = with.iter().chain(&without).map(|r| r.2).sum();
+        println!(
+            "read with token verification: mean {:.0} requests/s (runs: {})",
+            mean(&with),
+            rates(&with)
+        );
+        println!(
+            "read without a token:         mean {:.0} requests/s (runs: {})",
+            mean(&without),
+            rates(&without)
+        );
+        println!(
+            "cost of token verification: median over {} pairs {median:.1} % of throughput (pairs: {}); {errors} errors",
+            costs.len(),
+            costs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ")
+        );
+        if let Some(r) = with.last_mut() {
+            r.1.report("read with token (last run)");
+        }
+        if let Some(r) = without.last_mut() {
+            r.1.report("read without token (last run)");
+        }
+        return Ok(());
+    }
+    let (rps, mut lat, errors) = read_loop(
+        &client,
+        &cli.base,
+        &ids,
+        a.connections,
+        Duration::from_secs(a.duration),
+    )
+    .await?;
     println!("read: {rps:.0} requests/s, {errors} errors");
     lat.report("read");
     if let Some(url) = &cli.database_url {
@@ -377,6 +458,39 @@ async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
         println!("ceiling: PostgreSQL primary-key selects over {} connections = {ceiling:.0} queries/s; fhirgate reads = {:.1} % of the ceiling", a.connections, 100.0 * rps / ceiling);
     }
     Ok(())
+}
+
+/// User + system CPU time of process `pid` so far, in clock ticks (fields 14 and 15 of
+/// /proc/PID/stat, counted after the command name).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Reads random seeded Observations by id over `connections` for `duration`.
+async fn read_loop(
+    client: &reqwest::Client,
+    base: &str,
+    ids: &Arc<Vec<String>>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Latencies, u64)> {
+    let (client, base, ids) = (client.clone(), base.to_owned(), ids.clone());
+    timed_loop(connections, duration, move |k| {
+        let url = format!("{base}/{}", pick(&ids, k));
+        let client = client.clone();
+        Box::pin(async move {
+            let resp = client.get(url).send().await?;
+            if resp.status() != 200 {
+                bail!("status {}", resp.status());
+            }
+            resp.bytes().await?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// pgbench-style primary-key selects of resource bodies, from the server's own tables.

@@ -187,12 +187,12 @@ pub async fn update(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let resource = check_resource(resource, rt, Some(id))?;
     check_write_scope(&principal, rt, Permission::Update, &resource)?;
-    put(
+    let op = update_op(rt, id.to_owned(), resource, if_match(&headers)?);
+    let tx = state.db.begin().await?;
+    write_one(
         &state,
-        rt,
-        id.to_owned(),
-        resource,
-        if_match(&headers)?,
+        tx,
+        op,
         fmt,
         prefer_return(&headers),
         principal.owner(),
@@ -200,25 +200,15 @@ pub async fn update(
     .await
 }
 
-async fn put(
-    state: &AppState,
-    rt: &str,
-    id: String,
-    resource: serde_json::Value,
-    if_match: Option<i32>,
-    fmt: format::Format,
-    ret: Return,
-    owner: Option<&str>,
-) -> Result<Response> {
-    let tx = state.db.begin().await?;
-    let op = WriteOp {
+/// The write of an update (PUT) of `rt/id`.
+fn update_op(rt: &str, id: String, resource: serde_json::Value, if_match: Option<i32>) -> WriteOp {
+    WriteOp {
         kind: WriteKind::Update,
         resource_type: rt.to_owned(),
         id,
         resource: Some(resource),
         if_match,
-    };
-    write_one(state, tx, op, fmt, ret, owner).await
+    }
 }
 
 /// Applies one write in `tx`, commits, and answers with the headers and body `Prefer` asks for.
@@ -230,7 +220,9 @@ async fn write_one(
     ret: Return,
     owner: Option<&str>,
 ) -> Result<Response> {
-    let r = write::apply(state, &mut tx, vec![op], owner).await?.remove(0);
+    let r = write::apply(state, &mut tx, vec![op], owner)
+        .await?
+        .remove(0);
     tx.commit().await?;
     respond::written(
         r.status,
@@ -291,12 +283,12 @@ pub async fn conditional_update(
     resource["id"] = serde_json::Value::String(id.clone());
     let resource = check_resource(resource, rt, Some(&id))?;
     check_write_scope(&principal, rt, Permission::Update, &resource)?;
-    put(
+    let op = update_op(rt, id, resource, if_match(&headers)?);
+    let tx = state.db.begin().await?;
+    write_one(
         &state,
-        rt,
-        id,
-        resource,
-        if_match(&headers)?,
+        tx,
+        op,
         fmt,
         prefer_return(&headers),
         principal.owner(),
@@ -323,7 +315,9 @@ pub async fn delete(
         resource: None,
         if_match: if_match(&headers)?,
     };
-    let r = write::apply(&state, &mut tx, vec![op], principal.owner()).await?.remove(0);
+    let r = write::apply(&state, &mut tx, vec![op], principal.owner())
+        .await?
+        .remove(0);
     tx.commit().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     if r.version_id > 0 {

@@ -204,12 +204,12 @@ async fn run(
         // the token is filtered, since they carry no content to check).
         let visible = principal.reaches(v.compartment.as_deref())
             && match &v.body {
-            Some(b) => !crate::fhir::crud::hidden(principal, &v.resource_type, b)?,
-            None => principal
-                .scopes
-                .filters(principal.contexts(), &v.resource_type, Permission::Read)
-                .is_none(),
-        };
+                Some(b) => !crate::fhir::crud::hidden(principal, &v.resource_type, b)?,
+                None => principal
+                    .scopes
+                    .filters(principal.contexts(), &v.resource_type, Permission::Read)
+                    .is_none(),
+            };
         if visible {
             entries.push(history_entry(base, v)?);
         }

@@ -157,7 +157,9 @@ pub async fn apply(
             None => cur.as_ref().and_then(|c| c.compartment.clone()),
         };
         if let Some(me) = owner {
-            let old_outside = cur.as_ref().is_some_and(|c| c.compartment.as_deref() != Some(me));
+            let old_outside = cur
+                .as_ref()
+                .is_some_and(|c| c.compartment.as_deref() != Some(me));
             let new_outside = op.resource.is_some() && compartment.as_deref() != Some(me);
             if old_outside || new_outside {
                 return Err(FhirError::Forbidden(format!(
@@ -167,7 +169,10 @@ pub async fn apply(
             }
         }
         if let Some(want) = op.if_match {
-            if cur.as_ref().is_none_or(|c| c.version_id != want || c.deleted) {
+            if cur
+                .as_ref()
+                .is_none_or(|c| c.version_id != want || c.deleted)
+            {
                 return Err(FhirError::PreconditionFailed(format!(
                     "If-Match W/\"{want}\" does not match the current version of {}/{}",
                     op.resource_type, op.id

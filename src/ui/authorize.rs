@@ -92,7 +92,10 @@ impl Refusal {
                 error,
                 description,
             } => {
-                let mut pairs = vec![("error", error.to_owned()), ("error_description", description)];
+                let mut pairs = vec![
+                    ("error", error.to_owned()),
+                    ("error_description", description),
+                ];
                 if let Some(s) = state {
                     pairs.push(("state", s));
                 }
@@ -128,7 +131,7 @@ async fn check(state: &AppState, p: &AuthorizeParams) -> Result<Checked, Refusal
         .redirect_uri
         .clone()
         .ok_or_else(|| Refusal::Page("redirect_uri is missing".into()))?;
-    if !client.redirect_uris.iter().any(|r| *r == redirect_uri) {
+    if !client.redirect_uris.contains(&redirect_uri) {
         return Err(Refusal::Page(
             "the redirect_uri is not registered for this app".into(),
         ));
@@ -202,7 +205,10 @@ async fn check(state: &AppState, p: &AuthorizeParams) -> Result<Checked, Refusal
 fn type_words(rt: &str) -> String {
     match rt {
         "*" => "all of your health records".to_owned(),
-        "Observation" => "your observations (measurements such as heart rate, steps, sleep and weight)".to_owned(),
+        "Observation" => {
+            "your observations (measurements such as heart rate, steps, sleep and weight)"
+                .to_owned()
+        }
         "Patient" => "your profile (name, birth date and contact details)".to_owned(),
         "Consent" => "your sharing consents".to_owned(),
         "Device" => "your devices".to_owned(),
@@ -410,7 +416,10 @@ pub async fn decide(
         tracing::info!(client = %c.client.client_id, "access denied by the patient");
         let pairs = [
             ("error", "access_denied".to_owned()),
-            ("error_description", "the patient did not allow access".to_owned()),
+            (
+                "error_description",
+                "the patient did not allow access".to_owned(),
+            ),
             ("state", c.state),
         ];
         return see_other(&with_query(&c.redirect_uri, &pairs), &[]);
@@ -452,7 +461,10 @@ mod tests {
             one("patient/Observation.rs?category=vital-signs"),
             "Read and search your observations (measurements such as heart rate, steps, sleep and weight) (only category vital signs)"
         );
-        assert_eq!(one("patient/*.read"), "Read and search all of your health records");
+        assert_eq!(
+            one("patient/*.read"),
+            "Read and search all of your health records"
+        );
         assert_eq!(
             one("user/AllergyIntolerance.cud"),
             "Add to, change and delete your allergy intolerance records"

@@ -22,9 +22,7 @@ use crate::ui::{
 /// (never an arbitrary URL: no open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n)
-            if n.starts_with("/auth/authorize?") && !n.contains(['\\', '\r', '\n']) =>
-        {
+        Some(n) if n.starts_with("/auth/authorize?") && !n.contains(['\\', '\r', '\n']) => {
             n.to_owned()
         }
         _ => "/auth/account".to_owned(),

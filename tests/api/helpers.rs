@@ -110,6 +110,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         public_url: None,
         max_body_bytes: 16 * 1024 * 1024,
         request_timeout_secs: 120,
+        allow_anonymous_read: false,
     };
     tune(&mut args);
     let app = Application::build(

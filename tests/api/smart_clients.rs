@@ -3,8 +3,8 @@
 
 use oauth2::basic::BasicClient;
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl,
-    RefreshToken, Scope, TokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    Scope, TokenResponse, TokenUrl,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -44,7 +44,12 @@ async fn the_oauth2_crate_runs_the_code_flow_with_pkce_and_refresh() {
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let mut form = hidden_fields(&page.body);
     form.push(("decision".into(), "allow".into()));
-    let back = query_of(&b.post("/auth/authorize", &form).await.location.expect("redirect"));
+    let back = query_of(
+        &b.post("/auth/authorize", &form)
+            .await
+            .location
+            .expect("redirect"),
+    );
     assert_eq!(&back["state"], state.secret());
 
     let http = reqwest::Client::builder()
@@ -73,7 +78,9 @@ async fn the_oauth2_crate_runs_the_code_flow_with_pkce_and_refresh() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.expect("json")["type"], "searchset");
 
-    let refresh = token.refresh_token().expect("offline_access gives a refresh token");
+    let refresh = token
+        .refresh_token()
+        .expect("offline_access gives a refresh token");
     let renewed = client
         .exchange_refresh_token(refresh)
         .request_async(&http)
@@ -161,7 +168,10 @@ async fn headless_chromium_signs_up_approves_and_lands_on_the_app_with_a_code() 
         .expect("title")
         .contains("browser-app"));
     let scopes = report["scopes"].to_string();
-    assert!(scopes.contains("Read and search your observations"), "{scopes}");
+    assert!(
+        scopes.contains("Read and search your observations"),
+        "{scopes}"
+    );
     let back = query_of(report["callback"].as_str().expect("callback"));
     assert_eq!(back["state"], "chromium-state");
     let (status, body) = crate::smart_app::token_request(
@@ -176,7 +186,9 @@ async fn headless_chromium_signs_up_approves_and_lands_on_the_app_with_a_code() 
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let patient = body["patient"].as_str().expect("patient in the token response");
+    let patient = body["patient"]
+        .as_str()
+        .expect("patient in the token response");
     let r = reqwest::Client::new()
         .get(format!("{}/Patient/{patient}", app.base))
         .bearer_auth(body["access_token"].as_str().expect("token"))
