@@ -24,6 +24,7 @@ const TYPE_INTERACTIONS: &[&str] = &[
 
 /// Builds the CapabilityStatement for `base`.
 pub fn capability_statement(base: &str, token_url: &str) -> Value {
+    let issuer = token_url.trim_end_matches("/auth/token");
     let resources: Vec<Value> = fhirgate_codec::resource_types()
         .iter()
         .map(|rt| {
@@ -61,10 +62,15 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
             "mode": "server",
             "security": {
                 "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
-                "description": "SMART on FHIR 2.x: Backend Services (client_credentials with private_key_jwt, RS384 or ES384). Every interaction but this statement and discovery needs a bearer token whose scopes allow it.",
+                "description": "SMART on FHIR 2.x: standalone app launch (authorization code with PKCE S256, refresh tokens, openid fhirUser) and Backend Services (client_credentials with private_key_jwt, RS384 or ES384). Every interaction but this statement and discovery needs a bearer token whose scopes allow it; a patient's token reaches only that patient's compartment.",
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": token_url}],
+                    "extension": [
+                        {"url": "authorize", "valueUri": format!("{issuer}/auth/authorize")},
+                        {"url": "token", "valueUri": token_url},
+                        {"url": "introspect", "valueUri": format!("{issuer}/auth/introspect")},
+                        {"url": "revoke", "valueUri": format!("{issuer}/auth/revoke")},
+                    ],
                 }],
             },
             "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured.",

@@ -84,6 +84,16 @@ async fn discovery_and_metadata_are_public() {
         ext["url"],
         "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
     );
+    let uris: std::collections::HashMap<&str, &str> = ext["extension"]
+        .as_array()
+        .expect("uris")
+        .iter()
+        .filter_map(|e| Some((e["url"].as_str()?, e["valueUri"].as_str()?)))
+        .collect();
+    let root = app.base.trim_end_matches("/fhir");
+    assert_eq!(uris["authorize"], format!("{root}/auth/authorize"));
+    assert_eq!(uris["token"], format!("{root}/auth/token"));
+    assert_eq!(uris["revoke"], format!("{root}/auth/revoke"));
 }
 
 #[tokio::test]

@@ -1421,3 +1421,41 @@ async fn anonymous_reads_are_off_by_default_and_when_on_cover_reads_only() {
         .expect("get");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn user_scopes_of_a_patient_are_bounded_by_the_compartment_too() {
+    let app = spawn_app().await;
+    register_app(&app, "portal", "user/Observation.rs user/Patient.r", None).await;
+    let (mut a, token) = patient_token(&app, "portal", "user/Observation.rs user/Patient.r").await;
+    let (_, other) = patient_token(&app, "portal", "user/Patient.r").await;
+    let pa = a.patient_id().await;
+    let ta = token["access_token"].as_str().expect("token");
+    // No launch/patient: no patient in the response, but the token still acts for this patient.
+    assert!(token.get("patient").is_none());
+    let mine = observation_for(&app, &pa, "activity").await;
+    let pb = claims_of(other["access_token"].as_str().expect("token"))["patient"]
+        .as_str()
+        .expect("patient claim")
+        .to_owned();
+    let theirs = observation_for(&app, &pb, "activity").await;
+    assert_eq!(
+        fhir_get(&app, ta, &format!("Observation/{mine}")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        fhir_get(&app, ta, &format!("Observation/{theirs}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        fhir_get(&app, ta, &format!("Patient/{pb}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Read-only scopes: a write is 403.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/Observation/{mine}", app.base))
+        .header("authorization", bearer(ta))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
