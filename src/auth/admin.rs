@@ -152,6 +152,9 @@ async fn add(
             FhirError::bad_request("client", msg)
         }
     })?;
+    if let Some(org) = &client.organization {
+        clients::ensure_organization(&state, org, &client.client_id).await?;
+    }
     tracing::info!(client = %client.client_id, kind = %client.kind, "client registered through the admin API");
     let mut view = public_view(&client);
     if let Some(s) = secret {

@@ -176,3 +176,51 @@ pub async fn add(db: &PgPool, c: &Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Makes sure the Organization a partner belongs to exists as a FHIR resource, creating a minimal
+/// one (named after the client) when it does not. Consents name it, so it must resolve. Called by
+/// the server (the command line has no access to the encryption keys of a running server).
+pub async fn ensure_organization(
+    state: &crate::state::AppState,
+    organization: &str,
+    client_id: &str,
+) -> crate::error::Result<()> {
+    use crate::fhir::write::{self, WriteKind, WriteOp};
+    let Some(id) = organization.strip_prefix("Organization/") else {
+        return Ok(());
+    };
+    if crate::storage::read_current(state, "Organization", id)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let org = serde_json::json!({"resourceType": "Organization", "id": id, "active": true,
+        "name": format!("Partner {client_id}")});
+    let org = write::check_resource(org, "Organization", Some(id))?;
+    let op = WriteOp {
+        kind: WriteKind::Update,
+        resource_type: "Organization".into(),
+        id: id.to_owned(),
+        resource: Some(org),
+        if_match: None,
+    };
+    let mut tx = state.db.begin().await?;
+    let written = write::apply(state, &mut tx, vec![op], None).await;
+    match written {
+        Ok(_) => {
+            tx.commit().await?;
+            tracing::info!(organization, "created the Organization of a partner client");
+            Ok(())
+        }
+        // Another request created it at the same moment.
+        Err(_)
+            if crate::storage::read_current(state, "Organization", id)
+                .await?
+                .is_some() =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

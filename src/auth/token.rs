@@ -317,6 +317,14 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
             "none of the requested scopes is allowed for this client",
         ));
     }
+    if let Some(org) = &client.organization {
+        clients::ensure_organization(state, org, &client.client_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not create the partner's Organization");
+                OAuthError::bad("server_error", "could not issue a token")
+            })?;
+    }
     let claims = AccessClaims {
         iss: state.issuer.clone(),
         aud: state.fhir_base.clone(),

@@ -1263,7 +1263,7 @@ async fn the_admin_api_registers_apps_and_partner_backends() {
     .await
     .expect("post");
     assert_eq!(r.status(), StatusCode::CREATED);
-    // The partner can now get a token.
+    // The partner can now get a token, and its Organization exists as a resource.
     let r = request_token(
         &token_url,
         &partner.assertion("partner", &token_url, json!({})),
@@ -1271,6 +1271,44 @@ async fn the_admin_api_registers_apps_and_partner_backends() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
+    let org: Value = app
+        .get("Organization/acme")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(org["resourceType"], "Organization");
+    assert_eq!(org["active"], true);
+    // A partner registered on the command line (no keys there) gets its Organization when it
+    // first asks for a token.
+    let beta = es384_key("beta-key");
+    fhirgate::auth::clients::add(
+        &app.state.db,
+        &fhirgate::auth::clients::Client {
+            client_id: "beta".into(),
+            kind: "backend".into(),
+            scopes: "system/Observation.rs".into(),
+            redirect_uris: vec![],
+            confidential: false,
+            secret_hash: None,
+            jwks: Some(beta.jwks.clone()),
+            organization: Some("Organization/beta".into()),
+        },
+    )
+    .await
+    .expect("register beta");
+    assert_eq!(
+        app.get("Organization/beta").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = request_token(
+        &token_url,
+        &beta.assertion("beta", &token_url, json!({})),
+        "system/Observation.rs",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.get("Organization/beta").await.status(), StatusCode::OK);
 
     // Refusals: duplicate 409, malformed 400, bad redirect 400, each an OperationOutcome.
     let r = post(json!({"kind": "app", "client_id": "new-app", "scopes": "openid", "redirect_uris": ["https://a.example/"]}), Some(admin.clone())).await.expect("post");
@@ -1321,7 +1359,7 @@ async fn the_admin_api_registers_apps_and_partner_backends() {
         .iter()
         .filter_map(|c| c["client_id"].as_str())
         .collect();
-    assert_eq!(ids, vec!["new-app", "ops", "partner"]);
+    assert_eq!(ids, vec!["beta", "new-app", "ops", "partner"]);
     assert!(list.to_string().find("secret_hash").is_none());
     let r = http
         .delete(format!("{root}/admin/clients/new-app"))
