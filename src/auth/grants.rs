@@ -262,6 +262,47 @@ async fn revoke_now(state: &AppState, grant_id: &str) -> Result<(), OAuthError> 
     Ok(())
 }
 
+/// A code or refresh token as found, locked, in the database.
+struct Presented<'a> {
+    what: &'a str,
+    grant_id: &'a str,
+    client_id: &'a str,
+    live: bool,
+    used: bool,
+    revoked: bool,
+}
+
+/// What codes and refresh tokens share: issued to this client, unexpired, unrevoked, and never
+/// used before. A second use is taken as theft and revokes the whole grant first. Revoking does
+/// not touch the locked code or refresh-token row, so it runs beside the caller's transaction.
+async fn check_presented(
+    state: &AppState,
+    client: &Client,
+    p: Presented<'_>,
+) -> Result<(), OAuthError> {
+    let invalid = |d: String| OAuthError::bad("invalid_grant", d);
+    if p.client_id != client.client_id {
+        return Err(invalid(format!(
+            "the {} was issued to another client",
+            p.what
+        )));
+    }
+    if p.used {
+        revoke_now(state, p.grant_id).await?;
+        return Err(invalid(format!(
+            "the {} was already used; every token of its grant is revoked",
+            p.what
+        )));
+    }
+    if !p.live || p.revoked {
+        return Err(invalid(format!(
+            "the {} has expired or was revoked",
+            p.what
+        )));
+    }
+    Ok(())
+}
+
 /// `grant_type=authorization_code`.
 pub async fn exchange_code(
     state: &AppState,
@@ -301,21 +342,15 @@ pub async fn exchange_code(
     else {
         return Err(invalid("the authorization code is not valid"));
     };
-    if client_id != client.client_id {
-        return Err(invalid(
-            "the authorization code was issued to another client",
-        ));
-    }
-    if used {
-        drop(tx);
-        revoke_now(state, &grant_id).await?;
-        return Err(invalid(
-            "the authorization code was already used; the tokens issued for it are revoked",
-        ));
-    }
-    if !live || revoked {
-        return Err(invalid("the authorization code has expired"));
-    }
+    let presented = Presented {
+        what: "authorization code",
+        grant_id: &grant_id,
+        client_id: &client_id,
+        live,
+        used,
+        revoked,
+    };
+    check_presented(state, client, presented).await?;
     if form.redirect_uri.as_deref() != Some(redirect_uri.as_str()) {
         return Err(invalid(
             "redirect_uri must be exactly the one of the authorization request",
@@ -382,19 +417,15 @@ pub async fn refresh(
     else {
         return Err(invalid("the refresh token is not valid"));
     };
-    if client_id != client.client_id {
-        return Err(invalid("the refresh token was issued to another client"));
-    }
-    if used {
-        drop(tx);
-        revoke_now(state, &grant_id).await?;
-        return Err(invalid(
-            "the refresh token was already used; the whole grant is revoked",
-        ));
-    }
-    if !live || revoked {
-        return Err(invalid("the refresh token has expired or was revoked"));
-    }
+    let presented = Presented {
+        what: "refresh token",
+        grant_id: &grant_id,
+        client_id: &client_id,
+        live,
+        used,
+        revoked,
+    };
+    check_presented(state, client, presented).await?;
     let original = ScopeSet::parse(&scope).unwrap_or_default();
     let access_scope = match form.scope.as_deref() {
         None => scope.clone(),
