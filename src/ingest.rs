@@ -239,18 +239,60 @@ async fn ingest(
 /// Resources written per transaction (and per Provenance) when streaming a large export.
 const CHUNK: usize = 1000;
 
+/// How far a streamed import has got: records handled (stored or rejected) and bytes of the
+/// file read by the parser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub records: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+}
+
+impl Progress {
+    /// Whole percent of the file read, 0 to 100.
+    pub fn percent(&self) -> u64 {
+        (self.bytes_read.saturating_mul(100))
+            .checked_div(self.bytes_total)
+            .unwrap_or(100)
+            .min(100)
+    }
+}
+
+/// A reader that counts the bytes taken from it, for progress.
+struct Counted<R> {
+    inner: R,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// Maps an Apple Health export read from `path` in constant memory and stores it in chunks,
-/// calling `progress` with the number of records handled so far.
+/// calling `progress` after each stored chunk.
 pub async fn import_apple_stream(
     state: &AppState,
     patient_id: &str,
     path: std::path::PathBuf,
-    mut progress: impl FnMut(u64) + Send,
+    mut progress: impl FnMut(Progress) + Send,
 ) -> Result<IngestSummary> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<fhirgate_mappers::MapOutput>(2);
     let ctx = fhirgate_mappers::MapContext::new(patient_id);
+    let bytes_total = std::fs::metadata(&path)
+        .map_err(|e| FhirError::Internal(e.into()))?
+        .len();
+    let bytes_read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = bytes_read.clone();
     let mapper = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
+        let file = Counted {
+            inner: std::fs::File::open(&path)?,
+            read: counter,
+        };
         let mut chunk = fhirgate_mappers::MapOutput::default();
         let summary = fhirgate_mappers::map_apple_health_stream(
             std::io::BufReader::with_capacity(1 << 20, file),
@@ -278,7 +320,11 @@ pub async fn import_apple_stream(
         total.updated += s.updated;
         total.unchanged += s.unchanged;
         total.rejected.extend(s.rejected);
-        progress(records);
+        progress(Progress {
+            records,
+            bytes_read: bytes_read.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_total,
+        });
     }
     let summary = mapper
         .await
@@ -329,9 +375,10 @@ async fn start_job(
         .map_err(|e| FhirError::Internal(e.into()))?;
     let job = uuid::Uuid::new_v4();
     // language=PostgreSQL
-    sqlx::query("insert into ingest_job (job_id, patient, source, status) values ($1::uuid, $2, 'apple-health', 'running')")
+    sqlx::query("insert into ingest_job (job_id, patient, source, status, bytes_total) values ($1::uuid, $2, 'apple-health', 'running', $3)")
         .bind(job.to_string())
         .bind(&patient)
+        .bind(size as i64)
         .execute(&state.db)
         .await?;
     let worker = state.clone();
@@ -339,15 +386,16 @@ async fn start_job(
         let file = file; // removed when the import ends
         let db = worker.db.clone();
         let mut last = std::time::Instant::now();
-        let progress = |records: u64| {
+        let progress = |p: Progress| {
             if last.elapsed() > std::time::Duration::from_secs(1) {
                 last = std::time::Instant::now();
                 let db = db.clone();
                 tokio::spawn(async move {
                     // language=PostgreSQL
-                    let _ = sqlx::query("update ingest_job set records = $2, updated_at = now() where job_id = $1::uuid")
+                    let _ = sqlx::query("update ingest_job set records = $2, bytes_read = $3, updated_at = now() where job_id = $1::uuid")
                         .bind(job.to_string())
-                        .bind(records as i64)
+                        .bind(p.records as i64)
+                        .bind(p.bytes_read as i64)
                         .execute(&db)
                         .await;
                 });
@@ -355,7 +403,7 @@ async fn start_job(
         };
         let result = import_apple_stream(&worker, &patient, file.path().to_owned(), progress).await;
         let (status, summary, error) = match result {
-            Ok(s) => ("done", serde_json::to_value(&s).ok(), None),
+            Ok(s) => ("done", serde_json::to_value(&s).ok(), None::<String>),
             Err(e) => (
                 "failed",
                 None,
@@ -370,7 +418,7 @@ async fn start_job(
             ),
         };
         // language=PostgreSQL
-        let _ = sqlx::query("update ingest_job set status = $2, summary = $3, error = $4, updated_at = now() where job_id = $1::uuid")
+        let _ = sqlx::query("update ingest_job set status = $2, summary = $3, error = $4, bytes_read = case when $2 = 'done' then bytes_total else bytes_read end, updated_at = now() where job_id = $1::uuid")
             .bind(job.to_string())
             .bind(status)
             .bind(summary)
@@ -392,8 +440,8 @@ async fn start_job(
 }
 
 /// `GET /ingest/jobs/{job}`: 202 with progress while running, 200 with the summary when done.
-/// status, records, summary, error, patient
-type JobRow = (String, i64, Option<Value>, Option<String>, String);
+/// status, records, summary, error, patient, bytes read, bytes total
+type JobRow = (String, i64, Option<Value>, Option<String>, String, i64, i64);
 
 async fn job_status(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -404,12 +452,12 @@ async fn job_status(
         .map_err(|_| FhirError::NotFound("no such import job".into()))?;
     // language=PostgreSQL
     let row: Option<JobRow> = sqlx::query_as(
-        "select status, records, summary, error, patient from ingest_job where job_id = $1::uuid",
+        "select status, records, summary, error, patient, bytes_read, bytes_total from ingest_job where job_id = $1::uuid",
     )
     .bind(id.to_string())
     .fetch_optional(&state.db)
     .await?;
-    let (status, records, summary, error, _) = row
+    let (status, records, summary, error, _, bytes_read, bytes_total) = row
         .filter(|r| principal.reaches(Some(&r.4)))
         .ok_or_else(|| FhirError::NotFound("no such import job".into()))?;
     let code = if status == "running" {
@@ -417,9 +465,19 @@ async fn job_status(
     } else {
         axum::http::StatusCode::OK
     };
-    let body = json!({"job": job, "status": status, "records": records, "summary": summary, "error": error});
+    let percent = Progress {
+        records: records as u64,
+        bytes_read: bytes_read as u64,
+        bytes_total: bytes_total as u64,
+    }
+    .percent();
+    let body = json!({
+        "job": job, "status": status, "records": records, "percent": percent,
+        "bytesRead": bytes_read, "bytesTotal": bytes_total, "summary": summary, "error": error,
+    });
     let mut resp = (code, axum::Json(body)).into_response();
-    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{records} records")) {
+    // The header the FHIR asynchronous request pattern uses for progress.
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{percent}% ({records} records)")) {
         resp.headers_mut().insert("x-progress", v);
     }
     Ok(resp)

@@ -196,13 +196,12 @@ async fn import(
         eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());
         let s = if source == fhirgate_mappers::Source::AppleHealth {
             // Exports can be gigabytes: streamed, mapped and stored in chunks in constant memory.
-            let progress = |records: u64| {
+            let started = std::time::Instant::now();
+            let progress = |p: fhirgate::ingest::Progress| {
                 eprint!(
-                    "\r[{}/{}] {} … {records} records ",
-                    n + 1,
-                    files.len(),
-                    path.display()
-                )
+                    "\r{}",
+                    progress_line(n + 1, files.len(), p, started.elapsed())
+                );
             };
             fhirgate::ingest::import_apple_stream(&state, patient, path.clone(), progress).await
         } else {
@@ -215,7 +214,7 @@ async fn import(
         }
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         eprintln!(
-            "{} created, {} updated, {} unchanged, {} rejected",
+            "\n{} created, {} updated, {} unchanged, {} rejected",
             s.created,
             s.updated,
             s.unchanged,
@@ -231,4 +230,50 @@ async fn import(
     }
     println!("{}", serde_json::to_string_pretty(&total)?);
     Ok(())
+}
+
+/// One line of the import progress bar: `[1/1] [#########...........] 45% 1.2/2.7 GB 1,234,567
+/// records 98,765/s`, redrawn in place with a carriage return.
+fn progress_line(
+    file: usize,
+    files: usize,
+    p: fhirgate::ingest::Progress,
+    elapsed: std::time::Duration,
+) -> String {
+    const WIDTH: u64 = 30;
+    let percent = p.percent();
+    let filled = (percent * WIDTH / 100) as usize;
+    let bar = format!(
+        "{}{}",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled)
+    );
+    let gb = |b: u64| b as f64 / 1e9;
+    let rate = p.records as f64 / elapsed.as_secs_f64().max(1e-3);
+    format!(
+        "[{file}/{files}] [{bar}] {percent:>3}% {:.2}/{:.2} GB {} records {}/s ",
+        gb(p.bytes_read),
+        gb(p.bytes_total),
+        p.records,
+        rate as u64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_progress_bar_fills_with_the_bytes_read() {
+        let p = fhirgate::ingest::Progress {
+            records: 5000,
+            bytes_read: 500_000_000,
+            bytes_total: 1_000_000_000,
+        };
+        let line = super::progress_line(1, 2, p, std::time::Duration::from_secs(2));
+        assert!(
+            line.starts_with(
+                "[1/2] [###############...............]  50% 0.50/1.00 GB 5000 records 2500/s"
+            ),
+            "{line}"
+        );
+    }
 }

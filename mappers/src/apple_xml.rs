@@ -63,27 +63,55 @@ pub fn map_apple_health_stream<R: BufRead>(
     ctx: &MapContext,
     mut sink: impl FnMut(MappedRecord),
 ) -> Result<StreamSummary, MapError> {
+    // One thread: on two cores (or two hyperthreads) a pool of mapping threads measured slower,
+    // because freeing resources on another thread than the one that built them costs more than
+    // the mapping it spreads.
     let mut out = Out::streaming(ctx, SOURCE);
     let mut summary = StreamSummary::default();
-    let result = run(reader, &mut out, &mut |out: &mut Out<'_>| {
-        summary.elements += 1;
-        for r in out.resources.drain(..) {
+    let result = run(reader, &mut |el| {
+        map_top(&mut out, &el);
+        let mapped = Mapped::take(&mut out, 1);
+        summary.elements += mapped.elements;
+        for r in mapped.resources {
             summary.resources += 1;
             sink(MappedRecord::Resource(r));
         }
-        for e in out.errors.drain(..) {
+        for e in mapped.errors {
             summary.errors += 1;
             sink(MappedRecord::Error(e));
         }
+        for (k, v) in mapped.skipped {
+            *summary.skipped.entry(k).or_insert(0) += v;
+        }
     });
-    summary.skipped = std::mem::take(&mut out.skipped);
     result.map(|()| summary)
+}
+
+/// What mapping some top-level elements produced, in document order.
+#[derive(Default)]
+struct Mapped {
+    elements: u64,
+    resources: Vec<Value>,
+    errors: Vec<RecordError>,
+    skipped: BTreeMap<String, u64>,
+}
+
+impl Mapped {
+    /// Moves what `out` has collected for `elements` elements into a batch.
+    fn take(out: &mut Out<'_>, elements: u64) -> Self {
+        Mapped {
+            elements,
+            resources: std::mem::take(&mut out.resources),
+            errors: std::mem::take(&mut out.errors),
+            skipped: std::mem::take(&mut out.skipped),
+        }
+    }
 }
 
 /// Maps an export held in memory (the whole document must be well-formed).
 pub(crate) fn map_bytes(bytes: &[u8], ctx: &MapContext) -> Result<MapOutput, MapError> {
     let mut out = Out::streaming(ctx, SOURCE);
-    run(bytes, &mut out, &mut |_: &mut Out<'_>| {})?;
+    run(bytes, &mut |el| map_top(&mut out, &el))?;
     Ok(out.finish())
 }
 
@@ -120,14 +148,33 @@ impl<R: BufRead> BufRead for LineCounter<R> {
 struct Element {
     name: String,
     line: u64,
-    attrs: HashMap<String, String>,
-    meta: HashMap<String, String>,
+    attrs: Pairs,
+    meta: Pairs,
     children: Vec<Element>,
+}
+
+/// The attributes or metadata entries of an element. There are few, so a list searched from the
+/// end (a later duplicate wins, as with an insert into a map) is cheaper than hashing each key.
+#[derive(Debug, Default)]
+struct Pairs(Vec<(String, String)>);
+
+impl Pairs {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn insert(&mut self, k: String, v: String) {
+        self.0.push((k, v));
+    }
 }
 
 impl Element {
     fn get(&self, k: &str) -> Option<&str> {
-        self.attrs.get(k).map(String::as_str)
+        self.attrs.get(k)
     }
 
     fn at(&self) -> String {
@@ -160,11 +207,8 @@ fn element(
     Ok(el)
 }
 
-fn run<R: BufRead>(
-    reader: R,
-    out: &mut Out<'_>,
-    flush: &mut dyn FnMut(&mut Out<'_>),
-) -> Result<(), MapError> {
+/// Reads the document, passing each finished top-level element to `top`.
+fn run<R: BufRead>(reader: R, top: &mut dyn FnMut(Element)) -> Result<(), MapError> {
     let mut reader = Reader::from_reader(LineCounter {
         inner: reader,
         newlines: 0,
@@ -197,7 +241,7 @@ fn run<R: BufRead>(
             Event::Start(e) => stack.push(element(&reader, &e)?),
             Event::Empty(e) => {
                 let el = element(&reader, &e)?;
-                close(out, flush, &mut stack, el);
+                close(top, &mut stack, el);
             }
             Event::End(e) => {
                 if stack.is_empty() {
@@ -208,7 +252,7 @@ fn run<R: BufRead>(
                     return Err(MapError::Xml(format!("unexpected end tag (line {line})")));
                 }
                 if let Some(el) = stack.pop() {
-                    close(out, flush, &mut stack, el);
+                    close(top, &mut stack, el);
                 }
             }
             Event::Eof => break,
@@ -229,13 +273,8 @@ fn run<R: BufRead>(
     Ok(())
 }
 
-/// Attaches a finished element to its parent, or maps it when it is top-level.
-fn close(
-    out: &mut Out<'_>,
-    flush: &mut dyn FnMut(&mut Out<'_>),
-    stack: &mut [Element],
-    el: Element,
-) {
+/// Attaches a finished element to its parent, or hands it to `top` when it is top-level.
+fn close(top: &mut dyn FnMut(Element), stack: &mut [Element], el: Element) {
     if let Some(parent) = stack.last_mut() {
         if el.name == "MetadataEntry" {
             if let (Some(k), Some(v)) = (el.get("key"), el.get("value")) {
@@ -246,11 +285,16 @@ fn close(
         }
         return;
     }
+    top(el);
+}
+
+/// Maps one top-level element into `out`.
+fn map_top(out: &mut Out<'_>, el: &Element) {
     let r = match el.name.as_str() {
-        "Record" => record(out, &el),
-        "Correlation" => correlation(out, &el),
-        "Workout" => workout_el(out, &el),
-        "ActivitySummary" => activity_summary(out, &el),
+        "Record" => record(out, el),
+        "Correlation" => correlation(out, el),
+        "Workout" => workout_el(out, el),
+        "ActivitySummary" => activity_summary(out, el),
         "ExportDate" | "Me" => Ok(()),
         other => {
             out.skip(format!("apple-health: <{other}> elements are not mapped"));
@@ -260,7 +304,6 @@ fn close(
     if let Err(e) = r {
         out.error(e);
     }
-    flush(out);
 }
 
 fn err(el: &Element, reason: impl Into<String>) -> RecordError {
@@ -282,7 +325,9 @@ fn date(
     tz: Option<chrono_tz::Tz>,
 ) -> Result<DateTime<FixedOffset>, RecordError> {
     let s = attr(el, k)?;
-    let t = DateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S %z")
+    let t = time::parse_apple(s.trim())
+        .map(Ok)
+        .unwrap_or_else(|| DateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S %z"))
         .or_else(|_| DateTime::parse_from_rfc3339(s.trim()))
         .map_err(|_| {
             err(
@@ -296,8 +341,8 @@ fn date(
     })
 }
 
-fn period(el: &Element, meta: &HashMap<String, String>) -> Result<Effective, RecordError> {
-    let tz = meta.get("HKTimeZone").and_then(|z| time::zone(z));
+fn period(el: &Element, meta: &Pairs) -> Result<Effective, RecordError> {
+    let tz = meta.get("HKTimeZone").and_then(time::zone);
     let start = date(el, "startDate", tz)?;
     let end = date(el, "endDate", tz)?;
     if end < start {
@@ -327,6 +372,25 @@ fn hk_device_fields(s: &str) -> HashMap<&str, &str> {
 
 /// The Device of a record: the physical device when the export names one, else the app.
 pub(crate) fn device(
+    out: &mut Out<'_>,
+    source_name: Option<&str>,
+    hk_device: Option<&str>,
+) -> Option<String> {
+    // Exports repeat a handful of devices over millions of records: remember each one's id.
+    let memo_key = format!(
+        "{}\u{0}{}",
+        source_name.unwrap_or("\u{1}"),
+        hk_device.unwrap_or("\u{1}")
+    );
+    if let Some(id) = out.memo.get(&memo_key) {
+        return id.clone();
+    }
+    let id = device_uncached(out, source_name, hk_device);
+    out.memo.insert(memo_key, id.clone());
+    id
+}
+
+fn device_uncached(
     out: &mut Out<'_>,
     source_name: Option<&str>,
     hk_device: Option<&str>,

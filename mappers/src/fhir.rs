@@ -7,6 +7,8 @@
 //! `code.coding` always holds the LOINC coding (when one exists), our metric coding and the
 //! source's native coding (docs/wearable-mapping.md §0.1).
 
+use std::collections::HashMap;
+
 use serde_json::{json, Map, Value};
 
 use crate::metrics::{DataClass, Metric, Unit, METRIC_SYSTEM};
@@ -103,7 +105,24 @@ fn quantity(x: f64, unit: Unit) -> Value {
     json!({"value": decimal(x), "unit": unit.display, "system": UCUM, "code": unit.code})
 }
 
+/// `category` for `class`. Building the same JSON for every Observation costs more than cloning
+/// it: a clone copies the maps without hashing their keys again.
 fn category(class: DataClass) -> Value {
+    thread_local! {
+        static CATEGORIES: std::cell::RefCell<Vec<(DataClass, Value)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    CATEGORIES.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((_, v)) = c.iter().find(|(k, _)| *k == class) {
+            return v.clone();
+        }
+        let v = build_category(class);
+        c.push((class, v.clone()));
+        v
+    })
+}
+
+fn build_category(class: DataClass) -> Value {
     let obs = |code: &str, display: &str| json!({"coding": [{"system": OBS_CATEGORY, "code": code, "display": display}]});
     let ours = |code: &str, display: &str| json!({"coding": [{"system": DATA_CLASS, "code": code, "display": display}]});
     match class {
@@ -122,8 +141,36 @@ fn category(class: DataClass) -> Value {
     }
 }
 
-/// `code` for `metric`, with the native coding of `source` when given.
-fn code(metric: &Metric, source: Source, native: Option<&str>) -> Value {
+/// Most distinct (metric, native code) pairs whose `code` JSON is remembered per thread.
+const CODE_CACHE: usize = 256;
+
+/// `code` for `metric`, with the native coding of `source` when given (cloned from a per-thread
+/// cache, as for [`category`]).
+fn code(metric: &'static Metric, source: Source, native: Option<&str>) -> Value {
+    type Key = (&'static str, Source, Option<String>);
+    thread_local! {
+        static CODES: std::cell::RefCell<HashMap<&'static str, Vec<(Key, Value)>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CODES.with(|c| {
+        let mut c = c.borrow_mut();
+        let same = |k: &Key| k.1 == source && k.2.as_deref() == native;
+        if let Some((_, v)) = c
+            .get(metric.key)
+            .and_then(|l| l.iter().find(|(k, _)| same(k)))
+        {
+            return v.clone();
+        }
+        let v = build_code(metric, source, native);
+        if c.values().map(Vec::len).sum::<usize>() < CODE_CACHE {
+            let key = (metric.key, source, native.map(str::to_owned));
+            c.entry(metric.key).or_default().push((key, v.clone()));
+        }
+        v
+    })
+}
+
+fn build_code(metric: &Metric, source: Source, native: Option<&str>) -> Value {
     let mut codings: Vec<Value> = metric
         .loinc
         .iter()

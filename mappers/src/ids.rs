@@ -31,7 +31,19 @@ pub(crate) fn logical_id(patient_id: &str, system: &str, value: &str) -> String 
     h.update(system.as_bytes());
     h.update(b"\n");
     h.update(value.as_bytes());
-    hex::encode(h.finalize())
+    lower_hex(&h.finalize())
+}
+
+/// Lower-case hex of `bytes` (a table lookup per nibble; `hex::encode` goes through `char`s).
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    // Only ASCII digits were pushed.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -50,6 +62,7 @@ mod tests {
             logical_id("p2", "https://fhirgate.org/identifier/oura", "x")
         );
         assert_eq!(a.len(), 64);
+        assert_eq!(lower_hex(&[0x00, 0x9f, 0xa5, 0xff]), "009fa5ff");
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

@@ -24,6 +24,9 @@ pub(crate) struct Out<'a> {
     devices: HashSet<String>,
     /// Observation ids seen so far; `None` when streaming (memory must stay constant).
     observations: Option<HashSet<String>>,
+    /// Results a source mapper remembers between records (the Device id of an Apple source and
+    /// device string). Bounded by the number of distinct devices in a payload.
+    pub(crate) memo: std::collections::HashMap<String, Option<String>>,
 }
 
 impl<'a> Out<'a> {
@@ -39,6 +42,7 @@ impl<'a> Out<'a> {
             skipped: BTreeMap::new(),
             devices: HashSet::new(),
             observations: Some(HashSet::new()),
+            memo: std::collections::HashMap::new(),
         }
     }
 

@@ -92,6 +92,41 @@ fn local_midnight(date: NaiveDate, tz: Tz) -> Option<DateTime<FixedOffset>> {
     in_zone(date.and_hms_opt(0, 0, 0)?, tz)
 }
 
+/// Parses the Apple export form `2024-01-01 01:01:36 +0200` without a format string (the common
+/// case, millions of times per export); `None` for anything else, which callers then hand to
+/// chrono's general parser.
+pub(crate) fn parse_apple(s: &str) -> Option<DateTime<FixedOffset>> {
+    let b = s.as_bytes();
+    if b.len() != 25
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b' '
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let sign = match b[20] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (oh, om) = (num(21, 23)?, num(23, 25)?);
+    if om >= 60 {
+        return None;
+    }
+    let offset = FixedOffset::east_opt(sign * (oh * 3600 + om * 60) as i32)?;
+    let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?;
+    let local = date.and_hms_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?)?;
+    local.and_local_timezone(offset).single()
+}
+
 /// FHIR `dateTime`/`instant` text with the offset kept and fractional seconds only when present.
 pub(crate) fn fmt(t: &DateTime<FixedOffset>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, false)
@@ -185,6 +220,30 @@ mod tests {
             "2015-06-18T00:00:00-07:00|2015-06-19T00:00:00-07:00"
         );
         assert_eq!(Effective::day(d, None), Effective::Day(d));
+    }
+
+    #[test]
+    fn the_apple_date_form_parses_like_chrono() {
+        for s in [
+            "2024-01-01 01:01:36 +0200",
+            "2023-12-31 23:59:59 -0530",
+            "2024-02-29 00:00:00 +0000",
+        ] {
+            assert_eq!(
+                parse_apple(s),
+                DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S %z").ok(),
+                "{s}"
+            );
+        }
+        for s in [
+            "2023-02-29 00:00:00 +0000",
+            "2024-01-01T01:01:36+02:00",
+            "2024-01-01 01:01:36 +02:00",
+            "2024-01-01 25:01:36 +0200",
+            "2024-01-01 01:01:36 +0275",
+        ] {
+            assert_eq!(parse_apple(s), None, "{s}");
+        }
     }
 
     #[test]

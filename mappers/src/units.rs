@@ -130,7 +130,13 @@ pub(crate) fn tidy(value: f64, decimals: i32) -> f64 {
         return value;
     }
     let p = 10f64.powi(decimals);
-    let r = (value * p).round() / p;
+    let scaled = (value * p).round();
+    // Up to 22 decimals 10^d is exact, and an integer below 2^53 divided by it is correctly
+    // rounded: already the double nearest the decimal, what the text round trip below gives.
+    if (0..=22).contains(&decimals) && scaled.abs() < 9.0e15 {
+        return scaled / p;
+    }
+    let r = scaled / p;
     // Going through the shortest decimal text removes representation error of the division.
     format!("{r:.*}", decimals.max(0) as usize)
         .parse()

@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::cell::Cell;
 use std::io::{BufReader, Read};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fhirgate_mappers::{
     generate_apple_export, map, map_apple_health_stream, MapContext, MapError, MappedRecord, Source,
@@ -283,13 +283,13 @@ fn truncated_or_foreign_xml_is_a_map_error_and_bad_records_name_their_line() {
 /// A reader that records how many bytes it has handed out, in a cell the test can watch.
 struct Counting<R> {
     inner: R,
-    read: Rc<Cell<u64>>,
+    read: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -304,17 +304,17 @@ fn a_50_mb_export_streams_through_a_small_buffer() {
     let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
     let size = generate_apple_export(50 * 1024 * 1024, file).unwrap();
     assert!(size >= 50 * 1024 * 1024);
-    let read = Rc::new(Cell::new(0u64));
+    let read = Arc::new(AtomicU64::new(0));
     let counting = Counting {
         inner: std::fs::File::open(&path).unwrap(),
-        read: Rc::clone(&read),
+        read: Arc::clone(&read),
     };
     let reader = BufReader::with_capacity(64 * 1024, counting);
     let (mut observations, mut devices) = (0u64, 0u64);
     let mut read_at_first_resource = None;
     let summary = map_apple_health_stream(reader, &MapContext::new("bench"), |rec| match rec {
         MappedRecord::Resource(r) => {
-            read_at_first_resource.get_or_insert(read.get());
+            read_at_first_resource.get_or_insert(read.load(Ordering::Relaxed));
             if r["resourceType"] == "Device" {
                 devices += 1;
             } else {
@@ -327,9 +327,53 @@ fn a_50_mb_export_streams_through_a_small_buffer() {
     std::fs::remove_file(&path).unwrap();
     // The first resource arrived after one buffer-full, not after the whole file.
     assert!(read_at_first_resource.unwrap() <= 64 * 1024);
-    assert_eq!(read.get(), size);
+    assert_eq!(read.load(Ordering::Relaxed), size);
     assert!(observations > 200_000, "{observations}");
     assert_eq!(devices, 2);
     assert_eq!(summary.errors, 0);
     assert_eq!(summary.resources, observations + devices);
+}
+
+/// Everything the stream hands to the sink, in order, and how the run ended.
+fn stream(bytes: &[u8]) -> (Vec<Value>, Vec<String>, Result<u64, String>) {
+    let (mut resources, mut errors) = (Vec::new(), Vec::new());
+    let result = map_apple_health_stream(bytes, &MapContext::new("p1"), |rec| match rec {
+        MappedRecord::Resource(r) => resources.push(r),
+        MappedRecord::Error(e) => errors.push(e.to_string()),
+    });
+    (
+        resources,
+        errors,
+        result.map(|s| s.elements).map_err(|e| e.to_string()),
+    )
+}
+
+#[test]
+fn the_stream_gives_what_in_memory_mapping_gives_in_document_order() {
+    let mut export = Vec::new();
+    generate_apple_export(3 * 1024 * 1024, &mut export).unwrap();
+    let whole = map(Source::AppleHealth, &export, &MapContext::new("p1")).unwrap();
+    let (resources, errors, result) = stream(&export);
+    assert!(result.unwrap() > 5000);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(resources.len(), whole.resources.len());
+    assert!(
+        resources == whole.resources,
+        "same resources in the same order"
+    );
+    let devices = resources
+        .iter()
+        .filter(|r| r["resourceType"] == "Device")
+        .count();
+    assert_eq!(devices, 2, "each Device once");
+
+    // Cut in the middle: the stream fails, after handing over everything before the cut.
+    let half = export.len() / 2;
+    let line_end = export[..half].iter().rposition(|b| *b == b'\n').unwrap();
+    let cut = &export[..=line_end];
+    let (resources, _, result) = stream(cut);
+    let e = result.unwrap_err();
+    assert!(e.contains("truncated"), "{e}");
+    assert!(resources.len() > whole.resources.len() / 3);
+    assert!(resources == whole.resources[..resources.len()]);
 }

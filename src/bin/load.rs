@@ -10,6 +10,11 @@
 //! of as many rows of similar size (for ingest) and primary-key selects over the same number of
 //! connections (for reads), and prints our figures as a fraction of that ceiling.
 
+// The same allocator as the server, so that the in-process mapping figure of `apple` is what the
+// server's import path does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,6 +68,13 @@ struct AppleArgs {
     /// Also import it through the server (needs a token with Observation/Device write scopes).
     #[arg(long)]
     import: bool,
+    /// The server's process id: its peak resident memory (VmHWM) is reported after the import.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also run this `healthkit-to-sqlite` executable (PyPI) on the same file and report how
+    /// much faster fhirgate was.
+    #[arg(long)]
+    healthkit_to_sqlite: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -692,7 +704,7 @@ async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let path = file.path().to_owned();
-    let (summary, secs) = tokio::task::spawn_blocking(move || {
+    let (summary, map_secs) = tokio::task::spawn_blocking(move || {
         let ctx = fhirgate_mappers::MapContext::new("load-apple");
         let t = Instant::now();
         let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
@@ -701,11 +713,12 @@ async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
     })
     .await??;
     println!(
-        "apple: mapped {} records into {} resources in {secs:.2} s = {:.0} records/s (one core, streaming)",
+        "apple: mapped {} records into {} resources in {map_secs:.2} s = {:.0} records/s (one core, streaming)",
         summary.elements,
         summary.resources,
-        summary.elements as f64 / secs
+        summary.elements as f64 / map_secs
     );
+    let mut import_secs = None;
     if a.import {
         let client = reqwest::Client::builder()
             .default_headers(auth_headers(cli))
@@ -737,8 +750,56 @@ async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
         let secs = t.elapsed().as_secs_f64();
         let created = done["summary"]["created"].as_u64().unwrap_or(0);
         println!("apple: end-to-end import {} in {secs:.1} s: {created} resources created = {:.0} resources/s", done["status"], created as f64 / secs);
+        import_secs = Some(secs);
+        if let Some(kb) = a.server_pid.and_then(peak_rss_kb) {
+            println!(
+                "apple: server peak RSS (VmHWM) {:.0} MB",
+                kb as f64 / 1024.0
+            );
+        }
+    }
+    if let Some(tool) = &a.healthkit_to_sqlite {
+        let db = tempfile::NamedTempFile::new()?;
+        std::fs::remove_file(db.path())?;
+        let t = Instant::now();
+        let status = tokio::process::Command::new(tool)
+            .arg("--xml")
+            .arg("--silent")
+            .arg(file.path())
+            .arg(db.path())
+            .status()
+            .await
+            .with_context(|| format!("running {}", tool.display()))?;
+        if !status.success() {
+            bail!("{} failed: {status}", tool.display());
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "apple: healthkit-to-sqlite took {secs:.1} s = {:.0} records/s; fhirgate mapping is {:.1}x faster",
+            summary.elements as f64 / secs,
+            secs / map_secs
+        );
+        if let Some(import) = import_secs {
+            println!(
+                "apple: fhirgate's end-to-end import (map, validate, encrypt, store in PostgreSQL) is {:.1}x faster",
+                secs / import
+            );
+        }
     }
     Ok(())
+}
+
+/// Peak resident set size of a process in kB (`VmHWM` in /proc/PID/status).
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The file as a stream of 1 MB chunks, so the generator never holds the export in memory.

@@ -161,9 +161,9 @@ async fn the_import_command_uses_the_same_path() {
     };
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("mappers/tests/fixtures/withings/shimmer_withings-body-measures.json");
-    let run = |f: &std::path::Path| {
+    let run_as = |source: &str, f: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
-            .args(["import", "--source", "withings", "--patient", "cli1"])
+            .args(["import", "--source", source, "--patient", "cli1"])
             .arg(f)
             .env("DATABASE_URL", &url)
             .env_remove("FHIRGATE_MASTER_KEY_FILE")
@@ -171,6 +171,7 @@ async fn the_import_command_uses_the_same_path() {
             .output()
             .expect("import")
     };
+    let run = |f: &std::path::Path| run_as("withings", f);
     let out = run(&file);
     assert!(
         out.status.success(),
@@ -198,6 +199,19 @@ async fn the_import_command_uses_the_same_path() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(app.count("resource_version").await, before);
+
+    // An Apple export streams with a progress bar that ends full.
+    let export = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("mappers/tests/fixtures/apple_health/tdda_export6s3sample.xml");
+    let out = run_as("apple-health", &export);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("[{}] 100%", "#".repeat(30))),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary json");
+    assert!(summary["created"].as_u64().expect("created") > 0);
 }
 
 #[tokio::test]
@@ -227,6 +241,8 @@ async fn an_apple_export_is_imported_in_the_background() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         assert_eq!(done["status"], "done", "{done}");
+        assert_eq!(done["percent"], 100, "{done}");
+        assert_eq!(done["bytesTotal"].as_u64(), Some(export.len() as u64));
         if round == 0 {
             created = done["summary"]["created"].as_u64().expect("created");
             assert!(created > 0, "{done}");
@@ -243,6 +259,81 @@ async fn an_apple_export_is_imported_in_the_background() {
     let resp = app
         .client
         .get(app.base.replace("/fhir", "/ingest/jobs/not-a-job"))
+        .send()
+        .await
+        .expect("get");
+    assert_outcome(resp, 404, "not-found").await;
+}
+
+/// A token a patient's own app holds (a `patient` claim and patient/ scopes).
+fn patient_token(app: &crate::helpers::TestApp, patient: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = fhirgate::auth::jwt::AccessClaims {
+        iss: app.state.issuer.clone(),
+        aud: app.state.fhir_base.clone(),
+        sub: format!("user-of-{patient}"),
+        exp: now + 3600,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: "patient/Observation.cru patient/Device.cru patient/Provenance.c".into(),
+        client_id: "phone-app".into(),
+        patient: Some(patient.into()),
+        organization: None,
+    };
+    app.state.signing.sign(&claims).expect("sign")
+}
+
+#[tokio::test]
+async fn a_patient_uploads_to_their_own_record_only() {
+    let app = spawn_app().await;
+    let token = patient_token(&app, "pt1");
+    let url = |q: &str| app.base.replace("/fhir", &format!("/ingest/withings{q}"));
+    let payload = fixture("withings/shimmer_withings-body-measures.json");
+
+    // No patient parameter: the token's patient.
+    let resp = reqwest::Client::new()
+        .post(url(""))
+        .bearer_auth(&token)
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let summary = json(resp).await;
+    let created = summary["created"].as_u64().expect("created");
+    assert!(created > 0, "{summary}");
+    // language=PostgreSQL
+    let (in_own, elsewhere): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where compartment = 'pt1'), count(*) filter (where compartment <> 'pt1') from resource where resource_type = 'Observation'",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .expect("count");
+    assert!(in_own > 0 && elsewhere == 0, "{in_own} {elsewhere}");
+
+    // Naming another patient is refused and writes nothing.
+    let before = app.count("resource_version").await;
+    let resp = reqwest::Client::new()
+        .post(url("?patient=pt2"))
+        .bearer_auth(&token)
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("post");
+    assert_outcome(resp, 403, "forbidden").await;
+    assert_eq!(app.count("resource_version").await, before);
+
+    // Another patient's background job is invisible to this patient.
+    let export = fixture("apple_health/tdda_export6s3sample.xml");
+    let resp = ingest(&app, "apple-health", "pt2", export).await;
+    assert_eq!(resp.status(), 202);
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .expect("url")
+        .to_owned();
+    let resp = reqwest::Client::new()
+        .get(&status_url)
+        .bearer_auth(&token)
         .send()
         .await
         .expect("get");
