@@ -70,42 +70,18 @@ pub fn map_apple_health_stream<R: BufRead>(
     let mut summary = StreamSummary::default();
     let result = run(reader, &mut |el| {
         map_top(&mut out, &el);
-        let mapped = Mapped::take(&mut out, 1);
-        summary.elements += mapped.elements;
-        for r in mapped.resources {
+        summary.elements += 1;
+        for r in out.resources.drain(..) {
             summary.resources += 1;
             sink(MappedRecord::Resource(r));
         }
-        for e in mapped.errors {
+        for e in out.errors.drain(..) {
             summary.errors += 1;
             sink(MappedRecord::Error(e));
         }
-        for (k, v) in mapped.skipped {
-            *summary.skipped.entry(k).or_insert(0) += v;
-        }
     });
+    summary.skipped = std::mem::take(&mut out.skipped);
     result.map(|()| summary)
-}
-
-/// What mapping some top-level elements produced, in document order.
-#[derive(Default)]
-struct Mapped {
-    elements: u64,
-    resources: Vec<Value>,
-    errors: Vec<RecordError>,
-    skipped: BTreeMap<String, u64>,
-}
-
-impl Mapped {
-    /// Moves what `out` has collected for `elements` elements into a batch.
-    fn take(out: &mut Out<'_>, elements: u64) -> Self {
-        Mapped {
-            elements,
-            resources: std::mem::take(&mut out.resources),
-            errors: std::mem::take(&mut out.errors),
-            skipped: std::mem::take(&mut out.skipped),
-        }
-    }
 }
 
 /// Maps an export held in memory (the whole document must be well-formed).

@@ -289,15 +289,16 @@ async fn a_patient_uploads_to_their_own_record_only() {
     let token = patient_token(&app, "pt1");
     let url = |q: &str| app.base.replace("/fhir", &format!("/ingest/withings{q}"));
     let payload = fixture("withings/shimmer_withings-body-measures.json");
+    let upload = |q: &str| {
+        reqwest::Client::new()
+            .post(url(q))
+            .bearer_auth(&token)
+            .body(payload.clone())
+            .send()
+    };
 
     // No patient parameter: the token's patient.
-    let resp = reqwest::Client::new()
-        .post(url(""))
-        .bearer_auth(&token)
-        .body(payload.clone())
-        .send()
-        .await
-        .expect("post");
+    let resp = upload("").await.expect("post");
     assert_eq!(resp.status(), 200);
     let summary = json(resp).await;
     let created = summary["created"].as_u64().expect("created");
@@ -313,13 +314,7 @@ async fn a_patient_uploads_to_their_own_record_only() {
 
     // Naming another patient is refused and writes nothing.
     let before = app.count("resource_version").await;
-    let resp = reqwest::Client::new()
-        .post(url("?patient=pt2"))
-        .bearer_auth(&token)
-        .body(payload.clone())
-        .send()
-        .await
-        .expect("post");
+    let resp = upload("?patient=pt2").await.expect("post");
     assert_outcome(resp, 403, "forbidden").await;
     assert_eq!(app.count("resource_version").await, before);
 
