@@ -116,6 +116,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// Manage user accounts.
+    User {
+        /// User operation.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Check the audit trail.
+    Audit {
+        /// Audit operation.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage the master key.
     Keys {
         /// Key operation.
@@ -144,6 +156,10 @@ pub struct ServeArgs {
     /// Refused with FHIRGATE_ENV=production.
     #[arg(long, env = "FHIRGATE_ALLOW_ANONYMOUS_READ")]
     pub allow_anonymous_read: bool,
+    /// Do not audit successful reads and searches (writes, denials and failures still are).
+    /// For measuring the cost of auditing only; refused with FHIRGATE_ENV=production.
+    #[arg(long, env = "FHIRGATE_NO_READ_AUDIT")]
+    pub no_read_audit: bool,
 }
 
 /// `fhirgate client` subcommands.
@@ -186,6 +202,29 @@ pub enum ClientCommand {
         #[arg(long)]
         id: String,
     },
+}
+
+/// `fhirgate user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Give the account with this email address the auditor role (the /audit page), or take it
+    /// away with --remove.
+    Auditor {
+        /// The account's email address.
+        #[arg(long)]
+        email: String,
+        /// Withdraw the role instead.
+        #[arg(long)]
+        remove: bool,
+    },
+}
+
+/// `fhirgate audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain of the audit trail: prints `OK <count> events` and exits 0, or the
+    /// first broken link (sequence number, expected and found) and exits 1.
+    Verify,
 }
 
 /// `fhirgate keys` subcommands.

@@ -262,9 +262,39 @@ pub fn outcome(issues: &[OutcomeIssue], severity: &str) -> Value {
     json!({"resourceType": "OperationOutcome", "issue": issue})
 }
 
+/// Why a request failed, in words safe for the audit trail: the issue type and the elements or
+/// parameters at fault for bad input (whose messages may quote the input), the message otherwise.
+/// Put in the response extensions of every error.
+#[derive(Debug, Clone)]
+pub struct Diagnostics(pub String);
+
+impl Diagnostics {
+    fn of(error: &FhirError, issues: &[OutcomeIssue]) -> Self {
+        let Some(first) = issues.first() else {
+            return Diagnostics(error.to_string());
+        };
+        let text = match error {
+            FhirError::BadRequest(_) | FhirError::InvalidResource { .. } => {
+                let at: Vec<&str> = issues
+                    .iter()
+                    .flat_map(|i| i.expression.iter().map(String::as_str))
+                    .collect();
+                if at.is_empty() {
+                    format!("{} input", first.code.code())
+                } else {
+                    format!("{} input at {}", first.code.code(), at.join(", "))
+                }
+            }
+            _ => first.message.clone(),
+        };
+        Diagnostics(text.chars().take(300).collect())
+    }
+}
+
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
         let (status, issues) = self.client_response();
+        let diagnostics = Diagnostics::of(&self, &issues);
         if status.is_server_error() {
             // `{:#}` prints the anyhow context chain; sqlx errors carry no bound values.
             match &self {
@@ -277,6 +307,7 @@ impl IntoResponse for FhirError {
         }
         let body = serde_json::to_vec(&outcome(&issues, "error")).unwrap_or_default();
         let mut resp = (status, body).into_response();
+        resp.extensions_mut().insert(diagnostics);
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,

@@ -230,10 +230,22 @@ async fn ingest(
     }
     let bytes = crate::fhir::body::read_limited(body, state.max_body_bytes).await?;
     let mapped = map(source, &patient, bytes.to_vec()).await?;
-    let summary = store(&state, &patient, mapped).await?;
+    // One audit event per stored batch (with its Provenance), not one per Observation.
+    let summary = batched(store(&state, &patient, mapped)).await?;
     Ok(axum::response::IntoResponse::into_response(axum::Json(
         summary,
     )))
+}
+
+/// Runs `work` with the caller of the current request in batched-audit mode.
+async fn batched<T>(work: impl std::future::Future<Output = T>) -> T {
+    let outer = crate::audit::current();
+    let inner = std::sync::Arc::new(outer.as_deref().map(|c| c.fork(true)).unwrap_or_default());
+    let result = crate::audit::REQUEST.scope(inner.clone(), work).await;
+    if let (true, Some(outer)) = (inner.wrote(), outer) {
+        outer.mark_written();
+    }
+    result
 }
 
 /// Resources written per transaction (and per Provenance) when streaming a large export.
@@ -382,7 +394,12 @@ async fn start_job(
         .execute(&state.db)
         .await?;
     let worker = state.clone();
-    tokio::spawn(async move {
+    let caller = std::sync::Arc::new(
+        crate::audit::current()
+            .map(|c| c.fork(true))
+            .unwrap_or_default(),
+    );
+    let background = crate::audit::REQUEST.scope(caller, async move {
         let file = file; // removed when the import ends
         let db = worker.db.clone();
         let mut last = std::time::Instant::now();
@@ -426,6 +443,7 @@ async fn start_job(
             .execute(&worker.db)
             .await;
     });
+    tokio::spawn(background);
     let status_url = format!("{}/ingest/jobs/{job}", state.issuer);
     let mut resp = (
         axum::http::StatusCode::ACCEPTED,

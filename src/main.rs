@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use fhirgate::config::{Cli, ClientCommand, Command, KeysCommand};
+use fhirgate::config::{AuditCommand, Cli, ClientCommand, Command, KeysCommand, UserCommand};
 use fhirgate::startup::{self, Application, Database};
 
 // The write path allocates many small JSON nodes; mimalloc handles that far better than glibc's
@@ -18,6 +18,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             if args.allow_anonymous_read && cli.db.environment == "production" {
                 anyhow::bail!("--allow-anonymous-read is refused with FHIRGATE_ENV=production");
+            }
+            if args.no_read_audit && cli.db.environment == "production" {
+                anyhow::bail!("--no-read-audit is refused with FHIRGATE_ENV=production");
             }
             // Keys first: a missing production key must fail before anything touches the database.
             let keys = startup::master_keys(&cli.db)?;
@@ -53,9 +56,68 @@ async fn main() -> anyhow::Result<()> {
             }
             let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;
-            let result = import(&db.pool, Box::new(keys), source, &patient, &files).await;
+            let operator = std::sync::Arc::new(fhirgate::audit::RequestContext::command_line());
+            let result = fhirgate::audit::REQUEST
+                .scope(
+                    operator,
+                    import(&db.pool, Box::new(keys), source, &patient, &files),
+                )
+                .await;
             db.close().await;
             result?;
+        }
+        Command::User {
+            command: UserCommand::Auditor { email, remove },
+        } => {
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let result = async {
+                let state = startup::open_state(
+                    db.pool.clone(),
+                    Box::new(keys),
+                    "http://localhost",
+                    usize::MAX,
+                    false,
+                    true,
+                )
+                .await?;
+                fhirgate::auth::users::set_auditor(&state, &email, !remove)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            .await;
+            db.close().await;
+            if !result? {
+                anyhow::bail!("no account has this email address");
+            }
+            println!(
+                "{}",
+                if remove {
+                    "auditor role removed"
+                } else {
+                    "auditor role granted"
+                }
+            );
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let db = Database::connect(&cli.db).await?;
+            let report = fhirgate::audit::verify(&db.pool).await;
+            db.close().await;
+            match report? {
+                fhirgate::audit::VerifyReport::Ok { count } => {
+                    println!("OK: {count} events, every link verified");
+                }
+                fhirgate::audit::VerifyReport::Broken {
+                    seq,
+                    expected,
+                    found,
+                } => {
+                    println!("BROKEN at event {seq}: expected {expected}, found {found}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Client { command } => {
             let db = Database::connect(&cli.db).await?;
@@ -189,8 +251,15 @@ async fn import(
     patient: &str,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let state =
-        startup::open_state(pool.clone(), keys, "http://localhost", usize::MAX, false).await?;
+    let state = startup::open_state(
+        pool.clone(),
+        keys,
+        "http://localhost",
+        usize::MAX,
+        false,
+        true,
+    )
+    .await?;
     let mut total = fhirgate::ingest::IngestSummary::default();
     for (n, path) in files.iter().enumerate() {
         eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());

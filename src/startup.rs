@@ -118,10 +118,12 @@ pub async fn open_state(
     public: &str,
     max_body_bytes: usize,
     anonymous_read: bool,
+    audit_reads: bool,
 ) -> anyhow::Result<AppState> {
     let keys = Keyring::open(&pool, keys).await?;
     let signing = SigningKeys::load(&pool, &keys).await?;
     let issuer = public.trim_end_matches('/').to_owned();
+    let auditor = crate::audit::Auditor::start(pool.clone(), audit_reads);
     Ok(AppState(Arc::new(AppInner {
         db: pool,
         keys,
@@ -133,6 +135,7 @@ pub async fn open_state(
         verified: Default::default(),
         limits: Default::default(),
         anonymous_read,
+        auditor,
     })))
 }
 
@@ -162,12 +165,18 @@ impl Application {
         if args.allow_anonymous_read {
             tracing::warn!("!!! --allow-anonymous-read: FHIR reads without a token are answered (system/*.rs). Benchmarks and demo data only. !!!");
         }
+        if args.no_read_audit {
+            tracing::warn!(
+                "!!! --no-read-audit: successful reads are not audited. Benchmarks only. !!!"
+            );
+        }
         let state = open_state(
             pool,
             keys,
             &public,
             args.max_body_bytes,
             args.allow_anonymous_read,
+            !args.no_read_audit,
         )
         .await?;
         let revoked = state.revoked.clone();

@@ -35,6 +35,8 @@ pub struct AppInner {
     pub limits: crate::auth::limit::Limits,
     /// Whether reads without a token are answered (`serve --allow-anonymous-read`; off by default).
     pub anonymous_read: bool,
+    /// The audit trail writer.
+    pub auditor: crate::audit::Auditor,
 }
 
 impl AppInner {

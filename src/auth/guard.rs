@@ -206,26 +206,42 @@ fn anonymous_reader() -> Principal {
     .clone()
 }
 
-/// The middleware: authenticate, then authorise the interaction by type and permission.
+/// The middleware: authenticate, then authorise the interaction by type and permission, then
+/// run it; every outcome, refusals included, is audited (`audit::api::audited`).
 pub async fn require_token(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let principal = match bearer(&req) {
-        Ok(token) => match authenticate(&state, token) {
-            Ok(p) => p,
-            Err(resp) => return *resp,
-        },
+        Ok(token) => authenticate(&state, token),
         Err(NoToken::Missing)
             if state.anonymous_read
                 && matches!(*req.method(), Method::GET | Method::HEAD)
                 && req.uri().path().starts_with("/fhir/") =>
         {
-            anonymous_reader()
+            Ok(anonymous_reader())
         }
-        Err(no) => return no.into_response(),
+        Err(no) => Err(Box::new(no.into_response())),
     };
+    let ctx = crate::audit::api::context(principal.as_ref().ok(), &req);
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let work = async move {
+        let principal = match principal {
+            Ok(p) => p,
+            Err(resp) => return *resp,
+        };
+        if let Err(e) = authorise(&principal, &req) {
+            return e.into_response();
+        }
+        req.extensions_mut().insert(principal);
+        next.run(req).await
+    };
+    crate::audit::api::audited(&state, ctx, &method, &uri, work).await
+}
+
+/// 403 unless the token may do what the request asks.
+fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
     // Partner tokens see only what patients consented to. Until consent is enforced (the consent
     // crate decides deny by default), a partner sees nothing.
     if let Some(org) = &principal.claims.organization {
@@ -238,17 +254,15 @@ pub async fn require_token(
         };
         if let fhirgate_consent::Decision::Deny { reason } = fhirgate_consent::decide(&[], &ctx) {
             tracing::debug!(reason, "partner access denied by consent");
-            return FhirError::Forbidden("no patient consent permits this access".into())
-                .into_response();
+            return Err(FhirError::Forbidden(
+                "no patient consent permits this access".into(),
+            ));
         }
     }
     if let Some((rt, p)) = interaction(req.method(), req.uri().path()) {
-        if let Err(e) = principal.require(&rt, p) {
-            return e.into_response();
-        }
+        principal.require(&rt, p)?;
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    Ok(())
 }
 
 /// Token matching of a granular-scope filter (`code`, `system|code`, `|code`) against the

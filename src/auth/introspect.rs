@@ -101,9 +101,31 @@ pub async fn introspect(
 /// the whole grant, or its access tokens.
 pub async fn revoke(
     State(state): State<AppState>,
+    addr: crate::auth::limit::ClientAddr,
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, OAuthError> {
+    let claimed = form.client_id.clone();
+    let result = revoke_token(&state, &headers, form).await;
+    let ctx = crate::audit::api::auth_context(addr.0, &headers, claimed.as_deref(), None);
+    let outcome = match &result {
+        Ok(_) => crate::audit::Outcome::Success,
+        Err(e) => crate::audit::Outcome::from_status(e.status_code(), e.code()),
+    };
+    let kind = crate::audit::event::Kind::Token("token-revoke");
+    if !crate::audit::api::record_auth(&state, kind, outcome, &ctx).await && result.is_ok() {
+        return Err(OAuthError::unavailable());
+    }
+    result
+}
+
+async fn revoke_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: TokenForm,
+) -> Result<Response, OAuthError> {
+    let state = state.clone();
+    let headers = headers.clone();
     if !has_bearer(&headers) {
         let token = form
             .token

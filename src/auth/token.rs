@@ -25,6 +25,9 @@ use crate::state::AppState;
 pub const BACKEND_TOKEN_SECS: i64 = 300;
 /// Longest `exp - now` accepted on a client assertion.
 const MAX_ASSERTION_SECS: i64 = 300;
+use crate::audit::event::Kind;
+use crate::audit::Outcome;
+
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// An OAuth2 error response (RFC 6749 §5.2): `{"error", "error_description"}`, never cached.
@@ -53,6 +56,11 @@ impl OAuthError {
         matches!(self.error, "invalid_client" | "invalid_grant")
     }
 
+    /// The HTTP status.
+    pub fn status_code(&self) -> u16 {
+        self.status.as_u16()
+    }
+
     /// The OAuth error code.
     pub fn code(&self) -> &'static str {
         self.error
@@ -66,6 +74,15 @@ impl OAuthError {
             description: description.into(),
         }
     }
+    /// 503: the audit trail could not record the grant, so nothing is granted.
+    pub fn unavailable() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: "the server cannot record this request; try again later".into(),
+        }
+    }
+
     /// 400 with another error code.
     pub fn bad(error: &'static str, description: impl Into<String>) -> Self {
         Self {
@@ -145,6 +162,17 @@ pub async fn token(
     if let Some(wait) = state.limits.token_address.blocked(&key) {
         return Err(OAuthError::too_many(wait));
     }
+    let claimed = req.client_id.clone().or_else(|| {
+        req.client_assertion
+            .as_deref()
+            .and_then(unverified_claims)
+            .and_then(|c| c["iss"].as_str().map(str::to_owned))
+    });
+    let subtype = match req.grant_type.as_deref() {
+        Some("refresh_token") => "token-refresh",
+        _ => "token-issue",
+    };
+    let assertion = req.client_assertion.is_some();
     let result = match req.grant_type.as_deref() {
         Some("client_credentials") => client_credentials(&state, req).await,
         Some("authorization_code") => {
@@ -175,6 +203,21 @@ pub async fn token(
         if e.is_failure() {
             state.limits.token_address.fail(&key);
         }
+    }
+    let ctx = crate::audit::api::auth_context(addr.0, &headers, claimed.as_deref(), None);
+    let (kind, outcome) = match &result {
+        Ok(_) => (Kind::Token(subtype), Outcome::Success),
+        Err(e) if assertion && e.code() == "invalid_client" => (
+            Kind::Token("assertion-failure"),
+            Outcome::from_status(e.status.as_u16(), e.description.clone()),
+        ),
+        Err(e) => (
+            Kind::Token(subtype),
+            Outcome::from_status(e.status.as_u16(), e.code()),
+        ),
+    };
+    if !crate::audit::api::record_auth(&state, kind, outcome, &ctx).await && result.is_ok() {
+        return Err(OAuthError::unavailable());
     }
     result
 }

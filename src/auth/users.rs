@@ -228,6 +228,33 @@ pub async fn start_session(state: &AppState, user: &User) -> Result<String> {
     Ok(value)
 }
 
+/// Whether `user` may read the whole audit trail.
+pub async fn is_auditor(state: &AppState, user: &User) -> Result<bool> {
+    // language=PostgreSQL
+    let flag: Option<bool> =
+        sqlx::query_scalar("select auditor from app_user where user_id = $1::uuid")
+            .bind(&user.user_id)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(flag.unwrap_or(false))
+}
+
+/// Grants or withdraws the auditor role of the account with this email; `false` when there is
+/// no such account.
+pub async fn set_auditor(state: &AppState, email: &str, auditor: bool) -> Result<bool> {
+    let Some(e) = normalize_email(email) else {
+        return Ok(false);
+    };
+    // language=PostgreSQL
+    let n = sqlx::query("update app_user set auditor = $2 where email_index = $1")
+        .bind(email_index(state, &e))
+        .bind(auditor)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
 /// The user of a live session cookie.
 pub async fn session_user(state: &AppState, cookie: &str) -> Result<Option<User>> {
     // language=PostgreSQL

@@ -678,7 +678,7 @@ async fn main() -> anyhow::Result<()> {
     if cli.register_client {
         cli.token = Some(register_and_get_token(&cli).await?);
         println!(
-            "registered a backend client and obtained a system/*.cruds token (ES256, 5 minutes)"
+            "registered a backend client and obtained a system/*.cruds token (ES384 assertion, 5-minute token)"
         );
     }
     match &cli.workload {
@@ -740,10 +740,20 @@ async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
             .and_then(|v| v.to_str().ok())
             .context("no status URL")?
             .to_owned();
+        // A 1 GB import outlives the 5-minute token, so a registered backend asks for a new
+        // one when the status URL answers 401, as a real backend would.
+        let mut fresh: Option<String> = None;
         let done: Value = loop {
-            let r = client.get(&status_url).send().await?;
-            if r.status() == 200 {
-                break r.json().await?;
+            let mut req = client.get(&status_url);
+            if let Some(t) = &fresh {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await?;
+            match r.status().as_u16() {
+                200 => break r.json().await?,
+                202 => {}
+                401 if cli.register_client => fresh = Some(register_and_get_token(cli).await?),
+                code => bail!("import status {code}: {}", r.text().await?),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };

@@ -521,6 +521,7 @@ async fn process(
             body: w.body,
         });
     }
+    let mut reads = Vec::new();
     for (k, e) in entries.iter().enumerate() {
         if results[k].is_some() {
             continue;
@@ -531,6 +532,10 @@ async fn process(
             .or_else(|| e.id.clone())
             .unwrap_or_default();
         let v = storage::read_current_with(state, &mut **tx, &e.resource_type, &id).await?;
+        let read = v.as_ref().filter(|_| e.method == Method::Get).map(|v| {
+            let reference = format!("{}/{id}/_history/{}", e.resource_type, v.version_id);
+            (reference, v.compartment.clone())
+        });
         results[k] = Some(match (e.method, v) {
             (_, Some(v)) if !principal.reaches(v.compartment.as_deref()) => {
                 return Err(in_entry(
@@ -575,7 +580,17 @@ async fn process(
                 ))
             }
         });
+        if let Some((reference, compartment)) = read {
+            reads.push(crate::audit::api::read_event(
+                crate::audit::current().as_deref(),
+                reference,
+                compartment.as_deref(),
+            ));
+        }
     }
+    // The reads of a Bundle are audited with its transaction, one event per entry.
+    crate::audit::chain::enqueue(tx, &reads).await?;
+    state.auditor.note_inbox();
     Ok(results.into_iter().flatten().collect())
 }
 

@@ -46,6 +46,7 @@ pub async fn read(
         format::resource_bytes(StatusCode::OK, fmt, body)?
     };
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
+    audit_read(&mut resp, rt, id, &v);
     Ok(resp)
 }
 
@@ -69,7 +70,17 @@ pub async fn vread(
     let body = readable_body(&principal, rt, id, &mut v)?;
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
+    audit_read(&mut resp, rt, id, &v);
     Ok(resp)
+}
+
+/// Tells the audit middleware which version of whose data a read returned.
+fn audit_read(resp: &mut Response, rt: &str, id: &str, v: &storage::StoredVersion) {
+    let mut info = crate::audit::api::AuditInfo::default();
+    info.patient(v.compartment.as_deref());
+    info.entities
+        .push(format!("{rt}/{id}/_history/{}", v.version_id));
+    info.attach(resp);
 }
 
 /// `POST [base]/{type}`: 201 with a server-assigned id (a body `id` is ignored, as the spec says).

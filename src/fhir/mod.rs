@@ -22,6 +22,21 @@ use crate::state::AppState;
 /// allow the interaction (`auth::guard`).
 pub fn router(state: &AppState) -> Router<AppState> {
     let guarded = Router::new()
+        // The audit trail: read-only, and exported by period.
+        .route("/fhir/AuditEvent/$export", get(crate::audit::api::export))
+        .route(
+            "/fhir/AuditEvent/{id}",
+            get(audit_read)
+                .put(crate::audit::api::refuse_write)
+                .delete(crate::audit::api::refuse_write),
+        )
+        .route(
+            "/fhir/AuditEvent",
+            get(audit_search)
+                .post(crate::audit::api::refuse_write)
+                .put(crate::audit::api::refuse_write)
+                .delete(crate::audit::api::refuse_write),
+        )
         .route("/fhir", post(bundle::batch_or_transaction))
         .route("/fhir/", post(bundle::batch_or_transaction))
         .route("/fhir/_history", get(history::history_system))
@@ -47,6 +62,24 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/fhir/metadata", get(capabilities::metadata))
         .merge(guarded)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn audit_search(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, FhirError> {
+    let pairs = format::query_pairs(q.as_deref());
+    crate::audit::api::search(&state, &principal, pairs, &headers).await
+}
+
+async fn audit_read(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, FhirError> {
+    crate::audit::api::read(&state, &principal, &id).await
 }
 
 /// Unknown URL: a 404 OperationOutcome.

@@ -54,6 +54,9 @@ async fn run(
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response> {
+    if rt == "AuditEvent" {
+        return crate::audit::api::search(state, principal, pairs, headers).await;
+    }
     let fmt = negotiate(headers, &pairs)?;
     let strict = prefer_strict(headers);
     let mut count = DEFAULT_COUNT;
@@ -117,6 +120,7 @@ async fn run(
         }
     }
     let mut entries = Vec::with_capacity(found.len() + 1);
+    let mut info = crate::audit::api::AuditInfo::default();
     for v in &found {
         // A patient token finds nothing outside its own compartment.
         if !principal.reaches(v.compartment.as_deref()) {
@@ -130,6 +134,7 @@ async fn run(
         if !principal.sees(rt, Permission::Search, &resource) {
             continue;
         }
+        info.patient(v.compartment.as_deref());
         entries.push(json!({"fullUrl": format!("{base}/{rt}/{}", v.id), "resource": resource, "search": {"mode": "match"}}));
     }
     if !ignored.is_empty() {
@@ -138,5 +143,7 @@ async fn run(
         entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
     }
     let bundle = crate::fhir::respond::bundle("searchset", links, entries);
-    format::resource_value(StatusCode::OK, fmt, &bundle)
+    let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
+    info.attach(&mut resp);
+    Ok(resp)
 }

@@ -285,6 +285,11 @@ pub async fn write_versions(
     if versions.is_empty() {
         return Ok(());
     }
+    if versions.iter().any(|v| v.resource_type == "AuditEvent") {
+        return Err(FhirError::MethodNotAllowed(
+            "AuditEvents are written only by the server; they cannot be created, changed or deleted through the API".into(),
+        ));
+    }
     let n = versions.len();
     let mut types = Vec::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
@@ -383,6 +388,14 @@ pub async fn write_versions(
             ivh.push(value_hash.as_slice());
             ish.push(system_hash.as_slice());
         }
+    }
+    // No audit, no change: the events of these versions commit or roll back with them.
+    let ctx = crate::audit::current();
+    let events = crate::audit::api::write_events(ctx.as_deref(), versions);
+    crate::audit::chain::enqueue(tx, &events).await?;
+    state.auditor.note_inbox();
+    if let Some(c) = ctx {
+        c.mark_written();
     }
     if !it.is_empty() {
         // language=PostgreSQL

@@ -10,6 +10,7 @@ use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 
+use crate::audit::event::Kind;
 use crate::auth::limit::ClientAddr;
 use crate::auth::users::{self, SignUp, SignUpError, SESSION_SECS};
 use crate::state::AppState;
@@ -161,6 +162,10 @@ pub async fn login(
         limits.login_account.fail(&account);
         limits.login_address.fail(&address);
         tracing::info!("sign-in refused");
+        // The typed address is not recorded: it may name a person who has no account.
+        let ctx = crate::audit::api::auth_context(addr.0, &headers, None, None);
+        let outcome = crate::audit::Outcome::Minor("wrong email address or password".into());
+        crate::audit::api::record_auth(&state, Kind::Login, outcome, &ctx).await;
         return page(
             StatusCode::UNAUTHORIZED,
             "Sign in",
@@ -174,6 +179,16 @@ pub async fn login(
         );
     };
     limits.login_account.reset(&account);
+    let ctx = crate::audit::api::auth_context(
+        addr.0,
+        &headers,
+        None,
+        Some(format!("Patient/{}", user.patient_id)),
+    );
+    let success = crate::audit::Outcome::Success;
+    if !crate::audit::api::record_auth(&state, Kind::Login, success, &ctx).await {
+        return failure_page();
+    }
     match users::start_session(&state, &user).await {
         Ok(session) => {
             tracing::info!(user = %user.user_id, "signed in");
@@ -264,6 +279,7 @@ pub struct LogoutForm {
 /// `POST /auth/logout`.
 pub async fn logout(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     Form(f): Form<LogoutForm>,
 ) -> Response {
@@ -271,6 +287,14 @@ pub async fn logout(
         return csrf_refused();
     }
     if let Some(v) = read_cookie(&headers, SESSION_COOKIE) {
+        let user = users::session_user(&state, &v)
+            .await
+            .ok()
+            .flatten()
+            .map(|u| format!("Patient/{}", u.patient_id));
+        let ctx = crate::audit::api::auth_context(addr.0, &headers, None, user);
+        let success = crate::audit::Outcome::Success;
+        crate::audit::api::record_auth(&state, Kind::Logout, success, &ctx).await;
         if let Err(e) = users::end_session(&state, &v).await {
             tracing::warn!(error = %e, "could not end a session");
         }
@@ -286,6 +310,7 @@ pub async fn account(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let c = csrf(&state, &headers);
     let body = format!(
         r#"<h1>You are signed in</h1><p>Your health record is <code>Patient/{pid}</code>.</p>
+<p><a id="access" href="/account/access">Who accessed my data</a></p>
 <form method="post" action="/auth/logout"><input type="hidden" name="csrf" value="{token}"><button type="submit" id="sign-out">Sign out</button></form>"#,
         pid = esc(&user.patient_id),
         token = esc(&c.token),

@@ -7,6 +7,7 @@
 //! `http://localhost` and `127.0.0.1` for development; anywhere else the pages need HTTPS.
 //! Pages forbid framing and caching.
 
+pub mod audit;
 pub mod authorize;
 pub mod login;
 
@@ -33,6 +34,10 @@ pub fn router() -> Router<AppState> {
         .route("/auth/login", get(login::login_page).post(login::login))
         .route("/auth/logout", axum::routing::post(login::logout))
         .route("/auth/account", get(login::account))
+        .route("/account/access", get(audit::my_access_page))
+        .route("/audit", get(audit::auditor_page))
+        .route("/audit/events/{seq}", get(audit::event_page))
+        .route("/audit/export.csv", get(audit::export_csv))
         .route(
             "/auth/authorize",
             get(authorize::authorize).post(authorize::decide),
@@ -59,11 +64,31 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:34rem;margi
 h1{font-size:1.4rem}label{display:block;margin:.8rem 0 .2rem}input[type=email],input[type=password],input[type=text]{width:100%;padding:.5rem;box-sizing:border-box}\
 button{margin:1rem .5rem 0 0;padding:.5rem 1.2rem}.error{color:#b00020}ul.scopes li{margin:.3rem 0}.muted{color:#57606a}";
 
+/// Extra style of the pages that show tables (the audit pages): the whole width, compact rows.
+const TABLE_STYLE: &str = "body{max-width:72rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
+td,th{border-bottom:1px solid #d0d7de;padding:.3rem;text-align:left;vertical-align:top;word-break:break-word}\
+.outcome-4 td,.outcome-8 td{background:#fff5f5}pre{white-space:pre-wrap;word-break:break-word}";
+
 /// An HTML page with the security headers every page carries, and any cookies to set.
 pub fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Response {
+    styled_page(status, title, body, cookies, "")
+}
+
+/// A page with tables, as wide as the screen.
+pub fn table_page(status: StatusCode, title: &str, body: &str) -> Response {
+    styled_page(status, title, body, &[], TABLE_STYLE)
+}
+
+fn styled_page(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    cookies: &[String],
+    extra_style: &str,
+) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{t} · fhirgate</title><style>{STYLE}</style></head><body>{body}</body></html>",
+<title>{t} · fhirgate</title><style>{STYLE}{extra_style}</style></head><body>{body}</body></html>",
         t = esc(title)
     );
     let mut resp = (status, html).into_response();

@@ -9,7 +9,7 @@ use crate::helpers::{
     BackendKey, TestApp,
 };
 
-async fn register(
+pub(crate) async fn register(
     app: &TestApp,
     id: &str,
     key: &BackendKey,

@@ -178,7 +178,7 @@ async fn parallel_update_as_create_of_one_id_makes_one_version_one() {
 }
 
 #[tokio::test]
-async fn a_read_only_database_gives_503_for_writes_and_reads_keep_working() {
+async fn a_read_only_database_gives_503_for_writes_and_unauditable_reads() {
     let app = spawn_app().await;
     assert_eq!(
         app.put(
@@ -223,7 +223,10 @@ async fn a_read_only_database_gives_503_for_writes_and_reads_keep_working() {
         }
     }
     assert_eq!(status, 503);
-    assert_eq!(app.get("Patient/ro").await.status(), 200);
+    // No audit, no access: a read whose event cannot be stored is refused the same way.
+    let resp = app.get("Patient/ro").await;
+    assert_eq!(resp.status(), 503);
+    assert!(!json(resp).await.to_string().contains("\"active\""));
     sqlx::query(&format!(
         "alter database {} reset default_transaction_read_only",
         app.db_name

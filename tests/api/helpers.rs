@@ -111,6 +111,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         max_body_bytes: 16 * 1024 * 1024,
         request_timeout_secs: 120,
         allow_anonymous_read: false,
+        no_read_audit: false,
     };
     tune(&mut args);
     let app = Application::build(

@@ -1,5 +1,6 @@
 //! API integration tests against a real PostgreSQL and the real server over HTTP.
 
+mod audit;
 mod auth;
 mod bundles;
 mod cli;

@@ -1,0 +1,50 @@
+-- The audit trail (DESIGN.md, "Audit").
+--
+-- `audit_log` is append-only and hash-chained: row n stores hash_n = SHA-256(hash_{n-1} || event_n),
+-- where event_n is the exact text of the AuditEvent as stored (hash_0 is 32 zero bytes). The other
+-- columns are derived from the event for searching; `fhirgate audit verify` recomputes the hashes
+-- and re-derives the columns, so an edit anywhere is found.
+create table audit_log (
+    seq        bigint      primary key,
+    recorded   timestamptz not null,
+    type_code  text        not null,
+    subtype    text,
+    action     text        not null,
+    outcome    text        not null,
+    -- every agent.who, as `Type/id` references and `client:ID` for client identifiers
+    agents     text[]      not null,
+    -- `Patient/id` of the patients the event is about
+    patients   text[]      not null,
+    -- references of the other entities (without `_history`)
+    entities   text[]      not null,
+    event      text        not null,
+    prev_hash  bytea       not null,
+    hash       bytea       not null
+);
+create index audit_log_recorded on audit_log (recorded);
+create index audit_log_patients on audit_log using gin (patients);
+create index audit_log_agents on audit_log using gin (agents);
+create index audit_log_entities on audit_log using gin (entities);
+
+create function audit_log_is_append_only() returns trigger language plpgsql as $$
+begin
+    raise exception 'audit_log is append-only: % refused', tg_op using errcode = 'insufficient_privilege';
+end;
+$$;
+create trigger audit_log_no_change before update or delete on audit_log
+    for each row execute function audit_log_is_append_only();
+create trigger audit_log_no_truncate before truncate on audit_log
+    for each statement execute function audit_log_is_append_only();
+-- Where the server's role is not the table owner, privileges refuse the same (the owner and
+-- superusers are stopped by the triggers above).
+revoke update, delete, truncate on audit_log from public;
+
+-- Events of writes, inserted in the same transaction as the change they describe and linked into
+-- the chain moments later by the server's audit writer (or by `fhirgate audit verify`).
+create table audit_inbox (
+    inbox_id bigserial primary key,
+    event    text      not null
+);
+
+-- Users who may read the whole trail on the auditor page (`fhirgate user auditor --email …`).
+alter table app_user add column auditor boolean not null default false;
