@@ -117,6 +117,96 @@ struct ReadArgs {
     /// time per request (from /proc), which the machine's drift does not skew.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Also read, with the same token, from a second server on the same database that runs with
+    /// `--no-read-audit` (and `--public-url` of the first, so the token fits), and report the
+    /// cost of auditing reads. Runs alternate like --compare-without-token.
+    #[arg(long)]
+    compare_unaudited_base: Option<String>,
+    /// The second server's process id, for its CPU time per request.
+    #[arg(long)]
+    unaudited_pid: Option<u32>,
+}
+
+/// One side of a paired comparison: who reads from where.
+struct Side<'a> {
+    label: &'a str,
+    client: &'a reqwest::Client,
+    base: &'a str,
+    pid: Option<u32>,
+}
+
+/// Alternates read runs on `a` and `b` (`rounds` pairs sharing `duration`) and reports the cost
+/// of what `a` does more than `b`: in server CPU per request (when the pids are known) and in
+/// throughput, as the median over pairs, which the machine's drift affects least.
+async fn paired(
+    a: Side<'_>,
+    b: Side<'_>,
+    what: &str,
+    ids: &Arc<Vec<String>>,
+    args: &ReadArgs,
+) -> anyhow::Result<()> {
+    let rounds = args.rounds.max(1);
+    let each = Duration::from_millis((args.duration * 1000 / (2 * u64::from(rounds))).max(500));
+    let mut runs: [Vec<(f64, Latencies, u64)>; 2] = [Vec::new(), Vec::new()];
+    // Server CPU ticks and requests served on each side.
+    let mut cpu = [(0u64, 0f64); 2];
+    for _ in 0..rounds {
+        for (k, side) in [&a, &b].into_iter().enumerate() {
+            let t0 = side.pid.and_then(cpu_ticks);
+            let r = read_loop(side.client, side.base, ids, args.connections, each).await?;
+            if let (Some(t0), Some(t1)) = (t0, side.pid.and_then(cpu_ticks)) {
+                cpu[k].0 += t1 - t0;
+                cpu[k].1 += r.0 * each.as_secs_f64();
+            }
+            runs[k].push(r);
+        }
+    }
+    if cpu.iter().all(|c| c.1 > 0.0 && c.0 > 0) {
+        // Linux reports process CPU time in clock ticks of 1/100 s.
+        let per = |(ticks, n): (u64, f64)| ticks as f64 * 10_000.0 / n;
+        let (w, wo) = (per(cpu[0]), per(cpu[1]));
+        println!(
+            "server CPU per request: {w:.1} µs {}, {wo:.1} µs {} → {what} costs {:.1} % of the server's CPU per request",
+            a.label,
+            b.label,
+            100.0 * (w - wo) / wo
+        );
+    }
+    let rates = |runs: &[(f64, Latencies, u64)]| {
+        runs.iter()
+            .map(|r| format!("{:.0}", r.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mean =
+        |runs: &[(f64, Latencies, u64)]| runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64;
+    let mut costs: Vec<f64> = runs[0]
+        .iter()
+        .zip(&runs[1])
+        .map(|(w, wo)| 100.0 * (wo.0 - w.0) / wo.0)
+        .collect();
+    costs.sort_by(f64::total_cmp);
+    let median = (costs[(costs.len() - 1) / 2] + costs[costs.len() / 2]) / 2.0;
+    let errors: u64 = runs.iter().flatten().map(|r| r.2).sum();
+    for (k, side) in [&a, &b].into_iter().enumerate() {
+        println!(
+            "read {}: mean {:.0} requests/s (runs: {})",
+            side.label,
+            mean(&runs[k]),
+            rates(&runs[k])
+        );
+    }
+    println!(
+        "cost of {what}: median over {} pairs {median:.1} % of throughput (pairs: {}); {errors} errors",
+        costs.len(),
+        costs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ")
+    );
+    for (k, side) in [&a, &b].into_iter().enumerate() {
+        if let Some(r) = runs[k].last_mut() {
+            r.1.report(&format!("read {} (last run)", side.label));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -383,76 +473,34 @@ async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
         let anonymous = reqwest::Client::builder()
             .pool_max_idle_per_host(a.connections)
             .build()?;
-        let each =
-            Duration::from_millis((a.duration * 1000 / (2 * u64::from(a.rounds.max(1)))).max(500));
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        // Server CPU ticks and requests served, with and without a token.
-        let (mut cpu_with, mut cpu_without) = ((0u64, 0f64), (0u64, 0f64));
-        for _ in 0..a.rounds.max(1) {
-            let t0 = a.server_pid.and_then(cpu_ticks);
-            let r = read_loop(&client, &cli.base, &ids, a.connections, each).await?;
-            let t1 = a.server_pid.and_then(cpu_ticks);
-            if let (Some(t0), Some(t1)) = (t0, t1) {
-                cpu_with.0 += t1 - t0;
-                cpu_with.1 += r.0 * each.as_secs_f64();
-            }
-            with.push(r);
-            let r = read_loop(&anonymous, &cli.base, &ids, a.connections, each).await?;
-            let t2 = a.server_pid.and_then(cpu_ticks);
-            if let (Some(t1), Some(t2)) = (t1, t2) {
-                cpu_without.0 += t2 - t1;
-                cpu_without.1 += r.0 * each.as_secs_f64();
-            }
-            without.push(r);
-        }
-        if a.server_pid.is_some() && cpu_with.1 > 0.0 && cpu_without.1 > 0.0 {
-            // Linux reports process CPU time in clock ticks of 1/100 s.
-            let per = |(ticks, n): (u64, f64)| ticks as f64 * 10_000.0 / n;
-            let (w, wo) = (per(cpu_with), per(cpu_without));
-            println!(
-                "server CPU per request: {w:.1} µs with token verification, {wo:.1} µs without → verification costs {:.1} % of the server's CPU per request",
-                100.0 * (w - wo) / wo
-            );
-        }
-        let rates = |runs: &[(f64, Latencies, u64)]| {
-            runs.iter()
-                .map(|r| format!("{:.0}", r.0))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let with = Side {
+            label: "with token verification",
+            client: &client,
+            base: &cli.base,
+            pid: a.server_pid,
         };
-        let mean = |runs: &[(f64, Latencies, u64)]| {
-            runs.iter().map(|r| r.0).sum::<f64>() / runs.len() as f64
+        let without = Side {
+            label: "without a token",
+            client: &anonymous,
+            base: &cli.base,
+            pid: a.server_pid,
         };
-        let mut costs: Vec<f64> = with
-            .iter()
-            .zip(&without)
-            .map(|(w, wo)| 100.0 * (wo.0 - w.0) / wo.0)
-            .collect();
-        costs.sort_by(f64::total_cmp);
-        let median = (costs[(costs.len() - 1) / 2] + costs[costs.len() / 2]) / 2.0;
-        let errors: u64 = with.iter().chain(&without).map(|r| r.2).sum();
-        println!(
-            "read with token verification: mean {:.0} requests/s (runs: {})",
-            mean(&with),
-            rates(&with)
-        );
-        println!(
-            "read without a token:         mean {:.0} requests/s (runs: {})",
-            mean(&without),
-            rates(&without)
-        );
-        println!(
-            "cost of token verification: median over {} pairs {median:.1} % of throughput (pairs: {}); {errors} errors",
-            costs.len(),
-            costs.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ")
-        );
-        if let Some(r) = with.last_mut() {
-            r.1.report("read with token (last run)");
-        }
-        if let Some(r) = without.last_mut() {
-            r.1.report("read without token (last run)");
-        }
-        return Ok(());
+        return paired(with, without, "token verification", &ids, a).await;
+    }
+    if let Some(unaudited) = &a.compare_unaudited_base {
+        let audited = Side {
+            label: "with read auditing",
+            client: &client,
+            base: &cli.base,
+            pid: a.server_pid,
+        };
+        let plain = Side {
+            label: "without read auditing",
+            client: &client,
+            base: unaudited,
+            pid: a.unaudited_pid,
+        };
+        return paired(audited, plain, "read auditing", &ids, a).await;
     }
     let (rps, mut lat, errors) = read_loop(
         &client,
