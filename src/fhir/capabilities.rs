@@ -22,12 +22,40 @@ const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
+/// The audit trail: read and search only (the server writes it), with `$export`.
+fn audit_event_resource() -> Value {
+    let param = |name: &str, ty: &str, doc: &str| json!({"name": name, "type": ty, "definition": format!("http://hl7.org/fhir/SearchParameter/AuditEvent-{name}"), "documentation": doc});
+    json!({
+        "type": "AuditEvent",
+        "documentation": "The tamper-evident audit trail, in IHE BALP shapes. Written only by the server: create, update and delete are refused with 405. Auditors need system/AuditEvent.rs; a patient's token (patient/AuditEvent.rs) finds the events about that patient; partner organisations are refused.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": [
+            param("date", "date", "recorded; prefixes eq ne gt lt ge le sa eb, any precision"),
+            param("agent", "reference", "Organization/ID, Patient/ID or client:CLIENT_ID"),
+            param("entity", "reference", "Type/ID of a resource the event is about"),
+            param("patient", "reference", "Patient/ID or ID"),
+            param("type", "token", "code of AuditEvent.type"),
+            param("subtype", "token", "code of AuditEvent.subtype"),
+            param("outcome", "token", "0, 4 or 8"),
+            param("action", "token", "C, R, U, D or E"),
+        ],
+        "operation": [{"name": "export", "definition": "https://fhirgate.org/OperationDefinition/AuditEvent-export",
+            "documentation": "GET AuditEvent/$export?date=ge…&date=lt…&_outputFormat=ndjson|csv: every matching event, oldest first."}],
+    })
+}
+
 /// Builds the CapabilityStatement for `base`.
 pub fn capability_statement(base: &str, token_url: &str) -> Value {
     let issuer = token_url.trim_end_matches("/auth/token");
     let resources: Vec<Value> = fhirgate_codec::resource_types()
         .iter()
         .map(|rt| {
+            if *rt == "AuditEvent" {
+                return audit_event_resource();
+            }
             let mut params = vec![json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"})];
             if fhirgate_codec::has_element(rt, "identifier") {
                 params.push(json!({"name": "identifier", "type": "token",

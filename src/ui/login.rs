@@ -231,6 +231,7 @@ pub async fn signup_page(
 /// `POST /auth/signup`: creates the account and its Patient, then signs in.
 pub async fn signup(
     State(state): State<AppState>,
+    addr: ClientAddr,
     headers: HeaderMap,
     Form(mut f): Form<SignUpForm>,
 ) -> Response {
@@ -261,6 +262,17 @@ pub async fn signup(
             return failure_page();
         }
     };
+    // A new account is signed in at once: that is a sign-in event.
+    let ctx = crate::audit::api::auth_context(
+        addr.0,
+        &headers,
+        None,
+        Some(format!("Patient/{}", user.patient_id)),
+    );
+    let success = crate::audit::Outcome::Success;
+    if !crate::audit::api::record_auth(&state, Kind::Login, success, &ctx).await {
+        return failure_page();
+    }
     match users::start_session(&state, &user).await {
         Ok(session) => see_other(&next, &[cookie(SESSION_COOKIE, &session, SESSION_SECS)]),
         Err(e) => {

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_outcome, json, mint, observation, spawn_app, TestApp};
+use crate::helpers::{assert_outcome, json, observation, spawn_app, TestApp};
 
 /// A token for `client` with `scope`, for a patient's own app (`patient`) or a partner (`org`).
 pub(crate) fn token(
@@ -479,7 +479,17 @@ fn database_url(app: &TestApp) -> String {
 #[tokio::test]
 async fn nobody_writes_or_deletes_audit_events_through_the_api() {
     let app = spawn_app().await;
-    app.get("metadata").await;
+    let cs = json(app.get("metadata").await).await;
+    let audit = cs["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .expect("AuditEvent listed");
+    assert_eq!(
+        audit["interaction"],
+        json!([{"code": "read"}, {"code": "search-type"}])
+    );
     let event = json!({"resourceType": "AuditEvent", "type": {"code": "rest"}, "recorded": "2026-01-01T00:00:00Z",
         "agent": [{"requestor": true}], "source": {"observer": {"display": "x"}}});
     assert_outcome(app.post("AuditEvent", &event).await, 405, "not-supported").await;
@@ -725,17 +735,22 @@ async fn token_and_sign_in_events_are_recorded() {
         [
             ("token-issue", "0"),
             ("assertion-failure", "4"),
+            ("110122", "0"),
             ("110122", "4"),
             ("110122", "0")
         ]
     );
     assert_eq!(agents(&e[0]), ["client:backend-1"]);
-    assert_eq!(agents(&e[3]), [format!("Patient/{pid}")]);
+    assert_eq!(
+        agents(&e[2]),
+        [format!("Patient/{pid}")],
+        "sign-up signs in"
+    );
+    assert_eq!(agents(&e[4]), [format!("Patient/{pid}")]);
     assert!(
-        !e[2].to_string().contains("audit-login@"),
+        !e[3].to_string().contains("audit-login@"),
         "no typed address in events"
     );
-    let _ = mint(&app.state, "system/*.rs", None);
 }
 
 #[tokio::test]
