@@ -269,7 +269,8 @@ pub fn outcome(issues: &[OutcomeIssue], severity: &str) -> Value {
 pub struct Diagnostics(pub String);
 
 impl Diagnostics {
-    fn of(error: &FhirError, issues: &[OutcomeIssue]) -> Self {
+    /// The description of `error`, reported with `issues`.
+    pub fn of(error: &FhirError, issues: &[OutcomeIssue]) -> Self {
         let Some(first) = issues.first() else {
             return Diagnostics(error.to_string());
         };

@@ -33,6 +33,8 @@ pub struct AuditInfo {
     pub patients: Vec<String>,
     /// References of the resources in the answer.
     pub entities: Vec<String>,
+    /// The interaction, when the URL alone does not tell it (`batch` or `transaction`).
+    pub subtype: Option<&'static str>,
 }
 
 impl AuditInfo {
@@ -299,6 +301,10 @@ fn outcome_event(
         .get::<crate::error::Diagnostics>()
         .map(|d| d.0.clone())
         .unwrap_or_else(|| format!("HTTP {status}"));
+    let kind = match resp.extensions().get::<AuditInfo>().and_then(|i| i.subtype) {
+        Some(sub) => Kind::Rest(sub),
+        None => kind,
+    };
     let mut e = Event::new(kind, action).outcome(Outcome::from_status(status, description));
     if let Some(info) = resp.extensions().get::<AuditInfo>() {
         for p in &info.patients {
@@ -384,6 +390,29 @@ pub fn read_event(
         e = e.patient(p);
     }
     e.resource(ctx)
+}
+
+/// Records the failure of one entry of a batch (`method` and `url` as the entry gave them);
+/// successful entries were audited by storage with their own transactions.
+pub async fn record_entry_failure(
+    state: &AppState,
+    method: &str,
+    url: &str,
+    error: &FhirError,
+) -> anyhow::Result<()> {
+    let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+    let path = format!("/fhir/{}", url.split('?').next().unwrap_or(url));
+    let (kind, action) = classify(&method, &path);
+    let (status, issues) = error.client_response();
+    let description = crate::error::Diagnostics::of(error, &issues).0;
+    let mut event =
+        Event::new(kind, action).outcome(Outcome::from_status(status.as_u16(), description));
+    let target: Vec<&str> = path["/fhir/".len()..].split('/').take(2).collect();
+    if target.len() == 2 && !matches!(kind, Kind::Rest("create")) {
+        event = event.entity(target.join("/"));
+    }
+    let ctx = super::current();
+    state.auditor.record(&event, ctx.as_deref()).await
 }
 
 /// Who may read the trail: auditors (system scope) see everything; a patient sees the events

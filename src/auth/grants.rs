@@ -105,6 +105,33 @@ pub struct GrantForm {
     pub scope: Option<String>,
 }
 
+/// The client id and secret of an `Authorization: Basic` header, if there is one.
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, OAuthError> {
+    let Some(b) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map(|(_, b)| b.trim().to_owned())
+    else {
+        return Ok(None);
+    };
+    let decoded = STANDARD
+        .decode(b)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+    let (id, secret) = decoded
+        .split_once(':')
+        .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+    let unescape = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    Ok(Some((unescape(id), unescape(secret))))
+}
+
 /// Authenticates an app: HTTP Basic (`client_secret_basic`), or `client_id` [+ `client_secret`]
 /// in the form. A confidential app must prove its secret; a public app must not send one.
 pub async fn authenticate_app(
@@ -112,29 +139,8 @@ pub async fn authenticate_app(
     headers: &HeaderMap,
     form: &GrantForm,
 ) -> Result<Client, OAuthError> {
-    let basic = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-        .map(|(_, b)| b.trim().to_owned());
-    let (id, secret) = match basic {
-        Some(b) => {
-            let decoded = STANDARD
-                .decode(b)
-                .ok()
-                .and_then(|d| String::from_utf8(d).ok())
-                .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
-            let (id, secret) = decoded
-                .split_once(':')
-                .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
-            let unescape = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (unescape(id), Some(unescape(secret)))
-        }
+    let (id, secret) = match basic_credentials(headers)? {
+        Some((id, secret)) => (id, Some(secret)),
         None => (
             form.client_id
                 .clone()

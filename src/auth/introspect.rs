@@ -105,7 +105,12 @@ pub async fn revoke(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Response, OAuthError> {
-    let claimed = form.client_id.clone();
+    let claimed = form.client_id.clone().or_else(|| {
+        grants::basic_credentials(&headers)
+            .ok()
+            .flatten()
+            .map(|(id, _)| id)
+    });
     let result = revoke_token(&state, &headers, form).await;
     let ctx = crate::audit::api::auth_context(addr.0, &headers, claimed.as_deref(), None);
     let outcome = match &result {

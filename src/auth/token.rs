@@ -162,12 +162,21 @@ pub async fn token(
     if let Some(wait) = state.limits.token_address.blocked(&key) {
         return Err(OAuthError::too_many(wait));
     }
-    let claimed = req.client_id.clone().or_else(|| {
-        req.client_assertion
-            .as_deref()
-            .and_then(unverified_claims)
-            .and_then(|c| c["iss"].as_str().map(str::to_owned))
-    });
+    let claimed = req
+        .client_id
+        .clone()
+        .or_else(|| {
+            grants::basic_credentials(&headers)
+                .ok()
+                .flatten()
+                .map(|(id, _)| id)
+        })
+        .or_else(|| {
+            req.client_assertion
+                .as_deref()
+                .and_then(unverified_claims)
+                .and_then(|c| c["iss"].as_str().map(str::to_owned))
+        });
     let subtype = match req.grant_type.as_deref() {
         Some("refresh_token") => "token-refresh",
         _ => "token-issue",

@@ -838,9 +838,14 @@ async fn apple(cli: &Cli, a: &AppleArgs) -> anyhow::Result<()> {
             secs / map_secs
         );
         if let Some(import) = import_secs {
+            let ratio = secs / import;
+            let verdict = if ratio >= 1.0 {
+                format!("{ratio:.1}x faster than")
+            } else {
+                format!("{:.1}x as long as", 1.0 / ratio)
+            };
             println!(
-                "apple: fhirgate's end-to-end import (map, validate, encrypt, store in PostgreSQL) is {:.1}x faster",
-                secs / import
+                "apple: fhirgate's end-to-end import (map, validate, compare, encrypt, store in PostgreSQL with audit) takes {verdict} healthkit-to-sqlite's load into SQLite"
             );
         }
     }

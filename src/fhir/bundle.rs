@@ -114,7 +114,18 @@ pub async fn batch_or_transaction(
         "batch" => {
             let mut out = Vec::with_capacity(raw_entries.len());
             for (i, raw) in raw_entries.into_iter().enumerate() {
-                out.push(batch_entry(&state, &principal, i, raw).await);
+                let request = |k: &str| raw["request"][k].as_str().unwrap_or("").to_owned();
+                let (method, url) = (request("method"), request("url"));
+                let mut result = batch_entry(&state, &principal, i, raw).await;
+                if let Err(e) = &result {
+                    // Each refused entry is an event of its own; no audit, no answer.
+                    if let Err(a) =
+                        crate::audit::api::record_entry_failure(&state, &method, &url, e).await
+                    {
+                        result = Err(FhirError::Unavailable(a));
+                    }
+                }
+                out.push(result);
             }
             out
         }
@@ -164,7 +175,17 @@ pub async fn batch_or_transaction(
     if !response_entries.is_empty() {
         out["entry"] = Value::Array(response_entries);
     }
-    format::resource_value(StatusCode::OK, fmt, &out)
+    let mut resp = format::resource_value(StatusCode::OK, fmt, &out)?;
+    crate::audit::api::AuditInfo {
+        subtype: Some(if kind == "batch" {
+            "batch"
+        } else {
+            "transaction"
+        }),
+        ..Default::default()
+    }
+    .attach(&mut resp);
+    Ok(resp)
 }
 
 async fn batch_entry(

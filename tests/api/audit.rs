@@ -264,6 +264,32 @@ async fn every_entry_of_a_transaction_is_an_event_with_the_request_id() {
         .iter()
         .take(3)
         .all(|x| patients(x) == [format!("Patient/{pid}")]));
+
+    // A batch: each entry on its own, refused ones included.
+    let mark = events(&app).await.len();
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": observation(&pid, 72.0), "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"request": {"method": "GET", "url": "Patient/missing"}},
+    ]});
+    let resp = app.post("", &batch).await;
+    assert_eq!(resp.status(), 200);
+    let e = new_events(&app, mark).await;
+    let codes: Vec<(&str, &str)> = e
+        .iter()
+        .map(|x| (subtype(x), x["outcome"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("create", "0"),
+            ("read", "0"),
+            ("read", "4"),
+            ("batch", "0")
+        ],
+        "{e:#?}"
+    );
+    assert_eq!(entities(&e[2], "4"), ["Patient/missing"]);
 }
 
 #[tokio::test]
@@ -384,6 +410,16 @@ async fn a_failed_audit_write_fails_the_request_and_changes_nothing() {
         {"resource": observation(&pid, 70.0), "request": {"method": "POST", "url": "Observation"}}]});
     assert_eq!(app.post("", &bundle).await.status(), 500);
     assert_eq!(app.count("resource_version").await, versions);
+    // The failures themselves are in the trail, as server errors.
+    let failed: Vec<Value> = events(&app)
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] == "8")
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert_eq!(subtype(&failed[0]), "create");
+    assert_eq!(failed[0]["outcomeDesc"], "internal server error");
+    assert_eq!(subtype(&failed[1]), "transaction");
 
     // A read whose event cannot be stored is not answered.
     break_table(&app, "audit_log").await;

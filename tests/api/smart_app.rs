@@ -899,6 +899,17 @@ async fn confidential_apps_must_authenticate_and_refresh_tokens_are_bound_to_the
         r.json::<Value>().await.expect("json")["error"],
         "invalid_grant"
     );
+    let revoked: Vec<Value> = crate::audit::events(&app)
+        .await
+        .into_iter()
+        .filter(|e| e["subtype"][0]["code"] == "token-revoke")
+        .collect();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0]["outcome"], "0");
+    assert_eq!(
+        revoked[0]["agent"][0]["who"]["identifier"]["value"],
+        "clinic"
+    );
 }
 
 #[tokio::test]

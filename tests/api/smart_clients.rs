@@ -97,6 +97,26 @@ async fn the_oauth2_crate_runs_the_code_flow_with_pkce_and_refresh() {
         .await;
     let err = format!("{:?}", reused.expect_err("reuse is refused"));
     assert!(err.contains("invalid_grant"), "{err}");
+
+    // The audit trail has each token event of the app, the refused reuse included.
+    let tokens: Vec<(String, String)> = crate::audit::events(&app)
+        .await
+        .iter()
+        .filter(|e| e["type"]["code"] == "110114" && e["subtype"][0]["code"] != "110122")
+        .map(|e| {
+            assert_eq!(e["agent"][0]["who"]["identifier"]["value"], "rust-app");
+            (
+                e["subtype"][0]["code"].as_str().unwrap_or("").to_owned(),
+                e["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("token-issue", "0"),
+        ("token-refresh", "0"),
+        ("token-refresh", "4"),
+    ];
+    assert_eq!(tokens, expected.map(|(s, o)| (s.to_owned(), o.to_owned())));
 }
 
 #[tokio::test]
