@@ -11,20 +11,15 @@ create table audit_log (
     subtype    text,
     action     text        not null,
     outcome    text        not null,
-    -- every agent.who, as `Type/id` references and `client:ID` for client identifiers
-    agents     text[]      not null,
-    -- `Patient/id` of the patients the event is about
-    patients   text[]      not null,
-    -- references of the other entities (without `_history`)
-    entities   text[]      not null,
+    -- search terms: `a|` + each agent.who (`Type/id`, or `client:ID` for client identifiers),
+    -- `p|Patient/id` for each patient entity, `e|Type/id` for each other entity (no `_history`)
+    terms      text[]      not null,
     event      text        not null,
     prev_hash  bytea       not null,
     hash       bytea       not null
 );
 create index audit_log_recorded on audit_log (recorded);
-create index audit_log_patients on audit_log using gin (patients);
-create index audit_log_agents on audit_log using gin (agents);
-create index audit_log_entities on audit_log using gin (entities);
+create index audit_log_terms on audit_log using gin (terms);
 
 create function audit_log_is_append_only() returns trigger language plpgsql as $$
 begin

@@ -348,7 +348,7 @@ fn outcome_event(
 pub fn write_events(
     ctx: Option<&RequestContext>,
     versions: &[crate::storage::NewVersion],
-) -> Vec<Value> {
+) -> Vec<String> {
     let event = |v: &crate::storage::NewVersion| {
         let (sub, action) = match (&v.body, v.version_id) {
             (None, _) => ("delete", Action::Delete),
@@ -374,9 +374,9 @@ pub fn write_events(
                 e = e.entity(format!("Provenance/{}", v.id));
             }
         }
-        return vec![e.resource(ctx)];
+        return vec![e.body(ctx)];
     }
-    versions.iter().map(|v| event(v).resource(ctx)).collect()
+    versions.iter().map(|v| event(v).body(ctx)).collect()
 }
 
 /// The event of a read inside a Bundle (`GET` entry), stored with the Bundle's transaction.
@@ -384,12 +384,12 @@ pub fn read_event(
     ctx: Option<&RequestContext>,
     reference: String,
     compartment: Option<&str>,
-) -> Value {
+) -> String {
     let mut e = Event::new(Kind::Rest("read"), Action::Read).entity(reference);
     if let Some(p) = compartment {
         e = e.patient(p);
     }
-    e.resource(ctx)
+    e.body(ctx)
 }
 
 /// Records the failure of one entry of a batch (`method` and `url` as the entry gave them);
@@ -446,8 +446,8 @@ enum Clause {
     Recorded(&'static str, DateTime<Utc>),
     /// `not (recorded >= $ and recorded < $)`.
     RecordedNot(DateTime<Utc>, DateTime<Utc>),
-    /// `<array column> && $`.
-    Overlaps(&'static str, Vec<String>),
+    /// `terms && $`: any of these search terms.
+    Terms(Vec<String>),
     /// `<text column> = any($)`.
     AnyOf(&'static str, Vec<String>),
 }
@@ -507,6 +507,13 @@ fn date_range(name: &str, v: &str) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
             .and_utc())
     };
     Ok((midnight(start)?, midnight(end)?))
+}
+
+fn terms(prefix: &str, references: Vec<String>) -> Vec<String> {
+    references
+        .into_iter()
+        .map(|r| format!("{prefix}{r}"))
+        .collect()
 }
 
 fn tokens(v: &str) -> Vec<String> {
@@ -602,14 +609,14 @@ impl Query {
                 }
                 "agent" => q
                     .clauses
-                    .push(Clause::Overlaps("agents", references(v, None, base))),
+                    .push(Clause::Terms(terms("a|", references(v, None, base)))),
                 "entity" => q
                     .clauses
-                    .push(Clause::Overlaps("entities", references(v, None, base))),
-                "patient" => q.clauses.push(Clause::Overlaps(
-                    "patients",
+                    .push(Clause::Terms(terms("e|", references(v, None, base)))),
+                "patient" => q.clauses.push(Clause::Terms(terms(
+                    "p|",
                     references(v, Some("Patient"), base),
-                )),
+                ))),
                 "type" => q.clauses.push(Clause::AnyOf("type_code", tokens(v))),
                 "subtype" => q.clauses.push(Clause::AnyOf("subtype", tokens(v))),
                 "outcome" => q.clauses.push(Clause::AnyOf("outcome", tokens(v))),
@@ -639,7 +646,7 @@ impl Query {
     ) {
         b.push(" where true");
         if let Some(p) = patient {
-            b.push(" and patients @> array[")
+            b.push(" and terms @> array['p|' || ")
                 .push_bind(p)
                 .push("]::text[]");
         }
@@ -655,10 +662,8 @@ impl Query {
                         .push_bind(*hi)
                         .push(")");
                 }
-                Clause::Overlaps(col, values) => {
-                    b.push(format_args!(" and {col} && "))
-                        .push_bind(values)
-                        .push("::text[]");
+                Clause::Terms(values) => {
+                    b.push(" and terms && ").push_bind(values).push("::text[]");
                 }
                 Clause::AnyOf(col, values) => {
                     b.push(format_args!(" and {col} = any("))
@@ -752,7 +757,7 @@ pub async fn read(state: &AppState, principal: &Principal, id: &str) -> Result<R
         .map_err(FhirError::Unavailable)?;
     // language=PostgreSQL
     let text: Option<String> = sqlx::query_scalar(
-        "select event from audit_log where seq = $1 and ($2::text is null or patients @> array[$2::text])",
+        "select event from audit_log where seq = $1 and ($2::text is null or terms @> array['p|' || $2::text])",
     )
     .bind(seq)
     .bind(patient)

@@ -1,10 +1,11 @@
 //! The hash chain: numbering, hashing and storing events, group commit, and verification.
 //!
-//! One writer task owns the head of the chain. Requests send it their events and wait; it takes
-//! every event queued by then, plus the write events waiting in `audit_inbox`, and stores them in
-//! one transaction (group commit), then answers each request. A failed insert fails every request
-//! of the batch: no audit, no access. Several servers on one database serialise on an advisory
-//! lock and read the head inside it.
+//! One writer task per server owns its view of the head of the chain. Requests send it their
+//! events and wait; it takes every event queued by then (plus, after writes, the events waiting in
+//! `audit_inbox`) and stores them with one insert (group commit), then answers each request. A
+//! failed insert fails every request of the batch: no audit, no access. Several servers on one
+//! database need no lock: the sequence number is the primary key, so a writer whose head is stale
+//! is refused and chains its batch again on the new head.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,29 +16,68 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::event::{columns, Event};
+use super::event::{columns, text, Columns, Event};
 use super::RequestContext;
 
-/// The advisory lock that serialises chain writers ("audit" in ASCII).
-const CHAIN_LOCK: i64 = 0x0061_7564_6974;
 /// Most events stored by one transaction.
 const MAX_BATCH: usize = 2000;
 /// How often the writer links waiting write events when no request wakes it.
 const INBOX_TICK: Duration = Duration::from_millis(200);
-
 /// Idle ticks between sweeps of the inbox for events of other processes.
 const IDLE_SWEEP_TICKS: u32 = 50;
+/// Attempts at appending a batch when another writer took the same sequence numbers.
+const ATTEMPTS: usize = 8;
 
 type Reply = oneshot::Sender<Result<(), String>>;
+
+/// An event ready to be chained: its JSON body (without the id) and its columns.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    body: String,
+    columns: Columns,
+}
+
+impl Prepared {
+    /// `event` made by `ctx`.
+    pub fn new(event: &Event, ctx: Option<&RequestContext>) -> Self {
+        Prepared {
+            body: event.body(ctx),
+            columns: event.columns(ctx),
+        }
+    }
+
+    /// An event body from the inbox; its columns are derived from its JSON.
+    fn from_body(body: String) -> anyhow::Result<Self> {
+        let value: Value = serde_json::from_str(&text(0, &body))?;
+        let columns = columns(&value).ok_or_else(|| anyhow::anyhow!("malformed audit event"))?;
+        Ok(Prepared { body, columns })
+    }
+}
+
+enum Msg {
+    /// Store this event.
+    Event(Box<Prepared>, Reply),
+    /// Link the inbox now.
+    Flush(Reply),
+}
 
 /// A handle to the audit writer task; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Auditor {
-    tx: mpsc::Sender<(Option<Value>, Reply)>,
+    tx: mpsc::Sender<Msg>,
     /// Set when this process put events into the inbox since the writer last drained it.
     pending: Arc<AtomicBool>,
     /// Whether read events are written (off only for `serve --no-read-audit` benchmarks).
     audit_reads: bool,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Event(..) => "Event",
+            Msg::Flush(_) => "Flush",
+        })
+    }
 }
 
 impl Auditor {
@@ -65,19 +105,20 @@ impl Auditor {
 
     /// Stores `event` made by `ctx` durably, returning once it is committed.
     pub async fn record(&self, event: &Event, ctx: Option<&RequestContext>) -> anyhow::Result<()> {
-        self.send(Some(event.resource(ctx))).await
+        let prepared = Box::new(Prepared::new(event, ctx));
+        self.send(|reply| Msg::Event(prepared, reply)).await
     }
 
     /// Links every write event waiting in the inbox into the chain, so that a search right after
     /// a write sees it.
     pub async fn flush(&self) -> anyhow::Result<()> {
-        self.send(None).await
+        self.send(Msg::Flush).await
     }
 
-    async fn send(&self, event: Option<Value>) -> anyhow::Result<()> {
+    async fn send(&self, msg: impl FnOnce(Reply) -> Msg) -> anyhow::Result<()> {
         let (reply, done) = oneshot::channel();
         self.tx
-            .send((event, reply))
+            .send(msg(reply))
             .await
             .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
         done.await
@@ -86,11 +127,8 @@ impl Auditor {
     }
 }
 
-async fn writer(
-    pool: PgPool,
-    mut rx: mpsc::Receiver<(Option<Value>, Reply)>,
-    pending: Arc<AtomicBool>,
-) {
+async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Msg>, pending: Arc<AtomicBool>) {
+    let mut head: Option<Head> = None;
     let mut idle_ticks = 0u32;
     loop {
         let first = tokio::select! {
@@ -100,48 +138,115 @@ async fn writer(
             },
             () = tokio::time::sleep(INBOX_TICK) => None,
         };
+        let mut drain = false;
         if first.is_none() {
             // Idle: drain the inbox when this process wrote to it, and now and then for events
             // other processes (`fhirgate import`) left there.
             idle_ticks += 1;
-            if !pending.swap(false, Ordering::Relaxed) && idle_ticks < IDLE_SWEEP_TICKS {
+            if !pending.load(Ordering::Relaxed) && idle_ticks < IDLE_SWEEP_TICKS {
                 continue;
             }
             idle_ticks = 0;
-        } else {
-            pending.store(false, Ordering::Relaxed);
+            drain = true;
         }
         let mut events = Vec::new();
         let mut replies = Vec::new();
         let mut next = first;
-        while let Some((e, r)) = next {
-            events.extend(e);
-            replies.push(r);
+        while let Some(m) = next {
+            match m {
+                Msg::Event(e, r) => {
+                    events.push(*e);
+                    replies.push(r);
+                }
+                Msg::Flush(r) => {
+                    drain = true;
+                    replies.push(r);
+                }
+            }
             next = if replies.len() < MAX_BATCH {
                 rx.try_recv().ok()
             } else {
                 None
             };
         }
-        let result = append(&pool, events).await.map_err(|e| {
-            tracing::error!(error = %e, "audit write failed");
-            e.to_string()
-        });
+        if pending.swap(false, Ordering::Relaxed) {
+            drain = true;
+        }
+        let result = append(&pool, &mut head, &events, drain)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %format!("{e:#}"), "audit write failed");
+                e.to_string()
+            });
         for r in replies {
-            let _ = r.send(result.clone().map(|_| ()));
+            let _ = r.send(result.clone());
         }
     }
 }
 
-/// Stores `events` after the write events waiting in the inbox, in one transaction; returns how
-/// many rows were chained.
-pub async fn append(pool: &PgPool, events: Vec<Value>) -> anyhow::Result<u64> {
+/// The last sequence number and hash of the chain.
+type Head = (i64, Vec<u8>);
+
+/// Chains `events`, after the write events waiting in the inbox when `drain`; returns how many
+/// rows were stored. Without `drain` this is one statement (one round trip) on the cached head;
+/// when another writer took those sequence numbers, the primary key refuses the insert and the
+/// batch is chained again on the new head.
+async fn append(
+    pool: &PgPool,
+    head: &mut Option<Head>,
+    events: &[Prepared],
+    drain: bool,
+) -> anyhow::Result<u64> {
+    for _ in 0..ATTEMPTS {
+        let result = if drain {
+            append_draining(pool, head, events).await
+        } else {
+            append_fast(pool, head, events).await
+        };
+        match result {
+            Err(e) if is_taken(&e) => *head = None,
+            Err(e) => {
+                *head = None;
+                return Err(e);
+            }
+            ok => return ok,
+        }
+    }
+    anyhow::bail!("the audit chain stayed contended")
+}
+
+fn is_taken(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
+}
+
+async fn append_fast(
+    pool: &PgPool,
+    head: &mut Option<Head>,
+    events: &[Prepared],
+) -> anyhow::Result<u64> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let start = match head.take() {
+        Some(h) => h,
+        None => read_head(&mut *pool.acquire().await?).await?,
+    };
+    let (query, end) = chained(start, events.iter())?;
+    query.execute(pool).await?;
+    *head = Some(end);
+    Ok(events.len() as u64)
+}
+
+async fn append_draining(
+    pool: &PgPool,
+    head: &mut Option<Head>,
+    events: &[Prepared],
+) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
-    // language=PostgreSQL
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(CHAIN_LOCK)
-        .execute(&mut *tx)
-        .await?;
     // language=PostgreSQL
     let mut waiting: Vec<(i64, String)> = sqlx::query_as(
         r#"delete from audit_inbox where inbox_id in
@@ -152,28 +257,31 @@ pub async fn append(pool: &PgPool, events: Vec<Value>) -> anyhow::Result<u64> {
     .fetch_all(&mut *tx)
     .await?;
     waiting.sort_by_key(|(id, _)| *id);
-    let mut all = Vec::with_capacity(waiting.len() + events.len());
-    for (id, text) in waiting {
+    let mut all = Vec::with_capacity(waiting.len());
+    for (id, body) in waiting {
         all.push(
-            serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("audit inbox row {id} is not JSON: {e}"))?,
+            Prepared::from_body(body)
+                .map_err(|e| anyhow::anyhow!("audit inbox row {id} is not an event: {e}"))?,
         );
     }
-    all.extend(events);
-    let n = all.len() as u64;
-    if !all.is_empty() {
-        insert(&mut tx, all).await?;
+    let n = (all.len() + events.len()) as u64;
+    if n == 0 {
+        return Ok(0);
     }
+    let start = read_head(&mut tx).await?;
+    let (query, end) = chained(start, all.iter().chain(events))?;
+    query.execute(&mut *tx).await?;
     tx.commit().await?;
+    *head = Some(end);
     Ok(n)
 }
 
 /// The last sequence number and hash, or 0 and the zero hash for an empty chain.
-async fn head(tx: &mut Transaction<'static, Postgres>) -> anyhow::Result<(i64, Vec<u8>)> {
+async fn read_head(conn: &mut sqlx::PgConnection) -> anyhow::Result<Head> {
     // language=PostgreSQL
-    let row: Option<(i64, Vec<u8>)> =
+    let row: Option<Head> =
         sqlx::query_as("select seq, hash from audit_log order by seq desc limit 1")
-            .fetch_optional(&mut **tx)
+            .fetch_optional(conn)
             .await?;
     Ok(row.unwrap_or((0, vec![0; 32])))
 }
@@ -186,84 +294,86 @@ pub fn link_hash(prev: &[u8], event: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-async fn insert(tx: &mut Transaction<'static, Postgres>, events: Vec<Value>) -> anyhow::Result<()> {
-    let (mut seq, mut prev) = head(tx).await?;
-    let n = events.len();
-    let mut seqs = Vec::with_capacity(n);
-    let mut recorded = Vec::with_capacity(n);
-    let mut types = Vec::with_capacity(n);
-    let mut subtypes = Vec::with_capacity(n);
-    let mut actions = Vec::with_capacity(n);
-    let mut outcomes = Vec::with_capacity(n);
-    // Arrays of arrays of different lengths cannot be bound; each list travels as a JSON array.
-    let mut agents = Vec::with_capacity(n);
-    let mut patients = Vec::with_capacity(n);
-    let mut entities = Vec::with_capacity(n);
-    let mut texts = Vec::with_capacity(n);
-    let mut prevs = Vec::with_capacity(n);
-    let mut hashes = Vec::with_capacity(n);
-    for mut e in events {
+/// Numbers and hashes `events` after `head`: the insert, and the new head.
+fn chained<'a>(
+    head: Head,
+    events: impl Iterator<Item = &'a Prepared>,
+) -> anyhow::Result<(
+    sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>,
+    Head,
+)> {
+    let (mut seq, mut prev) = head;
+    let mut seqs = Vec::new();
+    let mut recorded = Vec::new();
+    let mut types = Vec::new();
+    let mut subtypes = Vec::new();
+    let mut actions = Vec::new();
+    let mut outcomes = Vec::new();
+    // Arrays of arrays of different lengths cannot be bound: each event's terms travel as one
+    // text, one term per line (terms hold no control characters).
+    let mut terms = Vec::new();
+    let mut texts = Vec::new();
+    let mut prevs = Vec::new();
+    let mut hashes = Vec::new();
+    for e in events {
         seq += 1;
-        e["id"] = Value::String(seq.to_string());
-        let c = columns(&e).ok_or_else(|| anyhow::anyhow!("malformed audit event"))?;
-        let text = serde_json::to_string(&e)?;
+        let text = text(seq, &e.body);
         let hash = link_hash(&prev, &text);
+        let c = &e.columns;
         seqs.push(seq);
         recorded.push(c.recorded);
-        types.push(c.type_code);
-        subtypes.push(c.subtype);
-        actions.push(c.action);
-        outcomes.push(c.outcome);
-        agents.push(serde_json::to_string(&c.agents)?);
-        patients.push(serde_json::to_string(&c.patients)?);
-        entities.push(serde_json::to_string(&c.entities)?);
+        types.push(c.type_code.clone());
+        subtypes.push(c.subtype.clone());
+        actions.push(c.action.clone());
+        outcomes.push(c.outcome.clone());
+        terms.push(c.terms().join("\n"));
         texts.push(text);
         prevs.push(std::mem::replace(&mut prev, hash.clone()));
         hashes.push(hash);
     }
     // language=PostgreSQL
-    sqlx::query(
-        r#"insert into audit_log (seq, recorded, type_code, subtype, action, outcome, agents, patients, entities, event, prev_hash, hash)
+    let query = sqlx::query(
+        r#"insert into audit_log (seq, recorded, type_code, subtype, action, outcome, terms, event, prev_hash, hash)
            select s, r, t, st, a, o,
-                  array(select jsonb_array_elements_text(ag::jsonb)),
-                  array(select jsonb_array_elements_text(pa::jsonb)),
-                  array(select jsonb_array_elements_text(en::jsonb)),
+                  case when te = '' then '{}'::text[] else string_to_array(te, E'\n') end,
                   ev, ph, h
            from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                       $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[])
-                as u(s, r, t, st, a, o, ag, pa, en, ev, ph, h)"#,
+                       $7::text[], $8::text[], $9::bytea[], $10::bytea[])
+                as u(s, r, t, st, a, o, te, ev, ph, h)"#,
     )
-    .bind(&seqs)
-    .bind(&recorded)
-    .bind(&types)
-    .bind(&subtypes)
-    .bind(&actions)
-    .bind(&outcomes)
-    .bind(&agents)
-    .bind(&patients)
-    .bind(&entities)
-    .bind(&texts)
-    .bind(&prevs)
-    .bind(&hashes)
-    .execute(&mut **tx)
-    .await?;
+    .bind(seqs)
+    .bind(recorded)
+    .bind(types)
+    .bind(subtypes)
+    .bind(actions)
+    .bind(outcomes)
+    .bind(terms)
+    .bind(texts)
+    .bind(prevs)
+    .bind(hashes);
+    Ok((query, (seq, prev)))
+}
+
+/// Puts write events (their [`Event::body`]) into the inbox inside the writer's transaction.
+pub async fn enqueue(
+    tx: &mut Transaction<'static, Postgres>,
+    bodies: &[String],
+) -> Result<(), sqlx::Error> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    // language=PostgreSQL
+    sqlx::query("insert into audit_inbox (event) select * from unnest($1::text[])")
+        .bind(bodies)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
-/// Puts write events into the inbox inside the writer's transaction `tx`.
-pub async fn enqueue(
-    tx: &mut Transaction<'static, Postgres>,
-    events: &[Value],
-) -> Result<(), sqlx::Error> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let texts: Vec<String> = events.iter().map(Value::to_string).collect();
-    // language=PostgreSQL
-    sqlx::query("insert into audit_inbox (event) select * from unnest($1::text[])")
-        .bind(&texts)
-        .execute(&mut **tx)
-        .await?;
+/// Links every event waiting in the inbox.
+pub async fn drain_inbox(pool: &PgPool) -> anyhow::Result<()> {
+    let mut head = None;
+    while append(pool, &mut head, &[], true).await? > 0 {}
     Ok(())
 }
 
@@ -290,7 +400,7 @@ pub enum VerifyReport {
 /// gaps, each `prev_hash` equal to the previous row's hash, each hash equal to SHA-256 of the
 /// previous hash and the event text, and the searchable columns equal to what the event says.
 pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
-    while append(pool, Vec::new()).await? > 0 {}
+    drain_inbox(pool).await?;
     type Row = (
         i64,
         chrono::DateTime<chrono::Utc>,
@@ -298,8 +408,6 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
         Option<String>,
         String,
         String,
-        Vec<String>,
-        Vec<String>,
         Vec<String>,
         String,
         Vec<u8>,
@@ -311,7 +419,7 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
     loop {
         // language=PostgreSQL
         let rows: Vec<Row> = sqlx::query_as(
-            r#"select seq, recorded, type_code, subtype, action, outcome, agents, patients, entities, event, prev_hash, hash
+            r#"select seq, recorded, type_code, subtype, action, outcome, terms, event, prev_hash, hash
                from audit_log where seq > $1 order by seq limit 5000"#,
         )
         .bind(expected_seq)
@@ -320,7 +428,7 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
         if rows.is_empty() {
             return Ok(VerifyReport::Ok { count });
         }
-        for (seq, recorded, t, st, a, o, ag, pa, en, event, prev_hash, hash) in rows {
+        for (seq, recorded, t, st, a, o, terms, event, prev_hash, hash) in rows {
             expected_seq += 1;
             let broken = |expected: String, found: String| VerifyReport::Broken {
                 seq,
@@ -349,17 +457,18 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
             let derived = serde_json::from_str::<Value>(&event)
                 .ok()
                 .filter(|v| v["id"].as_str() == Some(seq.to_string().as_str()))
-                .and_then(|v| columns(&v));
-            let stored = super::event::Columns {
-                recorded,
-                type_code: t,
-                subtype: st,
-                action: a,
-                outcome: o,
-                agents: ag,
-                patients: pa,
-                entities: en,
-            };
+                .and_then(|v| columns(&v))
+                .map(|c| {
+                    (
+                        c.recorded,
+                        c.type_code.clone(),
+                        c.subtype.clone(),
+                        c.action.clone(),
+                        c.outcome.clone(),
+                        c.terms(),
+                    )
+                });
+            let stored = (recorded, t, st, a, o, terms);
             if derived.as_ref() != Some(&stored) {
                 return Ok(broken(
                     format!("columns {derived:?}"),

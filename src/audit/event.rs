@@ -1,7 +1,7 @@
 //! One audit event: the AuditEvent JSON (IHE BALP shapes) and the columns searches use.
 
-use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::Value;
 
 use super::RequestContext;
 
@@ -96,21 +96,31 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn codings(self) -> (Value, Value) {
-        let coding = |s: &str, c: &str, d: &str| json!({"system": s, "code": c, "display": d});
-        let rest = coding(EVENT_TYPE, "rest", "RESTful Operation");
-        let auth = coding(DCM, "110114", "User Authentication");
+    /// `(system, code, display)` of `type` and of `subtype`.
+    fn codings(
+        self,
+    ) -> (
+        (&'static str, &'static str, &'static str),
+        (&'static str, &'static str, &'static str),
+    ) {
+        let rest = (EVENT_TYPE, "rest", "RESTful Operation");
+        let auth = (DCM, "110114", "User Authentication");
         match self {
-            Kind::Rest(sub) => (rest, coding(RESTFUL, sub, sub)),
-            Kind::Operation(op) => (rest, coding(LOCAL_SUBTYPE, op, op)),
-            Kind::Ingest => (
-                rest,
-                coding(LOCAL_SUBTYPE, "ingest", "Wearable data ingest"),
-            ),
-            Kind::Login => (auth, coding(DCM, "110122", "Login")),
-            Kind::Logout => (auth, coding(DCM, "110123", "Logout")),
-            Kind::Token(sub) => (auth, coding(LOCAL_SUBTYPE, sub, sub)),
+            Kind::Rest(sub) => (rest, (RESTFUL, sub, sub)),
+            Kind::Operation(op) => (rest, (LOCAL_SUBTYPE, op, op)),
+            Kind::Ingest => (rest, (LOCAL_SUBTYPE, "ingest", "Wearable data ingest")),
+            Kind::Login => (auth, (DCM, "110122", "Login")),
+            Kind::Logout => (auth, (DCM, "110123", "Logout")),
+            Kind::Token(sub) => (auth, (LOCAL_SUBTYPE, sub, sub)),
         }
+    }
+
+    fn type_code(self) -> &'static str {
+        self.codings().0 .1
+    }
+
+    fn subtype_code(self) -> &'static str {
+        self.codings().1 .1
     }
 }
 
@@ -140,7 +150,8 @@ impl Event {
             kind,
             action,
             outcome: Outcome::Success,
-            recorded: Utc::now(),
+            // Stored with microseconds, so the columns and the JSON agree exactly.
+            recorded: Utc::now().trunc_subsecs(6),
             patients: Vec::new(),
             entities: Vec::new(),
             query: None,
@@ -167,122 +178,236 @@ impl Event {
         self
     }
 
-    /// The AuditEvent resource for this event made by `ctx`. Its `id` is left empty; the chain
-    /// writer numbers it.
-    pub fn resource(&self, ctx: Option<&RequestContext>) -> Value {
+    /// The event as JSON text without its leading `{"resourceType":"AuditEvent","id":"N"` (see
+    /// [`text`]): the chain writer numbers events, so the id is added there. Written directly,
+    /// without a JSON tree: every request makes one.
+    pub fn body(&self, ctx: Option<&RequestContext>) -> String {
+        let mut o = String::with_capacity(900);
         let (type_, subtype) = self.kind.codings();
-        let mut e = Map::new();
-        e.insert("resourceType".into(), json!("AuditEvent"));
-        e.insert("id".into(), json!(""));
-        e.insert("type".into(), type_);
-        e.insert("subtype".into(), json!([subtype]));
-        e.insert("action".into(), json!(self.action.code()));
-        e.insert(
-            "recorded".into(),
-            json!(self
-                .recorded
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        );
-        e.insert("outcome".into(), json!(self.outcome.code()));
+        o.push_str(",\"type\":");
+        coding(&mut o, type_);
+        o.push_str(",\"subtype\":[");
+        coding(&mut o, subtype);
+        o.push_str("],\"action\":\"");
+        o.push_str(self.action.code());
+        o.push_str("\",\"recorded\":\"");
+        o.push_str(&self.recorded_text());
+        o.push_str("\",\"outcome\":\"");
+        o.push_str(self.outcome.code());
+        o.push('"');
         if let Outcome::Minor(d) | Outcome::Serious(d) = &self.outcome {
-            e.insert("outcomeDesc".into(), json!(d));
+            o.push_str(",\"outcomeDesc\":");
+            string(&mut o, d);
         }
         if let Some(p) = ctx.and_then(|c| c.purpose.as_deref()) {
-            e.insert(
-                "purposeOfEvent".into(),
-                json!([{"coding": [{"system": ACT_REASON, "code": p}]}]),
-            );
+            o.push_str(",\"purposeOfEvent\":[{\"coding\":[{\"system\":\"");
+            o.push_str(ACT_REASON);
+            o.push_str("\",\"code\":");
+            string(&mut o, p);
+            o.push_str("}]}]");
         }
-        e.insert("agent".into(), Value::Array(agents(ctx)));
-        e.insert(
-            "source".into(),
-            json!({"site": "fhirgate", "observer": {"display": "fhirgate"},
-                   "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]}),
-        );
-        let mut entities: Vec<Value> = self
-            .patients
-            .iter()
-            .map(|p| {
-                json!({"what": {"reference": format!("Patient/{p}")},
-                       "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
-                       "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"}})
-            })
-            .collect();
+        o.push_str(",\"agent\":[");
+        agents(&mut o, ctx);
+        o.push_str("],\"source\":{\"site\":\"fhirgate\",\"observer\":{\"display\":\"fhirgate\"},\"type\":[{\"system\":\"");
+        o.push_str(SOURCE_TYPE);
+        o.push_str("\",\"code\":\"4\",\"display\":\"Application Server\"}]}");
+        let mut first = true;
+        let mut entity = |o: &mut String| {
+            o.push_str(if first { ",\"entity\":[" } else { "," });
+            first = false;
+        };
+        for p in &self.patients {
+            entity(&mut o);
+            o.push_str("{\"what\":{\"reference\":");
+            string(&mut o, &format!("Patient/{p}"));
+            o.push_str("},");
+            entity_kind(&mut o, "1", "1");
+            o.push('}');
+        }
         for r in &self.entities {
-            entities.push(json!({"what": {"reference": r},
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "4", "display": "Domain Resource"}}));
+            entity(&mut o);
+            o.push_str("{\"what\":{\"reference\":");
+            string(&mut o, r);
+            o.push_str("},");
+            entity_kind(&mut o, "2", "4");
+            o.push('}');
         }
         if let Some(q) = &self.query {
             use base64::Engine;
-            entities.push(json!({
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-                "query": base64::engine::general_purpose::STANDARD.encode(q)}));
+            entity(&mut o);
+            o.push('{');
+            entity_kind(&mut o, "2", "24");
+            o.push_str(",\"query\":\"");
+            o.push_str(&base64::engine::general_purpose::STANDARD.encode(q));
+            o.push_str("\"}");
         }
+        if let Some(ctx) = ctx.filter(|c| c.request_id.is_some() || c.user_agent.is_some()) {
+            entity(&mut o);
+            o.push('{');
+            if let Some(id) = &ctx.request_id {
+                o.push_str("\"what\":{\"identifier\":{\"value\":");
+                string(&mut o, id);
+                o.push_str("}},");
+            }
+            o.push_str("\"type\":{\"system\":\"");
+            o.push_str(BALP_ENTITY);
+            o.push_str("\",\"code\":\"XrequestId\"}");
+            if let Some(ua) = &ctx.user_agent {
+                o.push_str(",\"detail\":[{\"type\":\"user-agent\",\"valueString\":");
+                string(&mut o, ua);
+                o.push_str("}]");
+            }
+            o.push('}');
+        }
+        if !first {
+            o.push(']');
+        }
+        o.push('}');
+        o
+    }
+
+    /// `recorded` as stored (microseconds, UTC).
+    fn recorded_text(&self) -> String {
+        self.recorded
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+
+    /// The AuditEvent resource for this event made by `ctx`, with an empty id.
+    pub fn resource(&self, ctx: Option<&RequestContext>) -> Value {
+        serde_json::from_str(&text(0, &self.body(ctx))).unwrap_or(Value::Null)
+    }
+
+    /// The searchable columns of this event, as [`columns`] derives them from its JSON.
+    pub fn columns(&self, ctx: Option<&RequestContext>) -> Columns {
+        let mut agents = Vec::new();
         if let Some(ctx) = ctx {
-            if ctx.request_id.is_some() || ctx.user_agent.is_some() {
-                let mut t = json!({"type": {"system": BALP_ENTITY, "code": "XrequestId", "display": "X-Request-Id"}});
-                if let Some(id) = &ctx.request_id {
-                    t["what"] = json!({"identifier": {"value": id}});
-                }
-                if let Some(ua) = &ctx.user_agent {
-                    t["detail"] = json!([{"type": "user-agent", "valueString": ua}]);
-                }
-                entities.push(t);
+            agents.extend(ctx.user.clone());
+            if !ctx.command_line {
+                agents.extend(ctx.client_id.as_ref().map(|c| format!("client:{c}")));
+                agents.extend(ctx.organization.clone());
             }
         }
-        if !entities.is_empty() {
-            e.insert("entity".into(), Value::Array(entities));
+        Columns {
+            recorded: self.recorded,
+            type_code: self.kind.type_code().to_owned(),
+            subtype: Some(self.kind.subtype_code().to_owned()),
+            action: self.action.code().to_owned(),
+            outcome: self.outcome.code().to_owned(),
+            agents,
+            patients: self
+                .patients
+                .iter()
+                .map(|p| format!("Patient/{p}"))
+                .collect(),
+            entities: self
+                .entities
+                .iter()
+                .map(|r| r.split("/_history/").next().unwrap_or(r).to_owned())
+                .collect(),
         }
-        Value::Object(e)
     }
 }
 
+/// The text of event number `seq` whose [`Event::body`] is `body`.
+pub fn text(seq: i64, body: &str) -> String {
+    format!("{{\"resourceType\":\"AuditEvent\",\"id\":\"{seq}\"{body}")
+}
+
+/// A JSON string literal.
+fn string(o: &mut String, s: &str) {
+    use std::fmt::Write;
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+}
+
+/// `{"system":…,"code":…,"display":…}`.
+fn coding(o: &mut String, (system, code, display): (&str, &str, &str)) {
+    o.push_str("{\"system\":");
+    string(o, system);
+    o.push_str(",\"code\":");
+    string(o, code);
+    o.push_str(",\"display\":");
+    string(o, display);
+    o.push('}');
+}
+
+/// `"type"` and `"role"` of an entity.
+fn entity_kind(o: &mut String, type_code: &str, role: &str) {
+    o.push_str("\"type\":{\"system\":\"");
+    o.push_str(ENTITY_TYPE);
+    o.push_str("\",\"code\":\"");
+    o.push_str(type_code);
+    o.push_str("\"},\"role\":{\"system\":\"");
+    o.push_str(OBJECT_ROLE);
+    o.push_str("\",\"code\":\"");
+    o.push_str(role);
+    o.push_str("\"}");
+}
+
 /// `agent`: the user (the requestor when present), the client and the partner organisation. An
-/// event without a caller (the command line, an unauthenticated request) names fhirgate itself.
-fn agents(ctx: Option<&RequestContext>) -> Vec<Value> {
-    let mut out = Vec::new();
-    let network = ctx
-        .and_then(|c| c.address.as_deref())
-        .map(|a| json!({"address": a, "type": "2"}));
+/// event without a caller names fhirgate itself, or its command line.
+fn agents(o: &mut String, ctx: Option<&RequestContext>) {
+    let agent_type = |o: &mut String, system: &str, code: &str| {
+        o.push_str("{\"type\":{\"coding\":[{\"system\":\"");
+        o.push_str(system);
+        o.push_str("\",\"code\":\"");
+        o.push_str(code);
+        o.push_str("\"}]},\"who\":");
+    };
     let user = ctx.and_then(|c| c.user.as_deref());
     if let Some(u) = user {
-        out.push(json!({
-            "type": {"coding": [{"system": SECURITY_ROLE, "code": "humanuser", "display": "human user"}]},
-            "who": {"reference": u},
-            "requestor": true}));
+        agent_type(o, SECURITY_ROLE, "humanuser");
+        o.push_str("{\"reference\":");
+        string(o, u);
+        o.push_str("},\"requestor\":true},");
     }
-    let client = ctx.and_then(|c| c.client_id.as_deref());
-    let mut app = json!({
-        "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-        "who": match client {
-            Some(c) => json!({"identifier": {"system": CLIENT_SYSTEM, "value": c}}),
-            None => json!({"display": "unauthenticated caller"}),
-        },
-        "requestor": user.is_none()});
-    if let Some(n) = network {
-        app["network"] = n;
+    agent_type(o, DCM, "110150");
+    match ctx {
+        None => o.push_str("{\"display\":\"fhirgate\"},\"requestor\":true}"),
+        Some(c) if c.command_line => {
+            o.push_str("{\"display\":\"fhirgate command line\"},\"requestor\":true}")
+        }
+        Some(c) => {
+            match &c.client_id {
+                Some(id) => {
+                    o.push_str("{\"identifier\":{\"system\":\"");
+                    o.push_str(CLIENT_SYSTEM);
+                    o.push_str("\",\"value\":");
+                    string(o, id);
+                    o.push_str("}}");
+                }
+                None => o.push_str("{\"display\":\"unauthenticated caller\"}"),
+            }
+            o.push_str(if user.is_none() {
+                ",\"requestor\":true"
+            } else {
+                ",\"requestor\":false"
+            });
+            if let Some(a) = &c.address {
+                o.push_str(",\"network\":{\"address\":");
+                string(o, a);
+                o.push_str(",\"type\":\"2\"}");
+            }
+            o.push('}');
+            if let Some(org) = &c.organization {
+                o.push(',');
+                agent_type(o, PARTICIPATION, "IRCP");
+                o.push_str("{\"reference\":");
+                string(o, org);
+                o.push_str("},\"requestor\":false}");
+            }
+        }
     }
-    if ctx.is_none_or(|c| c.command_line) {
-        let who = if ctx.is_some() {
-            "fhirgate command line"
-        } else {
-            "fhirgate"
-        };
-        app = json!({
-            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
-            "who": {"display": who},
-            "requestor": true});
-    }
-    out.push(app);
-    if let Some(org) = ctx.and_then(|c| c.organization.as_deref()) {
-        out.push(json!({
-            "type": {"coding": [{"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}]},
-            "who": {"reference": org},
-            "requestor": false}));
-    }
-    out
 }
 
 /// The searchable columns of a stored event, derived from its JSON (by the writer, and again by
@@ -305,6 +430,23 @@ pub struct Columns {
     pub patients: Vec<String>,
     /// References of the other entities, without `/_history/…`.
     pub entities: Vec<String>,
+}
+
+impl Columns {
+    /// The search terms stored for the event, one per agent (`a|`), patient (`p|`) and entity
+    /// (`e|`), with control characters replaced so that each stays one term.
+    pub fn terms(&self) -> Vec<String> {
+        let clean = |prefix: &str, v: &str| {
+            let mut t = String::with_capacity(prefix.len() + v.len());
+            t.push_str(prefix);
+            t.extend(v.chars().map(|c| if c.is_control() { '?' } else { c }));
+            t
+        };
+        let agents = self.agents.iter().map(|a| clean("a|", a));
+        let patients = self.patients.iter().map(|p| clean("p|", p));
+        let entities = self.entities.iter().map(|e| clean("e|", e));
+        agents.chain(patients).chain(entities).collect()
+    }
 }
 
 /// Derives the columns; `None` when the JSON is not a well-formed event of ours.
@@ -379,6 +521,43 @@ mod tests {
         assert_eq!(c.entities, ["Observation/o"]);
         assert_eq!((c.action.as_str(), c.outcome.as_str()), ("R", "0"));
         assert_eq!(c.subtype.as_deref(), Some("read"));
+    }
+
+    #[test]
+    fn the_columns_of_an_event_are_what_its_json_gives() {
+        let full = RequestContext {
+            request_id: Some("r\"1".into()),
+            client_id: Some("app\nwith newline".into()),
+            user: Some("Patient/me".into()),
+            organization: Some("Organization/o".into()),
+            purpose: Some("TREAT".into()),
+            address: Some("::1".into()),
+            user_agent: Some("ua \\ \u{1}".into()),
+            ..RequestContext::default()
+        };
+        let anonymous = RequestContext {
+            address: Some("10.0.0.2".into()),
+            ..RequestContext::default()
+        };
+        let cli = RequestContext::command_line();
+        let e = Event::new(Kind::Rest("search-type"), Action::Read)
+            .outcome(Outcome::Minor("bad \"input\"\n".into()))
+            .patient("p1")
+            .patient("p2")
+            .entity("Observation/1/_history/3");
+        let mut q = e.clone();
+        q.query = Some("Observation?code=*".into());
+        for ctx in [Some(&full), Some(&anonymous), Some(&cli), None] {
+            for ev in [&e, &q] {
+                let v = ev.resource(ctx);
+                assert_eq!(v["resourceType"], "AuditEvent", "valid JSON for {ctx:?}");
+                assert_eq!(columns(&v), Some(ev.columns(ctx)), "{ctx:?}");
+            }
+        }
+        let terms = e.columns(Some(&full)).terms();
+        assert!(terms.contains(&"a|client:app?with newline".to_owned()));
+        assert!(terms.contains(&"p|Patient/p2".to_owned()));
+        assert!(terms.contains(&"e|Observation/1".to_owned()));
     }
 
     #[test]

@@ -888,3 +888,33 @@ async fn headless_chromium_finds_a_partner_read_on_the_auditor_and_patient_pages
         "{patient_rows:#?}"
     );
 }
+
+#[tokio::test]
+async fn two_servers_on_one_database_keep_one_unbroken_chain() {
+    use fhirgate::audit::event::Kind;
+    use fhirgate::audit::{Action, Event};
+    let app = spawn_app().await;
+    // A second writer on the same database, as a second server process would have.
+    let other = fhirgate::audit::Auditor::start(app.pool.clone(), true);
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let writer = if i % 2 == 0 {
+            app.state.auditor.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let event = Event::new(Kind::Login, Action::Execute);
+            writer.record(&event, None).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("recorded");
+    }
+    let n = events(&app).await.len() as u64;
+    assert_eq!(n, 400);
+    assert_eq!(
+        fhirgate::audit::verify(&app.pool).await.expect("verify"),
+        fhirgate::audit::VerifyReport::Ok { count: n }
+    );
+}
