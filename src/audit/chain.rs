@@ -35,14 +35,22 @@ type Reply = oneshot::Sender<Result<(), String>>;
 pub struct Prepared {
     body: String,
     columns: Columns,
+    /// `columns.terms()`, one per line.
+    terms: String,
 }
 
 impl Prepared {
     /// `event` made by `ctx`.
     pub fn new(event: &Event, ctx: Option<&RequestContext>) -> Self {
+        Self::with(event.body(ctx), event.columns(ctx))
+    }
+
+    fn with(body: String, columns: Columns) -> Self {
+        let terms = columns.terms().join("\n");
         Prepared {
-            body: event.body(ctx),
-            columns: event.columns(ctx),
+            body,
+            columns,
+            terms,
         }
     }
 
@@ -50,7 +58,7 @@ impl Prepared {
     fn from_body(body: String) -> anyhow::Result<Self> {
         let value: Value = serde_json::from_str(&text(0, &body))?;
         let columns = columns(&value).ok_or_else(|| anyhow::anyhow!("malformed audit event"))?;
-        Ok(Prepared { body, columns })
+        Ok(Self::with(body, columns))
     }
 }
 
@@ -172,13 +180,18 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Msg>, pending: Arc<AtomicBo
         if pending.swap(false, Ordering::Relaxed) {
             drain = true;
         }
-        let result = append(&pool, &mut head, &events, drain)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                tracing::error!(error = %format!("{e:#}"), "audit write failed");
-                e.to_string()
-            });
+        let started = std::time::Instant::now();
+        let result = append(&pool, &mut head, &events, drain).await;
+        tracing::trace!(
+            events = events.len(),
+            drain,
+            micros = started.elapsed().as_micros() as u64,
+            "audit batch"
+        );
+        let result = result.map(|_| ()).map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "audit write failed");
+            e.to_string()
+        });
         for r in replies {
             let _ = r.send(result.clone());
         }
@@ -326,7 +339,7 @@ fn chained<'a>(
         subtypes.push(c.subtype.clone());
         actions.push(c.action.clone());
         outcomes.push(c.outcome.clone());
-        terms.push(c.terms().join("\n"));
+        terms.push(e.terms.clone());
         texts.push(text);
         prevs.push(std::mem::replace(&mut prev, hash.clone()));
         hashes.push(hash);

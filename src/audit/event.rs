@@ -330,14 +330,16 @@ fn string(o: &mut String, s: &str) {
     o.push('"');
 }
 
-/// `{"system":…,"code":…,"display":…}`.
+/// `{"system":…,"code":…,"display":…}`, without a display that only repeats the code.
 fn coding(o: &mut String, (system, code, display): (&str, &str, &str)) {
     o.push_str("{\"system\":");
     string(o, system);
     o.push_str(",\"code\":");
     string(o, code);
-    o.push_str(",\"display\":");
-    string(o, display);
+    if display != code {
+        o.push_str(",\"display\":");
+        string(o, display);
+    }
     o.push('}');
 }
 
