@@ -1,15 +1,34 @@
 //! `fhirgate-consent`: pure consent decisions (no I/O).
 //!
-//! Input: the patient's FHIR R4 `Consent` resources and the context of one access (the partner
-//! organisation, purpose, resource type and data class, time). Output: permit or deny, with the
-//! reason. This skeleton fixes the API and the safe default: anything not explicitly and currently
-//! permitted is denied. The full rules (provisions, periods, classes, deny-overrides) arrive with
-//! the consent issue.
+//! Input: a patient's FHIR R4 `Consent` resources and the context of one access (the partner
+//! organisation, purpose of use, resource type, its data classes and codes, the time). Output:
+//! permit or deny with the reason, and, for searches, the data classes a partner may see.
+//!
+//! The rules, all failing closed:
+//! - Only `Consent`s with `status` `active` and scope `patient-privacy` count. Draft, proposed,
+//!   rejected, inactive, entered-in-error and unknown statuses count as nothing, so they deny.
+//! - A provision applies when every criterion it states matches: `period` covers the time,
+//!   `actor` (role IRCP) names the organisation, `purpose` lists the purpose, `class` lists one of
+//!   the resource's data classes (or `everything`), `code` lists one of its codes. Nested
+//!   provisions are exceptions, looked at only when their parent applies.
+//! - A permit must be explicit: a permit without an actor, or stating a purpose when the request
+//!   has none, or with a period that cannot be read, does not apply. A deny with such gaps does.
+//! - Deny overrides permit: one applicable deny anywhere refuses the access.
+//! - Nothing applicable means deny.
 
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
+/// The data classes patients grant per partner (the `code`s of the ValueSet in `fhir-profiles/`).
+pub const DATA_CLASSES: [&str; 4] = ["vital-signs", "activity", "sleep", "body-measurement"];
+/// The class that stands for all of them.
+pub const EVERYTHING: &str = "everything";
+/// The CodeSystem of the data classes.
+pub const DATA_CLASS_SYSTEM: &str = "https://fhirgate.org/CodeSystem/data-class";
+const IRCP: &str = "IRCP";
+
 /// The context of one access request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AccessContext {
     /// The partner `Organization/<id>` the request is made for.
     pub organization: String,
@@ -17,8 +36,10 @@ pub struct AccessContext {
     pub purpose: Option<String>,
     /// FHIR resource type asked for.
     pub resource_type: String,
-    /// Data classes (Observation categories) of the resource, if known.
+    /// Data classes of the resource (see [`DATA_CLASSES`]).
     pub classes: Vec<String>,
+    /// Codes of the resource, as `system|code`.
+    pub codes: Vec<String>,
     /// The time of the request, as an R4 instant.
     pub at: String,
 }
@@ -38,49 +59,259 @@ pub enum Decision {
     },
 }
 
-/// Decides an access. Deny is the default: with no active Consent there is no access.
+impl Decision {
+    /// Whether access is allowed.
+    pub fn permits(&self) -> bool {
+        matches!(self, Decision::Permit { .. })
+    }
+}
+
+/// Decides an access. Deny is the default: with no applicable permit there is no access.
 pub fn decide(consents: &[Value], ctx: &AccessContext) -> Decision {
-    let active = consents
-        .iter()
-        .filter(|c| c.get("resourceType").and_then(Value::as_str) == Some("Consent"))
-        .filter(|c| c.get("status").and_then(Value::as_str) == Some("active"))
-        .count();
-    if active == 0 {
-        return Decision::Deny {
-            reason: format!(
-                "no active Consent permits {} to read {}",
-                ctx.organization, ctx.resource_type
-            ),
+    let Some(at) = instant(&ctx.at) else {
+        return deny(format!(
+            "the time of the request ({}) is not an instant",
+            ctx.at
+        ));
+    };
+    let mut permit: Option<String> = None;
+    for c in consents {
+        if !counts(c) {
+            continue;
+        }
+        let id = c.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
+        let Some(root) = c.get("provision") else {
+            continue;
         };
+        let mut effects = Vec::new();
+        collect(root, ctx, at, &mut effects);
+        for effect in effects {
+            match effect {
+                Effect::Deny => {
+                    return deny(format!(
+                        "Consent/{id} denies {} access to this {}",
+                        ctx.organization, ctx.resource_type
+                    ))
+                }
+                Effect::Permit => {
+                    permit.get_or_insert_with(|| id.clone());
+                }
+            }
+        }
     }
-    Decision::Deny {
-        reason: "consent provisions are not evaluated yet; denied by default".to_owned(),
+    match permit {
+        Some(consent_id) => Decision::Permit { consent_id },
+        None => deny(format!(
+            "no active Consent permits {} to read this {}",
+            ctx.organization, ctx.resource_type
+        )),
     }
+}
+
+/// The data classes `ctx.organization` may see now for `ctx.purpose` (its `classes` and `codes`
+/// are ignored): the filter a search applies per patient.
+pub fn permitted_classes(consents: &[Value], ctx: &AccessContext) -> Vec<&'static str> {
+    DATA_CLASSES
+        .into_iter()
+        .filter(|class| {
+            let one = AccessContext {
+                classes: vec![(*class).to_owned()],
+                codes: Vec::new(),
+                ..ctx.clone()
+            };
+            decide(consents, &one).permits()
+        })
+        .collect()
+}
+
+fn deny(reason: String) -> Decision {
+    Decision::Deny { reason }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Permit,
+    Deny,
+}
+
+/// Whether a resource is a Consent that takes part in decisions at all.
+fn counts(c: &Value) -> bool {
+    c.get("resourceType").and_then(Value::as_str) == Some("Consent")
+        && c.get("status").and_then(Value::as_str) == Some("active")
+        && codes_of(c.get("scope")).any(|(_, code)| code == "patient-privacy")
+}
+
+/// The effects of `p` and its nested provisions that apply to `ctx`.
+fn collect(p: &Value, ctx: &AccessContext, at: DateTime<Utc>, out: &mut Vec<Effect>) {
+    let effect = match p.get("type").and_then(Value::as_str) {
+        Some("permit") => Effect::Permit,
+        // A provision of unknown type can only take away.
+        _ => Effect::Deny,
+    };
+    if !applies(p, effect, ctx, at) {
+        return;
+    }
+    out.push(effect);
+    for child in p
+        .get("provision")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        collect(child, ctx, at, out);
+    }
+}
+
+/// Whether every criterion `p` states matches `ctx`. Where a criterion cannot be evaluated, a
+/// permit does not apply and a deny does.
+fn applies(p: &Value, effect: Effect, ctx: &AccessContext, at: DateTime<Utc>) -> bool {
+    let unknown = effect == Effect::Deny;
+    if let Some(period) = p.get("period") {
+        let start = period.get("start").map(|s| s.as_str().and_then(start_of));
+        let end = period.get("end").map(|s| s.as_str().and_then(end_of));
+        match (start, end) {
+            (Some(None), _) | (_, Some(None)) => return unknown,
+            (start, end) => {
+                if start.flatten().is_some_and(|s| at < s) || end.flatten().is_some_and(|e| at >= e)
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    match p.get("actor").and_then(Value::as_array) {
+        Some(actors) => {
+            let named = actors.iter().any(|a| {
+                codes_of(a.get("role")).any(|(_, code)| code == IRCP)
+                    && same_reference(
+                        a["reference"]["reference"].as_str().unwrap_or(""),
+                        &ctx.organization,
+                    )
+            });
+            if !named {
+                return false;
+            }
+        }
+        None if effect == Effect::Permit => return false,
+        None => {}
+    }
+    if let Some(purposes) = p.get("purpose").and_then(Value::as_array) {
+        match &ctx.purpose {
+            Some(asked) => {
+                if !purposes.iter().any(|c| c["code"].as_str() == Some(asked)) {
+                    return false;
+                }
+            }
+            None => return unknown,
+        }
+    }
+    if let Some(classes) = p.get("class").and_then(Value::as_array) {
+        let listed: Vec<&str> = classes.iter().filter_map(|c| c["code"].as_str()).collect();
+        let covered = listed.contains(&EVERYTHING)
+            || ctx.classes.iter().any(|c| listed.contains(&c.as_str()));
+        if !covered {
+            return false;
+        }
+    }
+    if let Some(codes) = p.get("code").and_then(Value::as_array) {
+        let covered = codes.iter().any(|cc| {
+            codes_of(Some(cc)).any(|(system, code)| {
+                ctx.codes
+                    .iter()
+                    .any(|c| *c == format!("{}|{code}", system.unwrap_or("")))
+            })
+        });
+        if !covered {
+            return false;
+        }
+    }
+    true
+}
+
+/// `(system, code)` of every coding of a CodeableConcept (or a list of them).
+fn codes_of(cc: Option<&Value>) -> impl Iterator<Item = (Option<&str>, &str)> {
+    let concepts: Vec<&Value> = match cc {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(v) => vec![v],
+        None => Vec::new(),
+    };
+    concepts
+        .into_iter()
+        .flat_map(|c| {
+            c.get("coding")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        })
+        .filter_map(|c| {
+            let code = c.get("code")?.as_str()?;
+            Some((c.get("system").and_then(Value::as_str), code))
+        })
+}
+
+/// `Organization/x` matches `Organization/x` and an absolute URL ending in it.
+fn same_reference(given: &str, organization: &str) -> bool {
+    !organization.is_empty()
+        && (given == organization
+            || given
+                .strip_suffix(organization)
+                .is_some_and(|base| base.ends_with('/') && base.contains("://")))
+}
+
+fn instant(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The first instant a FHIR date or dateTime of any precision covers.
+fn start_of(s: &str) -> Option<DateTime<Utc>> {
+    bounds(s).map(|(lo, _)| lo)
+}
+
+/// The instant right after the last one a FHIR date or dateTime covers.
+fn end_of(s: &str) -> Option<DateTime<Utc>> {
+    bounds(s).map(|(_, hi)| hi)
+}
+
+fn bounds(s: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    if s.contains('T') {
+        let t = instant(s)?;
+        return Some((t, t + chrono::Duration::seconds(1)));
+    }
+    let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    let parts: Vec<&str> = s.split('-').collect();
+    let num = |p: &str, len: usize| {
+        (p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u32>().ok())
+            .flatten()
+    };
+    let (lo, hi) = match parts.as_slice() {
+        [y] => {
+            let y = num(y, 4)? as i32;
+            (
+                NaiveDate::from_ymd_opt(y, 1, 1)?,
+                NaiveDate::from_ymd_opt(y + 1, 1, 1)?,
+            )
+        }
+        [y, m] => {
+            let (y, m) = (num(y, 4)? as i32, num(m, 2)?);
+            let lo = NaiveDate::from_ymd_opt(y, m, 1)?;
+            let hi = if m == 12 {
+                NaiveDate::from_ymd_opt(y + 1, 1, 1)?
+            } else {
+                NaiveDate::from_ymd_opt(y, m + 1, 1)?
+            };
+            (lo, hi)
+        }
+        [y, m, d] => {
+            let day = NaiveDate::from_ymd_opt(num(y, 4)? as i32, num(m, 2)?, num(d, 2)?)?;
+            (day, day.succ_opt()?)
+        }
+        _ => return None,
+    };
+    Some((midnight(lo)?, midnight(hi)?))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn ctx() -> AccessContext {
-        AccessContext {
-            organization: "Organization/partner".into(),
-            purpose: Some("TREAT".into()),
-            resource_type: "Observation".into(),
-            classes: vec!["vital-signs".into()],
-            at: "2026-11-23T10:00:00Z".into(),
-        }
-    }
-
-    #[test]
-    fn no_consent_means_deny() {
-        assert!(matches!(decide(&[], &ctx()), Decision::Deny { .. }));
-    }
-
-    #[test]
-    fn an_inactive_consent_means_deny() {
-        let c = json!({"resourceType": "Consent", "id": "c1", "status": "inactive"});
-        assert!(matches!(decide(&[c], &ctx()), Decision::Deny { .. }));
-    }
-}
+mod tests;

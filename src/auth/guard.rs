@@ -248,9 +248,7 @@ fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
         let ctx = fhirgate_consent::AccessContext {
             organization: org.clone(),
             purpose: None,
-            resource_type: String::new(),
-            classes: Vec::new(),
-            at: String::new(),
+            ..Default::default()
         };
         if let fhirgate_consent::Decision::Deny { reason } = fhirgate_consent::decide(&[], &ctx) {
             tracing::debug!(reason, "partner access denied by consent");

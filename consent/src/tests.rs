@@ -1,0 +1,345 @@
+//! Table tests for every rule, and property tests for the invariants: revoking never widens
+//! access, and adding a deny never widens access.
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+
+const NOW: &str = "2026-11-23T10:00:00Z";
+
+fn ctx(org: &str, class: &str) -> AccessContext {
+    AccessContext {
+        organization: format!("Organization/{org}"),
+        purpose: Some("TREAT".into()),
+        resource_type: "Observation".into(),
+        classes: vec![class.into()],
+        codes: vec!["http://loinc.org|8867-4".into()],
+        at: NOW.into(),
+    }
+}
+
+fn actor(org: &str) -> Value {
+    json!([{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+            "reference": {"reference": format!("Organization/{org}")}}])
+}
+
+fn classes(list: &[&str]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|c| json!({"system": DATA_CLASS_SYSTEM, "code": c}))
+            .collect(),
+    )
+}
+
+/// An active patient-privacy Consent with `provision`.
+fn consent(id: &str, provision: Value) -> Value {
+    json!({"resourceType": "Consent", "id": id, "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": "Patient/p1"},
+        "provision": provision})
+}
+
+fn permit(org: &str, list: &[&str]) -> Value {
+    json!({"type": "permit", "actor": actor(org), "class": classes(list),
+           "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+           "period": {"start": "2026-01-01", "end": "2026-12-31"}})
+}
+
+fn allowed(consents: &[Value], c: &AccessContext) -> bool {
+    decide(consents, c).permits()
+}
+
+#[test]
+fn no_consent_denies() {
+    assert!(!allowed(&[], &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn a_permit_for_vital_signs_covers_vital_signs_only() {
+    let c = [consent("c1", permit("acme", &["vital-signs"]))];
+    assert_eq!(
+        decide(&c, &ctx("acme", "vital-signs")),
+        Decision::Permit {
+            consent_id: "c1".into()
+        }
+    );
+    assert!(!allowed(&c, &ctx("acme", "sleep")));
+    assert_eq!(permitted_classes(&c, &ctx("acme", "")), ["vital-signs"]);
+}
+
+#[test]
+fn everything_covers_every_class() {
+    let c = [consent("c1", permit("acme", &[EVERYTHING]))];
+    for class in DATA_CLASSES {
+        assert!(allowed(&c, &ctx("acme", class)), "{class}");
+    }
+}
+
+#[test]
+fn another_partner_gets_nothing() {
+    let c = [consent("c1", permit("acme", &["vital-signs"]))];
+    assert!(!allowed(&c, &ctx("globex", "vital-signs")));
+    // Nor does a partner whose id merely ends the same way.
+    assert!(!allowed(&c, &ctx("cme", "vital-signs")));
+    // An absolute reference to the same organisation counts.
+    let mut p = permit("acme", &["vital-signs"]);
+    p["actor"][0]["reference"]["reference"] = json!("https://fhir.example/Organization/acme");
+    assert!(allowed(&[consent("c1", p)], &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn expired_future_and_unreadable_periods_deny() {
+    for (start, end) in [
+        ("2025-01-01", "2026-11-22"),
+        ("2026-11-24", "2027-01-01"),
+        ("2026-11-23T10:00:01Z", "2027-01-01"),
+        ("not a date", "2027-01-01"),
+    ] {
+        let mut p = permit("acme", &["vital-signs"]);
+        p["period"] = json!({"start": start, "end": end});
+        assert!(
+            !allowed(&[consent("c1", p)], &ctx("acme", "vital-signs")),
+            "{start}..{end}"
+        );
+    }
+    // A period that ends today still covers today (date precision).
+    let mut p = permit("acme", &["vital-signs"]);
+    p["period"] = json!({"start": "2026-11-23", "end": "2026-11-23"});
+    assert!(allowed(&[consent("c1", p)], &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn only_active_patient_privacy_consents_count() {
+    for status in [
+        "draft",
+        "proposed",
+        "inactive",
+        "rejected",
+        "entered-in-error",
+        "unknown-status",
+    ] {
+        let mut c = consent("c1", permit("acme", &["vital-signs"]));
+        c["status"] = json!(status);
+        assert!(!allowed(&[c], &ctx("acme", "vital-signs")), "{status}");
+    }
+    let mut c = consent("c1", permit("acme", &["vital-signs"]));
+    c["scope"]["coding"][0]["code"] = json!("research");
+    assert!(!allowed(&[c], &ctx("acme", "vital-signs")));
+    let mut c = consent("c1", permit("acme", &["vital-signs"]));
+    c["resourceType"] = json!("Contract");
+    assert!(!allowed(&[c], &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn a_permit_must_name_the_partner_and_match_the_purpose() {
+    let mut p = permit("acme", &["vital-signs"]);
+    p.as_object_mut().expect("object").remove("actor");
+    assert!(!allowed(&[consent("c1", p)], &ctx("acme", "vital-signs")));
+    let c = [consent("c1", permit("acme", &["vital-signs"]))];
+    let mut other_purpose = ctx("acme", "vital-signs");
+    other_purpose.purpose = Some("HMARKT".into());
+    assert!(!allowed(&c, &other_purpose));
+    let mut no_purpose = ctx("acme", "vital-signs");
+    no_purpose.purpose = None;
+    assert!(!allowed(&c, &no_purpose));
+}
+
+#[test]
+fn a_deny_inside_a_permit_wins() {
+    let mut p = permit("acme", &[EVERYTHING]);
+    p["provision"] = json!([{"type": "deny", "class": classes(&["sleep"])}]);
+    let c = [consent("c1", p)];
+    assert!(allowed(&c, &ctx("acme", "vital-signs")));
+    assert!(!allowed(&c, &ctx("acme", "sleep")));
+    assert_eq!(
+        permitted_classes(&c, &ctx("acme", "")),
+        ["vital-signs", "activity", "body-measurement"]
+    );
+}
+
+#[test]
+fn a_deny_by_code_inside_a_permit_wins_for_that_code() {
+    let mut p = permit("acme", &[EVERYTHING]);
+    p["provision"] = json!([{"type": "deny",
+        "code": [{"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}]}]);
+    let c = [consent("c1", p)];
+    assert!(!allowed(&c, &ctx("acme", "vital-signs")));
+    let mut other = ctx("acme", "vital-signs");
+    other.codes = vec!["http://loinc.org|59408-5".into()];
+    assert!(allowed(&c, &other));
+}
+
+#[test]
+fn a_deny_in_another_consent_overrides_a_permit() {
+    let deny = json!({"type": "deny", "actor": actor("acme")});
+    let c = [
+        consent("c1", permit("acme", &["vital-signs"])),
+        consent("c2", deny),
+    ];
+    assert!(!allowed(&c, &ctx("acme", "vital-signs")));
+    // A deny for another partner leaves this one alone.
+    let c = [
+        consent("c1", permit("acme", &["vital-signs"])),
+        consent("c2", json!({"type": "deny", "actor": actor("globex")})),
+    ];
+    assert!(allowed(&c, &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn two_partners_with_different_consents() {
+    let c = [
+        consent("c1", permit("acme", &["vital-signs"])),
+        consent("c2", permit("globex", &["sleep", "activity"])),
+    ];
+    assert_eq!(permitted_classes(&c, &ctx("acme", "")), ["vital-signs"]);
+    assert_eq!(
+        permitted_classes(&c, &ctx("globex", "")),
+        ["activity", "sleep"]
+    );
+}
+
+#[test]
+fn a_provision_of_unknown_type_only_takes_away() {
+    let mut p = permit("acme", &["vital-signs"]);
+    p["type"] = json!("maybe");
+    assert!(!allowed(&[consent("c1", p)], &ctx("acme", "vital-signs")));
+}
+
+#[test]
+fn a_request_time_that_is_not_an_instant_denies() {
+    let c = [consent("c1", permit("acme", &["vital-signs"]))];
+    let mut bad = ctx("acme", "vital-signs");
+    bad.at = "yesterday".into();
+    assert!(!allowed(&c, &bad));
+}
+
+/// A small world of Consents: two partners, the classes, two purposes, a few periods, nested
+/// denies, and statuses.
+fn arb_consent() -> impl Strategy<Value = Value> {
+    let org = prop::sample::select(vec!["acme", "globex"]);
+    let class_set = prop::sample::subsequence(
+        vec![
+            "vital-signs",
+            "activity",
+            "sleep",
+            "body-measurement",
+            EVERYTHING,
+        ],
+        0..=3,
+    );
+    let purpose = prop::option::of(prop::sample::select(vec!["TREAT", "HMARKT"]));
+    let period = prop::sample::select(vec![
+        ("2026-01-01", "2026-12-31"),
+        ("2025-01-01", "2026-11-22"),
+        ("2026-11-24", "2027-12-31"),
+    ]);
+    let kind = prop::sample::select(vec!["permit", "deny"]);
+    let status = prop::sample::select(vec!["active", "active", "inactive", "draft"]);
+    let nested = prop::option::of(prop::sample::subsequence(
+        vec!["vital-signs", "activity", "sleep", "body-measurement"],
+        1..=2,
+    ));
+    (
+        org,
+        class_set,
+        purpose,
+        period,
+        kind,
+        status,
+        nested,
+        0u32..1000,
+    )
+        .prop_map(
+            |(org, cls, purpose, (start, end), kind, status, nested, n)| {
+                let mut p = json!({"type": kind, "actor": actor(org),
+                "period": {"start": start, "end": end}});
+                if !cls.is_empty() {
+                    p["class"] = classes(&cls);
+                }
+                if let Some(purpose) = purpose {
+                    p["purpose"] = json!([{"code": purpose}]);
+                }
+                if let Some(n) = nested {
+                    let opposite = if kind == "permit" { "deny" } else { "permit" };
+                    p["provision"] = json!([{"type": opposite, "class": classes(&n)}]);
+                }
+                let mut c = consent(&format!("c{n}"), p);
+                c["status"] = json!(status);
+                c
+            },
+        )
+}
+
+fn arb_ctx() -> impl Strategy<Value = AccessContext> {
+    (
+        prop::sample::select(vec!["acme", "globex"]),
+        prop::sample::select(DATA_CLASSES.to_vec()),
+        prop::option::of(prop::sample::select(vec!["TREAT", "HMARKT"])),
+    )
+        .prop_map(|(org, class, purpose)| AccessContext {
+            purpose: purpose.map(str::to_owned),
+            ..ctx(org, class)
+        })
+}
+
+proptest! {
+    #[test]
+    fn revoking_a_consent_never_widens_access(
+        consents in prop::collection::vec(arb_consent(), 0..5),
+        which in 0usize..5,
+        c in arb_ctx(),
+    ) {
+        let mut revoked = consents.clone();
+        if let Some(r) = revoked.get_mut(which) {
+            r["status"] = json!("inactive");
+        }
+        if allowed(&revoked, &c) {
+            prop_assert!(allowed(&consents, &c));
+        }
+        let mut removed = consents.clone();
+        if which < removed.len() {
+            removed.remove(which);
+        }
+        if allowed(&removed, &c) {
+            prop_assert!(allowed(&consents, &c));
+        }
+    }
+
+    #[test]
+    fn adding_a_deny_never_widens_access(
+        consents in prop::collection::vec(arb_consent(), 0..5),
+        extra in arb_consent(),
+        c in arb_ctx(),
+    ) {
+        let mut deny = extra;
+        deny["provision"]["type"] = json!("deny");
+        deny["status"] = json!("active");
+        let mut more = consents.clone();
+        more.push(deny);
+        if allowed(&more, &c) {
+            prop_assert!(allowed(&consents, &c));
+        }
+        // A deny nested inside an existing provision narrows it too.
+        let mut nested = consents.clone();
+        if let Some(first) = nested.first_mut() {
+            first["provision"]["provision"] = json!([{"type": "deny", "class": classes(&[&c.classes[0]])}]);
+        }
+        if allowed(&nested, &c) {
+            prop_assert!(allowed(&consents, &c));
+        }
+    }
+
+    #[test]
+    fn permitted_classes_agree_with_decisions(
+        consents in prop::collection::vec(arb_consent(), 0..5),
+        c in arb_ctx(),
+    ) {
+        let classes = permitted_classes(&consents, &c);
+        for class in DATA_CLASSES {
+            let one = AccessContext { classes: vec![class.to_owned()], codes: Vec::new(), ..c.clone() };
+            prop_assert_eq!(classes.contains(&class), allowed(&consents, &one));
+        }
+    }
+}
