@@ -1,26 +1,27 @@
 -- The audit trail (DESIGN.md, "Audit").
 --
--- `audit_log` is append-only and hash-chained: row n stores hash_n = SHA-256(hash_{n-1} || event_n),
--- where event_n is the exact text of the AuditEvent as stored (hash_0 is 32 zero bytes). The other
--- columns are derived from the event for searching; `fhirgate audit verify` recomputes the hashes
--- and re-derives the columns, so an edit anywhere is found.
+-- `audit_log` is append-only and hash-chained. Each row holds the events of one group commit (the
+-- events of the requests that waited together, and the write events linked with them), as their
+-- exact JSON texts, one per line. Row n stores hash_n = SHA-256(hash_{n-1} || events_n) (hash_0 is
+-- 32 zero bytes). Events are numbered across rows: the AuditEvent ids are first_id, first_id + 1,
+-- … The other columns are derived from the events for finding rows; `fhirgate audit verify`
+-- recomputes the hashes, the numbering and these columns, so an edit anywhere is found.
 create table audit_log (
-    seq        bigint      primary key,
-    recorded   timestamptz not null,
-    type_code  text        not null,
-    subtype    text,
-    action     text        not null,
-    outcome    text        not null,
-    -- search terms: `a|` + each agent.who (`Type/id`, or `client:ID` for client identifiers),
-    -- `p|Patient/id` for each patient entity, `e|Type/id` for each other entity (no `_history`)
-    terms      text[]      not null,
-    event      text        not null,
-    prev_hash  bytea       not null,
-    hash       bytea       not null
+    seq          bigint      primary key,
+    first_id     bigint      not null unique,
+    count        int         not null check (count > 0),
+    recorded_min timestamptz not null,
+    recorded_max timestamptz not null,
+    -- the union of the events' search terms: `t|type`, `s|subtype`, `x|action`, `o|outcome`,
+    -- `a|` + each agent (`Type/id` or `client:ID`), `p|Patient/id`, `e|Type/id` (no `_history`)
+    terms        text[]      not null,
+    events       text        not null,
+    prev_hash    bytea       not null,
+    hash         bytea       not null
 );
 -- Events are appended in time order, so a BRIN index serves date ranges at a fraction of a
 -- B-tree's cost per insert.
-create index audit_log_recorded on audit_log using brin (recorded);
+create index audit_log_recorded on audit_log using brin (recorded_min, recorded_max);
 create index audit_log_terms on audit_log using gin (terms);
 
 create function audit_log_is_append_only() returns trigger language plpgsql as $$

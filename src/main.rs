@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
                     expected,
                     found,
                 } => {
-                    println!("BROKEN at event {seq}: expected {expected}, found {found}");
+                    println!("BROKEN at row {seq}: expected {expected}, found {found}");
                     std::process::exit(1);
                 }
             }

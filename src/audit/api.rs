@@ -16,7 +16,7 @@ use axum::Extension;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{json, Value};
 
-use super::event::{Action, Event, Kind, Outcome};
+use super::event::{columns, Action, Columns, Event, Kind, Outcome};
 use super::RequestContext;
 use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
@@ -448,8 +448,6 @@ enum Clause {
     RecordedNot(DateTime<Utc>, DateTime<Utc>),
     /// `terms && $`: any of these search terms.
     Terms(Vec<String>),
-    /// `<text column> = any($)`.
-    AnyOf(&'static str, Vec<String>),
 }
 
 /// The range `[start, end)` a FHIR date of any precision covers.
@@ -617,10 +615,10 @@ impl Query {
                     "p|",
                     references(v, Some("Patient"), base),
                 ))),
-                "type" => q.clauses.push(Clause::AnyOf("type_code", tokens(v))),
-                "subtype" => q.clauses.push(Clause::AnyOf("subtype", tokens(v))),
-                "outcome" => q.clauses.push(Clause::AnyOf("outcome", tokens(v))),
-                "action" => q.clauses.push(Clause::AnyOf("action", tokens(v))),
+                "type" => q.clauses.push(Clause::Terms(terms("t|", tokens(v)))),
+                "subtype" => q.clauses.push(Clause::Terms(terms("s|", tokens(v)))),
+                "outcome" => q.clauses.push(Clause::Terms(terms("o|", tokens(v)))),
+                "action" => q.clauses.push(Clause::Terms(terms("x|", tokens(v)))),
                 _ if strict => {
                     return Err(FhirError::bad_request(
                         k,
@@ -637,12 +635,13 @@ impl Query {
         Ok(q)
     }
 
-    /// `where …` over `audit_log`, restricted to `patient` when given, with the binds in order.
+    /// `where …` over the rows of `audit_log` that may hold matching events (restricted to
+    /// `patient` when given), with the binds in order; `after` is the paging cursor (an event id).
     fn push_where<'a>(
         &'a self,
         b: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>,
         patient: Option<&'a String>,
-        paged: bool,
+        after: Option<i64>,
     ) {
         b.push(" where true");
         if let Some(p) = patient {
@@ -652,52 +651,111 @@ impl Query {
         }
         for c in &self.clauses {
             match c {
-                Clause::Recorded(op, t) => {
-                    b.push(format_args!(" and recorded {op} ")).push_bind(*t);
+                Clause::Recorded(">=", t) => {
+                    b.push(" and recorded_max >= ").push_bind(*t);
                 }
-                Clause::RecordedNot(lo, hi) => {
-                    b.push(" and not (recorded >= ")
-                        .push_bind(*lo)
-                        .push(" and recorded < ")
-                        .push_bind(*hi)
-                        .push(")");
+                Clause::Recorded(_, t) => {
+                    b.push(" and recorded_min < ").push_bind(*t);
                 }
+                // A row can hold events on both sides of the excluded range.
+                Clause::RecordedNot(..) => {}
                 Clause::Terms(values) => {
                     b.push(" and terms && ").push_bind(values).push("::text[]");
                 }
-                Clause::AnyOf(col, values) => {
-                    b.push(format_args!(" and {col} = any("))
-                        .push_bind(values)
-                        .push("::text[])");
-                }
             }
         }
-        if paged {
-            if let Some(after) = self.after {
-                let op = if self.ascending { ">" } else { "<" };
-                b.push(format_args!(" and seq {op} ")).push_bind(after);
+        if let Some(after) = after {
+            if self.ascending {
+                b.push(" and first_id + count > ").push_bind(after + 1);
+            } else {
+                b.push(" and first_id < ").push_bind(after);
             }
         }
     }
+
+    /// Whether one event (its columns) matches every criterion.
+    fn matches(&self, c: &Columns, patient: Option<&String>) -> bool {
+        let terms = c.terms();
+        if let Some(p) = patient {
+            if !terms.contains(&format!("p|{p}")) {
+                return false;
+            }
+        }
+        self.clauses.iter().all(|clause| match clause {
+            Clause::Recorded(">=", t) => c.recorded >= *t,
+            Clause::Recorded(_, t) => c.recorded < *t,
+            Clause::RecordedNot(lo, hi) => !(c.recorded >= *lo && c.recorded < *hi),
+            Clause::Terms(values) => values.iter().any(|v| terms.contains(v)),
+        })
+    }
 }
 
+/// Rows fetched per round of a search.
+const ROWS_PER_ROUND: i64 = 64;
+
+/// The matching events as `(id, text)`, in the query's order, after its cursor when `paged`, at
+/// most `limit` of them.
 pub(crate) async fn run_query(
     state: &AppState,
     q: &Query,
     patient: Option<&String>,
     limit: Option<i64>,
 ) -> Result<Vec<(i64, String)>> {
-    let mut b = sqlx::QueryBuilder::new("select seq, event from audit_log");
-    q.push_where(&mut b, patient, limit.is_some());
-    b.push(if q.ascending {
-        " order by seq"
-    } else {
-        " order by seq desc"
-    });
-    if let Some(l) = limit {
-        b.push(" limit ").push_bind(l);
+    let paged = limit.is_some();
+    let limit = limit.map_or(usize::MAX, |l| l.max(0) as usize);
+    let mut out = Vec::new();
+    let mut cursor = if paged { q.after } else { None };
+    while out.len() < limit {
+        let mut b = sqlx::QueryBuilder::new("select first_id, events from audit_log");
+        q.push_where(&mut b, patient, cursor);
+        b.push(if q.ascending {
+            " order by seq limit "
+        } else {
+            " order by seq desc limit "
+        });
+        b.push_bind(ROWS_PER_ROUND);
+        let rows: Vec<(i64, String)> = b.build_query_as().fetch_all(&state.db).await?;
+        let last_round = (rows.len() as i64) < ROWS_PER_ROUND;
+        for (first_id, events) in &rows {
+            let mut found: Vec<(i64, &str)> = events
+                .split('\n')
+                .enumerate()
+                .map(|(i, line)| (first_id + i as i64, line))
+                .filter(|(id, _)| match cursor {
+                    Some(c) if q.ascending => *id > c,
+                    Some(c) => *id < c,
+                    None => true,
+                })
+                .collect();
+            if !q.ascending {
+                found.reverse();
+            }
+            for (id, line) in found {
+                let matched = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| columns(&v))
+                    .is_some_and(|c| q.matches(&c, patient));
+                if matched {
+                    out.push((id, line.to_owned()));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        if last_round {
+            break;
+        }
+        // The next round starts after the last row read.
+        cursor = rows.last().map(|(first_id, events)| {
+            if q.ascending {
+                first_id + events.split('\n').count() as i64 - 1
+            } else {
+                *first_id
+            }
+        });
     }
-    Ok(b.build_query_as().fetch_all(&state.db).await?)
+    Ok(out)
 }
 
 /// `GET /fhir/AuditEvent?…` (also `POST /fhir/AuditEvent/_search`).
@@ -737,12 +795,27 @@ pub async fn search(
     }
     let mut bundle = crate::fhir::respond::bundle("searchset", links, entries);
     if q.total {
-        let mut b = sqlx::QueryBuilder::new("select count(*) from audit_log");
-        q.push_where(&mut b, patient.as_ref(), false);
-        let n: i64 = b.build_query_scalar().fetch_one(&state.db).await?;
+        let n = run_query(state, &q, patient.as_ref(), None).await?.len();
         bundle["total"] = json!(n);
     }
     format::resource_value(StatusCode::OK, fmt, &bundle)
+}
+
+/// The text of event `id`, if it exists.
+pub(crate) async fn event_by_id(state: &AppState, id: i64) -> Result<Option<String>> {
+    // language=PostgreSQL
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "select first_id, events from audit_log where first_id <= $1 order by first_id desc limit 1",
+    )
+    .bind(id)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(row.and_then(|(first_id, events)| {
+        let line = events
+            .split('\n')
+            .nth(usize::try_from(id - first_id).ok()?)?;
+        Some(line.to_owned())
+    }))
 }
 
 /// `GET /fhir/AuditEvent/{id}`.
@@ -755,14 +828,14 @@ pub async fn read(state: &AppState, principal: &Principal, id: &str) -> Result<R
         .flush()
         .await
         .map_err(FhirError::Unavailable)?;
-    // language=PostgreSQL
-    let text: Option<String> = sqlx::query_scalar(
-        "select event from audit_log where seq = $1 and ($2::text is null or terms @> array['p|' || $2::text])",
-    )
-    .bind(seq)
-    .bind(patient)
-    .fetch_optional(&state.db)
-    .await?;
+    let text = event_by_id(state, seq).await?.filter(|line| {
+        patient.as_ref().is_none_or(|p| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|v| columns(&v))
+                .is_some_and(|c| c.patients.contains(p))
+        })
+    });
     let text = text.ok_or_else(missing)?;
     let mut resp = (
         StatusCode::OK,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -198,13 +199,13 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Msg>, pending: Arc<AtomicBo
     }
 }
 
-/// The last sequence number and hash of the chain.
-type Head = (i64, Vec<u8>);
+/// The head of the chain: the last row's sequence number and hash, and the next event id.
+type Head = (i64, Vec<u8>, i64);
 
-/// Chains `events`, after the write events waiting in the inbox when `drain`; returns how many
-/// rows were stored. Without `drain` this is one statement (one round trip) on the cached head;
-/// when another writer took those sequence numbers, the primary key refuses the insert and the
-/// batch is chained again on the new head.
+/// Chains `events` as one row, after the write events waiting in the inbox when `drain`; returns
+/// how many events were stored. Without `drain` this is one statement (one round trip) on the
+/// cached head; when another writer took that sequence number, the primary key refuses the insert
+/// and the batch is chained again on the new head.
 async fn append(
     pool: &PgPool,
     head: &mut Option<Head>,
@@ -248,7 +249,7 @@ async fn append_fast(
         Some(h) => h,
         None => read_head(&mut *pool.acquire().await?).await?,
     };
-    let (query, end) = chained(start, events.iter())?;
+    let (query, end) = chained(start, events.iter());
     query.execute(pool).await?;
     *head = Some(end);
     Ok(events.len() as u64)
@@ -282,24 +283,25 @@ async fn append_draining(
         return Ok(0);
     }
     let start = read_head(&mut tx).await?;
-    let (query, end) = chained(start, all.iter().chain(events))?;
+    let (query, end) = chained(start, all.iter().chain(events));
     query.execute(&mut *tx).await?;
     tx.commit().await?;
     *head = Some(end);
     Ok(n)
 }
 
-/// The last sequence number and hash, or 0 and the zero hash for an empty chain.
+/// The head, or 0, the zero hash and event id 1 for an empty chain.
 async fn read_head(conn: &mut sqlx::PgConnection) -> anyhow::Result<Head> {
     // language=PostgreSQL
-    let row: Option<Head> =
-        sqlx::query_as("select seq, hash from audit_log order by seq desc limit 1")
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.unwrap_or((0, vec![0; 32])))
+    let row: Option<Head> = sqlx::query_as(
+        "select seq, hash, first_id + count from audit_log order by seq desc limit 1",
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.unwrap_or((0, vec![0; 32], 1)))
 }
 
-/// SHA-256 of the previous hash followed by the event text.
+/// SHA-256 of the previous hash followed by the events' text.
 pub fn link_hash(prev: &[u8], event: &str) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(prev);
@@ -307,64 +309,47 @@ pub fn link_hash(prev: &[u8], event: &str) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-/// Numbers and hashes `events` after `head`: the insert, and the new head.
+/// Numbers `events` after `head` into one row and hashes it: the insert, and the new head.
 fn chained<'a>(
     head: Head,
     events: impl Iterator<Item = &'a Prepared>,
-) -> anyhow::Result<(
+) -> (
     sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>,
     Head,
-)> {
-    let (mut seq, mut prev) = head;
-    let mut seqs = Vec::new();
-    let mut recorded = Vec::new();
-    let mut types = Vec::new();
-    let mut subtypes = Vec::new();
-    let mut actions = Vec::new();
-    let mut outcomes = Vec::new();
-    // Arrays of arrays of different lengths cannot be bound: each event's terms travel as one
-    // text, one term per line (terms hold no control characters).
-    let mut terms = Vec::new();
-    let mut texts = Vec::new();
-    let mut prevs = Vec::new();
-    let mut hashes = Vec::new();
+) {
+    let (seq, prev, first_id) = head;
+    let mut id = first_id;
+    let mut lines = String::new();
+    let mut terms = std::collections::BTreeSet::new();
+    let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
     for e in events {
-        seq += 1;
-        let text = text(seq, &e.body);
-        let hash = link_hash(&prev, &text);
-        let c = &e.columns;
-        seqs.push(seq);
-        recorded.push(c.recorded);
-        types.push(c.type_code.clone());
-        subtypes.push(c.subtype.clone());
-        actions.push(c.action.clone());
-        outcomes.push(c.outcome.clone());
-        terms.push(e.terms.clone());
-        texts.push(text);
-        prevs.push(std::mem::replace(&mut prev, hash.clone()));
-        hashes.push(hash);
+        if id > first_id {
+            lines.push('\n');
+        }
+        lines.push_str(&text(id, &e.body));
+        terms.extend(e.terms.split('\n').filter(|t| !t.is_empty()));
+        let r = e.columns.recorded;
+        span = Some(span.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
+        id += 1;
     }
+    let (lo, hi) = span.unwrap_or_default();
+    let hash = link_hash(&prev, &lines);
+    let terms: Vec<String> = terms.into_iter().map(str::to_owned).collect();
     // language=PostgreSQL
     let query = sqlx::query(
-        r#"insert into audit_log (seq, recorded, type_code, subtype, action, outcome, terms, event, prev_hash, hash)
-           select s, r, t, st, a, o,
-                  case when te = '' then '{}'::text[] else string_to_array(te, E'\n') end,
-                  ev, ph, h
-           from unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                       $7::text[], $8::text[], $9::bytea[], $10::bytea[])
-                as u(s, r, t, st, a, o, te, ev, ph, h)"#,
+        r#"insert into audit_log (seq, first_id, count, recorded_min, recorded_max, terms, events, prev_hash, hash)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
     )
-    .bind(seqs)
-    .bind(recorded)
-    .bind(types)
-    .bind(subtypes)
-    .bind(actions)
-    .bind(outcomes)
+    .bind(seq + 1)
+    .bind(first_id)
+    .bind((id - first_id) as i32)
+    .bind(lo)
+    .bind(hi)
     .bind(terms)
-    .bind(texts)
-    .bind(prevs)
-    .bind(hashes);
-    Ok((query, (seq, prev)))
+    .bind(lines)
+    .bind(prev)
+    .bind(hash.clone());
+    (query, (seq + 1, hash, id))
 }
 
 /// Puts write events (their [`Event::body`]) into the inbox inside the writer's transaction.
@@ -409,18 +394,18 @@ pub enum VerifyReport {
     },
 }
 
-/// Links waiting inbox events, then walks the whole chain in order: sequence numbers without
+/// Links waiting inbox events, then walks the whole chain in order: row sequence numbers without
 /// gaps, each `prev_hash` equal to the previous row's hash, each hash equal to SHA-256 of the
-/// previous hash and the event text, and the searchable columns equal to what the event says.
+/// previous hash and the row's events, the events numbered without gaps, and the row's other
+/// columns equal to what its events say.
 pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
     drain_inbox(pool).await?;
     type Row = (
         i64,
-        chrono::DateTime<chrono::Utc>,
-        String,
-        Option<String>,
-        String,
-        String,
+        i64,
+        i32,
+        DateTime<Utc>,
+        DateTime<Utc>,
         Vec<String>,
         String,
         Vec<u8>,
@@ -428,12 +413,13 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
     );
     let mut prev = vec![0u8; 32];
     let mut expected_seq = 0i64;
+    let mut next_id = 1i64;
     let mut count = 0u64;
     loop {
         // language=PostgreSQL
         let rows: Vec<Row> = sqlx::query_as(
-            r#"select seq, recorded, type_code, subtype, action, outcome, terms, event, prev_hash, hash
-               from audit_log where seq > $1 order by seq limit 5000"#,
+            r#"select seq, first_id, count, recorded_min, recorded_max, terms, events, prev_hash, hash
+               from audit_log where seq > $1 order by seq limit 1000"#,
         )
         .bind(expected_seq)
         .fetch_all(pool)
@@ -441,7 +427,7 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
         if rows.is_empty() {
             return Ok(VerifyReport::Ok { count });
         }
-        for (seq, recorded, t, st, a, o, terms, event, prev_hash, hash) in rows {
+        for (seq, first_id, n, lo, hi, terms, events, prev_hash, hash) in rows {
             expected_seq += 1;
             let broken = |expected: String, found: String| VerifyReport::Broken {
                 seq,
@@ -460,28 +446,15 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
                     format!("previous hash {}", hex::encode(&prev_hash)),
                 ));
             }
-            let computed = link_hash(&prev, &event);
+            let computed = link_hash(&prev, &events);
             if computed != hash {
                 return Ok(broken(
                     format!("hash {}", hex::encode(&computed)),
                     format!("hash {}", hex::encode(&hash)),
                 ));
             }
-            let derived = serde_json::from_str::<Value>(&event)
-                .ok()
-                .filter(|v| v["id"].as_str() == Some(seq.to_string().as_str()))
-                .and_then(|v| columns(&v))
-                .map(|c| {
-                    (
-                        c.recorded,
-                        c.type_code.clone(),
-                        c.subtype.clone(),
-                        c.action.clone(),
-                        c.outcome.clone(),
-                        c.terms(),
-                    )
-                });
-            let stored = (recorded, t, st, a, o, terms);
+            let derived = derive_row(&events, next_id);
+            let stored = (first_id, n, lo, hi, terms);
             if derived.as_ref() != Some(&stored) {
                 return Ok(broken(
                     format!("columns {derived:?}"),
@@ -489,7 +462,31 @@ pub async fn verify(pool: &PgPool) -> anyhow::Result<VerifyReport> {
                 ));
             }
             prev = hash;
-            count += 1;
+            next_id = first_id + i64::from(n);
+            count += n as u64;
         }
     }
+}
+
+/// `first_id`, `count`, `recorded_min`, `recorded_max` and `terms` of a row.
+type RowColumns = (i64, i32, DateTime<Utc>, DateTime<Utc>, Vec<String>);
+
+/// What a row's columns must be, from its events (which must be numbered from `first_id`).
+fn derive_row(events: &str, first_id: i64) -> Option<RowColumns> {
+    let mut terms = std::collections::BTreeSet::new();
+    let mut span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    let mut n = 0i64;
+    for line in events.split('\n') {
+        let v: Value = serde_json::from_str(line).ok()?;
+        if v["id"].as_str() != Some((first_id + n).to_string().as_str()) {
+            return None;
+        }
+        let c = columns(&v)?;
+        terms.extend(c.terms());
+        let r = c.recorded;
+        span = Some(span.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
+        n += 1;
+    }
+    let (lo, hi) = span?;
+    Some((first_id, n as i32, lo, hi, terms.into_iter().collect()))
 }

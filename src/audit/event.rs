@@ -435,8 +435,9 @@ pub struct Columns {
 }
 
 impl Columns {
-    /// The search terms stored for the event, one per agent (`a|`), patient (`p|`) and entity
-    /// (`e|`), with control characters replaced so that each stays one term.
+    /// The search terms of the event: its type (`t|`), subtype (`s|`), action (`x|`) and outcome
+    /// (`o|`) codes, and one per agent (`a|`), patient (`p|`) and entity (`e|`), with control
+    /// characters replaced so that each stays one term.
     pub fn terms(&self) -> Vec<String> {
         let clean = |prefix: &str, v: &str| {
             let mut t = String::with_capacity(prefix.len() + v.len());
@@ -444,10 +445,16 @@ impl Columns {
             t.extend(v.chars().map(|c| if c.is_control() { '?' } else { c }));
             t
         };
-        let agents = self.agents.iter().map(|a| clean("a|", a));
-        let patients = self.patients.iter().map(|p| clean("p|", p));
-        let entities = self.entities.iter().map(|e| clean("e|", e));
-        agents.chain(patients).chain(entities).collect()
+        let mut out = vec![
+            clean("t|", &self.type_code),
+            clean("x|", &self.action),
+            clean("o|", &self.outcome),
+        ];
+        out.extend(self.subtype.iter().map(|s| clean("s|", s)));
+        out.extend(self.agents.iter().map(|a| clean("a|", a)));
+        out.extend(self.patients.iter().map(|p| clean("p|", p)));
+        out.extend(self.entities.iter().map(|e| clean("e|", e)));
+        out
     }
 }
 

@@ -289,19 +289,13 @@ pub async fn event_page(
             &[],
         );
     };
-    // language=PostgreSQL
-    let text: Option<String> =
-        match sqlx::query_scalar("select event from audit_log where seq = $1")
-            .bind(seq)
-            .fetch_optional(&state.db)
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "audit event lookup failed");
-                return failure_page();
-            }
-        };
+    let text = match crate::audit::api::event_by_id(&state, seq).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "audit event lookup failed");
+            return failure_page();
+        }
+    };
     let Some(text) = text else {
         return page(
             StatusCode::NOT_FOUND,

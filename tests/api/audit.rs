@@ -33,11 +33,12 @@ pub(crate) fn token(
 /// Every stored event, oldest first (after linking what waits in the inbox).
 pub(crate) async fn events(app: &TestApp) -> Vec<Value> {
     app.state.auditor.flush().await.expect("flush");
-    let rows: Vec<String> = sqlx::query_scalar("select event from audit_log order by seq")
+    let rows: Vec<String> = sqlx::query_scalar("select events from audit_log order by seq")
         .fetch_all(&app.pool)
         .await
         .expect("events");
     rows.iter()
+        .flat_map(|t| t.split('\n'))
         .map(|t| serde_json::from_str(t).expect("event JSON"))
         .collect()
 }
@@ -463,8 +464,8 @@ async fn the_chain_verifies_and_a_tampered_row_is_found() {
 
     // The table refuses changes, even from its owner.
     for sql in [
-        "update audit_log set outcome = '0' where seq = 3",
-        "delete from audit_log where seq = 3",
+        "update audit_log set count = 1 where seq = 1",
+        "delete from audit_log where seq = 1",
         "truncate audit_log",
     ] {
         let err = sqlx::query(sql).execute(&app.pool).await.expect_err(sql);
@@ -477,7 +478,14 @@ async fn the_chain_verifies_and_a_tampered_row_is_found() {
         .execute(&mut *conn)
         .await
         .expect("replica");
-    sqlx::query("update audit_log set event = replace(event, '\"outcome\":\"0\"', '\"outcome\":\"4\"') where seq = 3")
+    let row: i64 = sqlx::query_scalar(
+        "select seq from audit_log where first_id <= 3 order by seq desc limit 1",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .expect("row of event 3");
+    sqlx::query("update audit_log set events = replace(events, '{\"resourceType\":\"AuditEvent\",\"id\":\"3\",', '{\"resourceType\":\"AuditEvent\",\"id\":\"3\",\"language\":\"en\",') where seq = $1")
+        .bind(row)
         .execute(&mut *conn)
         .await
         .expect("tamper");
@@ -492,7 +500,7 @@ async fn the_chain_verifies_and_a_tampered_row_is_found() {
             expected,
             found,
         } => {
-            assert_eq!(seq, 3);
+            assert_eq!(seq, row);
             assert_ne!(expected, found);
             assert!(expected.starts_with("hash "), "{expected}");
         }
@@ -500,7 +508,11 @@ async fn the_chain_verifies_and_a_tampered_row_is_found() {
     }
     let out = verify_cli();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("BROKEN at event 3: expected hash "));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with(&format!("BROKEN at row {row}: expected hash ")),
+        "{report}"
+    );
 }
 
 fn database_url(app: &TestApp) -> String {
@@ -917,4 +929,96 @@ async fn two_servers_on_one_database_keep_one_unbroken_chain() {
         fhirgate::audit::verify(&app.pool).await.expect("verify"),
         fhirgate::audit::VerifyReport::Ok { count: n }
     );
+}
+
+#[tokio::test]
+async fn paging_walks_every_matching_event_once_in_order() {
+    use fhirgate::audit::event::Kind;
+    use fhirgate::audit::{Action, Event};
+    let app = spawn_app().await;
+    // Many events, in rows of different sizes (concurrent requests share a group commit).
+    for round in 0..6 {
+        let mut tasks = Vec::new();
+        for i in 0..(round * 20 + 1) {
+            let a = app.state.auditor.clone();
+            tasks.push(tokio::spawn(async move {
+                let kind = if i % 3 == 0 {
+                    Kind::Logout
+                } else {
+                    Kind::Login
+                };
+                a.record(&Event::new(kind, Action::Execute), None).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("recorded");
+        }
+    }
+    // And more rows than a search reads per round, one event each.
+    for i in 0..80 {
+        let kind = if i % 40 == 0 {
+            Kind::Logout
+        } else {
+            Kind::Login
+        };
+        app.state
+            .auditor
+            .record(&Event::new(kind, Action::Execute), None)
+            .await
+            .expect("recorded");
+    }
+    let all = events(&app).await;
+    let rows: i64 = sqlx::query_scalar("select count(*) from audit_log")
+        .fetch_one(&app.pool)
+        .await
+        .expect("rows");
+    assert!(rows > 80, "more rows than one round reads");
+    let logins: Vec<String> = all
+        .iter()
+        .filter(|e| subtype(e) == "110122")
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    let logouts: Vec<String> = all
+        .iter()
+        .filter(|e| subtype(e) == "110123")
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    let auditor = token(&app, "auditor-app", "system/AuditEvent.rs", None, None);
+    for (code, sort, expected) in [
+        (
+            "110122",
+            "-date",
+            logins.iter().rev().cloned().collect::<Vec<_>>(),
+        ),
+        ("110122", "date", logins.clone()),
+        ("110123", "-date", logouts.iter().rev().cloned().collect()),
+        ("110123", "date", logouts.clone()),
+    ] {
+        let mut url = format!(
+            "{}/AuditEvent?subtype={code}&_sort={sort}&_count=7&_total=accurate",
+            app.base
+        );
+        let mut seen = Vec::new();
+        loop {
+            let r = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(&auditor)
+                .send()
+                .await
+                .expect("page");
+            let b = json(r).await;
+            assert_eq!(b["total"], expected.len(), "{sort}");
+            for e in b["entry"].as_array().into_iter().flatten() {
+                seen.push(e["resource"]["id"].as_str().expect("id").to_owned());
+            }
+            match b["link"]
+                .as_array()
+                .and_then(|l| l.iter().find(|x| x["relation"] == "next"))
+            {
+                Some(next) => url = next["url"].as_str().expect("url").to_owned(),
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected, "{sort}");
+    }
 }
