@@ -121,6 +121,17 @@ fn outcome_text(code: &str) -> &'static str {
     }
 }
 
+/// An event's columns, what it did (subtype and entities) and its outcome code, for a table row.
+fn summary(e: &Value) -> (Option<crate::audit::event::Columns>, String, &str) {
+    let c = columns(e);
+    let what = format!(
+        "{} {}",
+        e["subtype"][0]["code"].as_str().unwrap_or(""),
+        c.as_ref().map(|c| c.entities.join(" ")).unwrap_or_default()
+    );
+    (c, what, e["outcome"].as_str().unwrap_or(""))
+}
+
 /// The agents of an event, for a table cell.
 fn who(e: &Value) -> String {
     e["agent"]
@@ -212,13 +223,7 @@ pub async fn auditor_page(
         let Ok(e) = serde_json::from_str::<Value>(text) else {
             continue;
         };
-        let c = columns(&e);
-        let what = format!(
-            "{} {}",
-            e["subtype"][0]["code"].as_str().unwrap_or(""),
-            c.as_ref().map(|c| c.entities.join(" ")).unwrap_or_default()
-        );
-        let outcome = e["outcome"].as_str().unwrap_or("");
+        let (c, what, outcome) = summary(&e);
         body.push_str(&format!(
             "<tr class=\"outcome-{o}\"><td><a href=\"/audit/events/{seq}\">{when}</a></td><td>{what}</td><td>{who}</td><td>{pat}</td><td>{ot}</td></tr>",
             o = esc(outcome),
@@ -403,7 +408,7 @@ pub async fn my_access_page(
         let Ok(e) = serde_json::from_str::<Value>(text) else {
             continue;
         };
-        let c = columns(&e);
+        let (c, what, outcome) = summary(&e);
         let partner = c.as_ref().and_then(|c| {
             c.agents
                 .iter()
@@ -415,12 +420,6 @@ pub async fn my_access_page(
             None if c.as_ref().is_some_and(|c| c.agents.contains(&me)) => "you".to_owned(),
             None => who(&e),
         };
-        let what = format!(
-            "{} {}",
-            e["subtype"][0]["code"].as_str().unwrap_or(""),
-            c.as_ref().map(|c| c.entities.join(" ")).unwrap_or_default()
-        );
-        let outcome = e["outcome"].as_str().unwrap_or("");
         body.push_str(&format!(
             "<tr class=\"outcome-{o}\"><td>{when}</td><td>{who}</td><td>{what}</td><td>{allowed}</td></tr>",
             o = esc(outcome),

@@ -179,20 +179,31 @@ pub async fn login(
         );
     };
     limits.login_account.reset(&account);
+    signed_in(&state, &addr, &headers, &user, &next).await
+}
+
+/// Audits the sign-in of `user`, starts their session and sends the browser on to `next`.
+async fn signed_in(
+    state: &AppState,
+    addr: &ClientAddr,
+    headers: &HeaderMap,
+    user: &users::User,
+    next: &str,
+) -> Response {
     let ctx = crate::audit::api::auth_context(
         addr.0,
-        &headers,
+        headers,
         None,
         Some(format!("Patient/{}", user.patient_id)),
     );
     let success = crate::audit::Outcome::Success;
-    if !crate::audit::api::record_auth(&state, Kind::Login, success, &ctx).await {
+    if !crate::audit::api::record_auth(state, Kind::Login, success, &ctx).await {
         return failure_page();
     }
-    match users::start_session(&state, &user).await {
+    match users::start_session(state, user).await {
         Ok(session) => {
             tracing::info!(user = %user.user_id, "signed in");
-            see_other(&next, &[cookie(SESSION_COOKIE, &session, SESSION_SECS)])
+            see_other(next, &[cookie(SESSION_COOKIE, &session, SESSION_SECS)])
         }
         Err(e) => {
             tracing::error!(error = %e, "could not start a session");
@@ -262,24 +273,8 @@ pub async fn signup(
             return failure_page();
         }
     };
-    // A new account is signed in at once: that is a sign-in event.
-    let ctx = crate::audit::api::auth_context(
-        addr.0,
-        &headers,
-        None,
-        Some(format!("Patient/{}", user.patient_id)),
-    );
-    let success = crate::audit::Outcome::Success;
-    if !crate::audit::api::record_auth(&state, Kind::Login, success, &ctx).await {
-        return failure_page();
-    }
-    match users::start_session(&state, &user).await {
-        Ok(session) => see_other(&next, &[cookie(SESSION_COOKIE, &session, SESSION_SECS)]),
-        Err(e) => {
-            tracing::error!(error = %e, "could not start a session");
-            failure_page()
-        }
-    }
+    // A new account is signed in at once.
+    signed_in(&state, &addr, &headers, &user, &next).await
 }
 
 /// The sign-out form.

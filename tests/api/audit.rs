@@ -838,29 +838,18 @@ async fn headless_chromium_finds_a_partner_read_on_the_auditor_and_patient_pages
     let p = patient.get("/audit").await;
     assert_eq!(p.status, 403);
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/audit_pages.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(app.base.trim_end_matches("/fhir"))
-        .arg("auditor@example.org")
-        .arg("watched@example.org")
-        .arg(crate::smart_app::PASSWORD)
-        .arg("acme")
-        .output()
-        .await
-        .expect("node runs (tests/browser: npm ci; Debian chromium)");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .find(|l| l.starts_with(b"{"))
-            .expect("report line"),
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let report = crate::helpers::browser_script(
+        "audit_pages.mjs",
+        &[
+            &root,
+            "auditor@example.org",
+            "watched@example.org",
+            crate::smart_app::PASSWORD,
+            "acme",
+        ],
     )
-    .expect("report JSON");
+    .await;
     let auditor_rows: Vec<&str> = report["auditorRows"]
         .as_array()
         .expect("rows")

@@ -375,3 +375,27 @@ pub(crate) fn observation(pid: &str, value: f64) -> Value {
         "valueQuantity": {"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
     })
 }
+
+/// Runs a headless Chromium script of `tests/browser` with `args` and returns the JSON report it
+/// prints as its last line.
+pub(crate) async fn browser_script(script: &str, args: &[&str]) -> Value {
+    let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("node")
+        .arg(path)
+        .args(args)
+        .output()
+        .await
+        .expect("node runs (tests/browser: npm ci; Debian chromium)");
+    assert!(
+        out.status.success(),
+        "browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .expect("a JSON line"),
+    )
+    .expect("report JSON")
+}

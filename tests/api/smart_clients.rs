@@ -161,28 +161,11 @@ async fn headless_chromium_signs_up_approves_and_lands_on_the_app_with_a_code() 
         "{}/auth/authorize?{query}",
         app.base.trim_end_matches("/fhir")
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/smart_login.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(&authorize)
-        .arg(&redirect)
-        .arg("chromium@example.org")
-        .arg(PASSWORD)
-        .output()
-        .await
-        .expect("node runs (tests/browser: npm ci; Debian chromium)");
-    assert!(
-        out.status.success(),
-        "browser script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(
-        out.stdout
-            .split(|b| *b == b'\n')
-            .rfind(|l| l.starts_with(b"{"))
-            .expect("a JSON line"),
+    let report = crate::helpers::browser_script(
+        "smart_login.mjs",
+        &[&authorize, &redirect, "chromium@example.org", PASSWORD],
     )
-    .expect("json");
+    .await;
     assert!(report["approvalTitle"]
         .as_str()
         .expect("title")
