@@ -313,5 +313,137 @@ fn bounds(s: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     Some((midnight(lo)?, midnight(hi)?))
 }
 
+/// The canonical URL of fhirgate's Consent profile (`fhir-profiles/fhirgate-consent.json`).
+pub const PROFILE: &str = "https://fhirgate.org/StructureDefinition/patient-consent";
+const CONSENT_SCOPE: &str = "http://terminology.hl7.org/CodeSystem/consentscope";
+const PARTICIPATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
+
+/// One way a Consent does not conform to the profile: the element (FHIRPath) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `Consent.provision.class[0]`.
+    pub path: String,
+    /// Why.
+    pub message: String,
+}
+
+/// Checks a Consent against fhirgate's profile: scope `patient-privacy`, a `Patient` patient, a
+/// root provision of type permit or deny, actors in role IRCP that are Organizations (and at
+/// least one on a permit), data classes from the ValueSet, and periods that start before they
+/// end. An empty list means it conforms.
+pub fn check(consent: &Value) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut problem = |path: &str, message: &str| {
+        out.push(Problem {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    if !codes_of(consent.get("scope"))
+        .any(|(s, c)| s == Some(CONSENT_SCOPE) && c == "patient-privacy")
+    {
+        problem(
+            "Consent.scope",
+            &format!("the scope must be {CONSENT_SCOPE}#patient-privacy"),
+        );
+    }
+    let patient = consent["patient"]["reference"].as_str().unwrap_or("");
+    if !patient.starts_with("Patient/") {
+        problem(
+            "Consent.patient",
+            "the patient must be a reference to a Patient (Patient/id)",
+        );
+    }
+    match consent.get("provision") {
+        None => problem(
+            "Consent.provision",
+            "a provision saying what is permitted or denied is required",
+        ),
+        Some(p) => check_provision(p, "Consent.provision", true, &mut out),
+    }
+    out
+}
+
+fn check_provision(p: &Value, path: &str, root: bool, out: &mut Vec<Problem>) {
+    let mut problem = |at: String, message: String| out.push(Problem { path: at, message });
+    let kind = p.get("type").and_then(Value::as_str);
+    if !matches!(kind, Some("permit" | "deny")) && (root || kind.is_some()) {
+        problem(
+            format!("{path}.type"),
+            "the type must be permit or deny".into(),
+        );
+    }
+    let actors = p.get("actor").and_then(Value::as_array);
+    if root && kind == Some("permit") && actors.is_none_or(|a| a.is_empty()) {
+        problem(
+            format!("{path}.actor"),
+            "a permit must name the partner Organization (role IRCP)".into(),
+        );
+    }
+    for (i, a) in actors.into_iter().flatten().enumerate() {
+        if !codes_of(a.get("role")).any(|(s, c)| s == Some(PARTICIPATION) && c == IRCP) {
+            problem(
+                format!("{path}.actor[{i}].role"),
+                format!("the role must be {PARTICIPATION}#{IRCP} (information recipient)"),
+            );
+        }
+        let r = a["reference"]["reference"].as_str().unwrap_or("");
+        if !r
+            .split('/')
+            .rev()
+            .nth(1)
+            .is_some_and(|t| t == "Organization")
+        {
+            problem(
+                format!("{path}.actor[{i}].reference"),
+                "the actor must be a reference to an Organization".into(),
+            );
+        }
+    }
+    for (i, c) in p
+        .get("class")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+        let known = code == EVERYTHING || DATA_CLASSES.contains(&code);
+        if c.get("system").and_then(Value::as_str) != Some(DATA_CLASS_SYSTEM) || !known {
+            problem(
+                format!("{path}.class[{i}]"),
+                format!(
+                    "the class must be a code of {DATA_CLASS_SYSTEM}: {}, {EVERYTHING}",
+                    DATA_CLASSES.join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(period) = p.get("period") {
+        let start = period.get("start").map(|v| v.as_str().and_then(start_of));
+        let end = period.get("end").map(|v| v.as_str().and_then(end_of));
+        match (start, end) {
+            (Some(None), _) => {
+                problem(format!("{path}.period.start"), "not a FHIR dateTime".into())
+            }
+            (_, Some(None)) => problem(format!("{path}.period.end"), "not a FHIR dateTime".into()),
+            (Some(Some(s)), Some(Some(e))) if e <= s => problem(
+                format!("{path}.period"),
+                "the period ends before it starts".into(),
+            ),
+            _ => {}
+        }
+    }
+    for (i, child) in p
+        .get("provision")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        check_provision(child, &format!("{path}.provision[{i}]"), false, out);
+    }
+}
+
 #[cfg(test)]
 mod tests;

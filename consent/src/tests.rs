@@ -215,6 +215,47 @@ fn a_request_time_that_is_not_an_instant_denies() {
     assert!(!allowed(&c, &bad));
 }
 
+#[test]
+fn a_consent_of_the_profile_passes_the_check() {
+    let mut p = permit("acme", &["vital-signs", EVERYTHING]);
+    p["provision"] = json!([{"type": "deny", "class": classes(&["sleep"])}]);
+    assert_eq!(check(&consent("c1", p)), []);
+}
+
+#[test]
+fn the_check_names_each_problem() {
+    let mut p = permit("acme", &["vital-signs"]);
+    p["class"] = json!([{"system": DATA_CLASS_SYSTEM, "code": "genome"}]);
+    p["actor"][0]["reference"]["reference"] = json!("Practitioner/x");
+    p["period"] = json!({"start": "2026-12-31", "end": "2026-01-01"});
+    p["provision"] = json!([{"type": "maybe"}]);
+    let mut c = consent("c1", p);
+    c["scope"]["coding"][0]["code"] = json!("research");
+    c["patient"] = json!({"reference": "Group/g"});
+    let paths: Vec<String> = check(&c).into_iter().map(|p| p.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "Consent.scope",
+            "Consent.patient",
+            "Consent.provision.actor[0].reference",
+            "Consent.provision.class[0]",
+            "Consent.provision.period",
+            "Consent.provision.provision[0].type",
+        ]
+    );
+    let mut bare = permit("acme", &["vital-signs"]);
+    bare.as_object_mut().expect("object").remove("actor");
+    let paths: Vec<String> = check(&consent("c1", bare))
+        .into_iter()
+        .map(|p| p.path)
+        .collect();
+    assert_eq!(paths, ["Consent.provision.actor"]);
+    let mut none = consent("c1", json!({}));
+    none.as_object_mut().expect("object").remove("provision");
+    assert_eq!(check(&none)[0].path, "Consent.provision");
+}
+
 /// A small world of Consents: two partners, the classes, two purposes, a few periods, nested
 /// denies, and statuses.
 fn arb_consent() -> impl Strategy<Value = Value> {

@@ -286,5 +286,32 @@ pub fn check_resource(resource: Value, rt: &str, url_id: Option<&str>) -> Result
             }
         }
     }
-    fhirgate_codec::validate(resource).map_err(FhirError::from_codec_issues)
+    let resource = fhirgate_codec::validate(resource).map_err(FhirError::from_codec_issues)?;
+    if rt == "Consent" {
+        check_consent_profile(&resource)?;
+    }
+    Ok(resource)
+}
+
+/// A Consent must conform to fhirgate's profile (`fhir-profiles/fhirgate-consent.json`): 422
+/// naming each element that does not.
+fn check_consent_profile(consent: &Value) -> Result<()> {
+    use crate::error::{IssueType, OutcomeIssue};
+    let problems = fhirgate_consent::check(consent);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(FhirError::InvalidResource {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        issues: problems
+            .into_iter()
+            .map(|p| {
+                OutcomeIssue::at(
+                    IssueType::Invalid,
+                    p.path,
+                    format!("{} (profile {})", p.message, fhirgate_consent::PROFILE),
+                )
+            })
+            .collect(),
+    })
 }

@@ -5,6 +5,7 @@ mod auth;
 mod bundles;
 mod cli;
 mod concurrency;
+mod consent;
 mod crud;
 mod encryption;
 mod helpers;

@@ -56,10 +56,21 @@ async fn every_official_example_round_trips() {
     let mut rejected: BTreeMap<String, String> = BTreeMap::new();
     let mut differing = Vec::new();
     let mut audit_examples = 0;
+    let mut consent_examples = 0;
     for (name, bytes) in &all {
         let original: Value = serde_json::from_slice(bytes).expect("example is JSON");
         let rt = original["resourceType"].as_str().expect("rt");
         let id = original["id"].as_str().expect("id");
+        if rt == "Consent" {
+            // fhirgate accepts only Consents of its own profile (a patient's permit or deny for a
+            // partner organisation); the specification's examples are other kinds of consent.
+            consent_examples += 1;
+            let resp = app.put(&format!("{rt}/{id}"), &original).await;
+            assert_eq!(resp.status(), 422, "{name}");
+            let oo = json(resp).await;
+            assert!(oo.to_string().contains("patient-consent"), "{name}: {oo}");
+            continue;
+        }
         if rt == "AuditEvent" {
             // Only the server writes AuditEvents (the audit trail); the API refuses them.
             audit_examples += 1;
@@ -105,6 +116,7 @@ async fn every_official_example_round_trips() {
         }
     }
     assert_eq!(audit_examples, 9, "the R4 package's AuditEvent examples");
+    assert_eq!(consent_examples, 12, "the R4 package's Consent examples");
     let expected: BTreeMap<String, String> = KNOWN_INVALID
         .iter()
         .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
