@@ -388,12 +388,7 @@ fn check_provision(p: &Value, path: &str, root: bool, out: &mut Vec<Problem>) {
             );
         }
         let r = a["reference"]["reference"].as_str().unwrap_or("");
-        if !r
-            .split('/')
-            .rev()
-            .nth(1)
-            .is_some_and(|t| t == "Organization")
-        {
+        if r.split('/').rev().nth(1) != Some("Organization") {
             problem(
                 format!("{path}.actor[{i}].reference"),
                 "the actor must be a reference to an Organization".into(),
