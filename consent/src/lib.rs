@@ -313,6 +313,32 @@ fn bounds(s: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     Some((midnight(lo)?, midnight(hi)?))
 }
 
+/// The data classes of a resource, from its categories: `observation-category` `vital-signs` and
+/// `activity`, and any code of [`DATA_CLASS_SYSTEM`] (the mappers add `sleep` and
+/// `body-measurement` there).
+pub fn classes_of(resource: &Value) -> Vec<String> {
+    const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+    let mut out: Vec<String> = Vec::new();
+    for (system, code) in codes_of(resource.get("category")) {
+        let class = match system {
+            Some(OBSERVATION_CATEGORY) if matches!(code, "vital-signs" | "activity") => code,
+            Some(DATA_CLASS_SYSTEM) if DATA_CLASSES.contains(&code) => code,
+            _ => continue,
+        };
+        if !out.iter().any(|c| c == class) {
+            out.push(class.to_owned());
+        }
+    }
+    out
+}
+
+/// The codes of a resource's `code`, as `system|code`.
+pub fn codes_of_resource(resource: &Value) -> Vec<String> {
+    codes_of(resource.get("code"))
+        .map(|(system, code)| format!("{}|{code}", system.unwrap_or("")))
+        .collect()
+}
+
 /// The canonical URL of fhirgate's Consent profile (`fhir-profiles/fhirgate-consent.json`).
 pub const PROFILE: &str = "https://fhirgate.org/StructureDefinition/patient-consent";
 const CONSENT_SCOPE: &str = "http://terminology.hl7.org/CodeSystem/consentscope";

@@ -256,6 +256,19 @@ fn the_check_names_each_problem() {
     assert_eq!(check(&none)[0].path, "Consent.provision");
 }
 
+#[test]
+fn classes_come_from_the_categories() {
+    let weight = json!({"resourceType": "Observation",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]},
+                     {"coding": [{"system": DATA_CLASS_SYSTEM, "code": "body-measurement"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]}});
+    assert_eq!(classes_of(&weight), ["vital-signs", "body-measurement"]);
+    assert_eq!(codes_of_resource(&weight), ["http://loinc.org|29463-7"]);
+    let lab = json!({"resourceType": "Observation",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}]});
+    assert!(classes_of(&lab).is_empty());
+}
+
 /// A small world of Consents: two partners, the classes, two purposes, a few periods, nested
 /// denies, and statuses.
 fn arb_consent() -> impl Strategy<Value = Value> {
@@ -332,6 +345,14 @@ proptest! {
         which in 0usize..5,
         c in arb_ctx(),
     ) {
+        let which = which % consents.len().max(1);
+        // Revoking is withdrawing a permit (withdrawing a refusal is not a revocation).
+        let is_permit = consents
+            .get(which)
+            .is_some_and(|c| c["provision"]["type"] == "permit");
+        if !is_permit {
+            return Ok(());
+        }
         let mut revoked = consents.clone();
         if let Some(r) = revoked.get_mut(which) {
             r["status"] = json!("inactive");
