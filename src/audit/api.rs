@@ -73,15 +73,7 @@ pub fn context(principal: Option<&Principal>, req: &Request) -> RequestContext {
         request_id: header("x-request-id"),
         client_id: principal.map(|p| p.claims.client_id.clone()),
         user: principal.and_then(|p| p.owner().map(|o| format!("Patient/{o}"))),
-        organization: principal.and_then(|p| {
-            p.claims.organization.as_ref().map(|o| {
-                if o.contains('/') {
-                    o.clone()
-                } else {
-                    format!("Organization/{o}")
-                }
-            })
-        }),
+        organization: principal.and_then(crate::fhir::consent::partner),
         purpose,
         address,
         user_agent: header("user-agent"),

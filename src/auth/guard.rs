@@ -166,6 +166,22 @@ pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> 
     Some((rt, p))
 }
 
+/// `GET [base]/{type}/{id}` or `GET [base]/{type}/{id}/_history/{vid}`.
+fn is_instance_read(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/fhir/") else {
+        return false;
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
+    matches!(*method, Method::GET | Method::HEAD)
+        && match segs.as_slice() {
+            [rt, id] => !rt.starts_with('_') && !id.starts_with('_') && !id.starts_with('$'),
+            [rt, id, "_history", vid] => {
+                !rt.starts_with('_') && !id.starts_with('_') && !vid.is_empty()
+            }
+            _ => false,
+        }
+}
+
 /// Verifies a bearer token (signature, claims, revocation) into the caller.
 fn authenticate(state: &AppState, token: &str) -> Result<Principal, Box<Response>> {
     let (claims, scopes) =
@@ -242,20 +258,13 @@ pub async fn require_token(
 
 /// 403 unless the token may do what the request asks.
 fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
-    // Partner tokens see only what patients consented to. Until consent is enforced (the consent
-    // crate decides deny by default), a partner sees nothing.
-    if let Some(org) = &principal.claims.organization {
-        let ctx = fhirgate_consent::AccessContext {
-            organization: org.clone(),
-            purpose: None,
-            ..Default::default()
-        };
-        if let fhirgate_consent::Decision::Deny { reason } = fhirgate_consent::decide(&[], &ctx) {
-            tracing::debug!(reason, "partner access denied by consent");
-            return Err(FhirError::Forbidden(
-                "no patient consent permits this access".into(),
-            ));
-        }
+    // Partner tokens see only what patients consented to. Reads by id are checked against the
+    // patient's Consents by the handlers (`fhir::consent`); everything else a partner could ask
+    // for (search, history, Bundles, operations, writes) stays refused until it is filtered by
+    // consent too.
+    if principal.claims.organization.is_some() && !is_instance_read(req.method(), req.uri().path())
+    {
+        return Err(crate::fhir::consent::refused());
     }
     if let Some((rt, p)) = interaction(req.method(), req.uri().path()) {
         principal.require(&rt, p)?;

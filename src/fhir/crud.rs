@@ -35,6 +35,8 @@ pub async fn read(
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
     let body = readable_body(&principal, rt, id, &mut v)?;
+    crate::fhir::consent::check_read(&state, &principal, rt, v.compartment.as_deref(), &body)
+        .await?;
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -68,6 +70,8 @@ pub async fn vread(
         .await?
         .ok_or_else(missing)?;
     let body = readable_body(&principal, rt, id, &mut v)?;
+    crate::fhir::consent::check_read(&state, &principal, rt, v.compartment.as_deref(), &body)
+        .await?;
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     audit_read(&mut resp, rt, id, &v);

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod bundle;
 pub mod capabilities;
+pub mod consent;
 pub mod crud;
 pub mod format;
 pub mod history;

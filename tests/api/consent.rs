@@ -73,3 +73,147 @@ async fn patients_write_consents_of_the_profile_and_others_are_422() {
         1
     );
 }
+
+/// An Observation of `class` (a category) for patient `pid`, created by the first-party client.
+async fn observation_of(app: &TestApp, pid: &str, class: &str) -> String {
+    let mut o = crate::helpers::observation(pid, 60.0);
+    if class != "vital-signs" {
+        o["category"] = json!([{"coding": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": class}]}]);
+    }
+    let resp = app.post("Observation", &o).await;
+    assert_eq!(resp.status(), 201);
+    crate::helpers::json(resp).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
+async fn partner_read(app: &TestApp, org: &str, path: &str) -> reqwest::Response {
+    let t = token(
+        app,
+        &format!("{org}-app"),
+        "system/*.rs",
+        None,
+        Some(&format!("Organization/{org}")),
+    );
+    reqwest::Client::new()
+        .get(format!("{}/{path}", app.base))
+        .bearer_auth(t)
+        .header("x-purpose-of-use", "TREAT")
+        .send()
+        .await
+        .expect("read")
+}
+
+#[tokio::test]
+async fn a_partner_reads_only_what_the_patient_consented_to() {
+    let app = spawn_app().await;
+    let vital = observation_of(&app, "p1", "vital-signs").await;
+    let sleep = observation_of(&app, "p1", "sleep").await;
+    let read = |org: &'static str, id: &str| {
+        let path = format!("Observation/{id}");
+        let app = &app;
+        async move { partner_read(app, org, &path).await.status().as_u16() }
+    };
+
+    // No consent: 403 that says nothing about the data.
+    let resp = partner_read(&app, "acme", &format!("Observation/{vital}")).await;
+    let oo = assert_outcome(resp, 403, "forbidden").await;
+    assert!(!oo.to_string().contains("8867-4"));
+
+    // The patient grants acme vital signs: vital signs yes, sleep no, globex nothing.
+    let me = token(&app, "phone-app", "patient/Consent.cruds", Some("p1"), None);
+    let resp = post(&app, &me, &consent("p1", "acme", &["vital-signs"])).await;
+    assert_eq!(resp.status(), 201);
+    let granted = crate::helpers::json(resp).await;
+    assert_eq!(read("acme", &vital).await, 200);
+    assert_eq!(read("acme", &sleep).await, 403);
+    assert_eq!(read("globex", &vital).await, 403);
+    // Without the purpose it was granted for: refused.
+    let t = token(
+        &app,
+        "acme-app",
+        "system/*.rs",
+        None,
+        Some("Organization/acme"),
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("{}/Observation/{vital}", app.base))
+        .bearer_auth(t)
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(resp.status(), 403);
+    // Searches stay refused for partners until they are filtered by consent.
+    assert_eq!(
+        partner_read(&app, "acme", "Observation?subject=Patient/p1")
+            .await
+            .status(),
+        403
+    );
+
+    // A deny inside the permit; then an expired period; then revocation: each on the next request.
+    let id = granted["id"].as_str().expect("id").to_owned();
+    let put = |body: Value| {
+        let (app, me, id) = (&app, me.clone(), id.clone());
+        async move {
+            reqwest::Client::new()
+                .put(format!("{}/Consent/{id}", app.base))
+                .bearer_auth(me)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("put")
+                .status()
+                .as_u16()
+        }
+    };
+    let mut everything_but_sleep = consent("p1", "acme", &["everything"]);
+    everything_but_sleep["id"] = json!(id);
+    everything_but_sleep["provision"]["provision"] = json!([{"type": "deny",
+        "class": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": "sleep"}]}]);
+    assert_eq!(put(everything_but_sleep.clone()).await, 200);
+    assert_eq!(read("acme", &vital).await, 200);
+    assert_eq!(read("acme", &sleep).await, 403);
+
+    let mut expired = everything_but_sleep.clone();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    expired["provision"]["period"] = json!({"start": "2020-01-01", "end": yesterday});
+    assert_eq!(put(expired).await, 200);
+    assert_eq!(read("acme", &vital).await, 403);
+
+    assert_eq!(put(everything_but_sleep.clone()).await, 200);
+    assert_eq!(read("acme", &vital).await, 200);
+    let mut revoked = everything_but_sleep;
+    revoked["status"] = json!("inactive");
+    assert_eq!(put(revoked).await, 200);
+    assert_eq!(read("acme", &vital).await, 403);
+}
+
+#[tokio::test]
+async fn two_partners_with_different_consents_on_one_patient() {
+    let app = spawn_app().await;
+    let vital = observation_of(&app, "p1", "vital-signs").await;
+    let sleep = observation_of(&app, "p1", "sleep").await;
+    let me = token(&app, "phone-app", "patient/Consent.cruds", Some("p1"), None);
+    for (org, classes) in [("acme", vec!["vital-signs"]), ("globex", vec!["sleep"])] {
+        let resp = post(&app, &me, &consent("p1", org, &classes)).await;
+        assert_eq!(resp.status(), 201);
+    }
+    let status = |org: &'static str, id: String| {
+        let app = &app;
+        async move {
+            partner_read(app, org, &format!("Observation/{id}"))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("acme", vital.clone()).await, 200);
+    assert_eq!(status("acme", sleep.clone()).await, 403);
+    assert_eq!(status("globex", vital).await, 403);
+    assert_eq!(status("globex", sleep).await, 200);
+}

@@ -1,0 +1,81 @@
+//! Consent enforcement for partner tokens (tokens bound to an Organization): a partner reads a
+//! resource only when its patient's active Consents permit that partner, for the request's purpose
+//! of use, the resource's data classes and codes, now. Decisions come from the `consent` crate and
+//! are made on every request, from the Consents as stored, so a revocation applies to the very
+//! next request.
+
+use serde_json::Value;
+
+use crate::auth::guard::Principal;
+use crate::error::{FhirError, Result};
+use crate::state::AppState;
+use crate::storage;
+
+/// The refusal a partner gets; it says nothing about the resource.
+pub fn refused() -> FhirError {
+    FhirError::Forbidden("no patient consent permits this access".into())
+}
+
+/// The partner organisation of a token, as `Organization/<id>`.
+pub fn partner(principal: &Principal) -> Option<String> {
+    principal.claims.organization.as_ref().map(|o| {
+        if o.contains('/') {
+            o.clone()
+        } else {
+            format!("Organization/{o}")
+        }
+    })
+}
+
+/// The active and inactive Consents of a patient, as stored now.
+async fn consents_of(state: &AppState, patient: &str) -> Result<Vec<Value>> {
+    // language=PostgreSQL
+    let ids: Vec<String> = sqlx::query_scalar(
+        "select id from resource where resource_type = 'Consent' and compartment = $1 and not deleted",
+    )
+    .bind(patient)
+    .fetch_all(&state.db)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for v in storage::read_many(state, "Consent", &ids).await? {
+        if let Some(body) = v.body {
+            out.push(fhirgate_codec::parse_json(&body)?);
+        }
+    }
+    Ok(out)
+}
+
+/// For partner tokens: 403 unless a Consent of the resource's patient permits reading it. Other
+/// tokens pass.
+pub async fn check_read(
+    state: &AppState,
+    principal: &Principal,
+    rt: &str,
+    compartment: Option<&str>,
+    body: &[u8],
+) -> Result<()> {
+    let Some(organization) = partner(principal) else {
+        return Ok(());
+    };
+    // Only data of a patient can be consented to.
+    let Some(patient) = compartment else {
+        return Err(refused());
+    };
+    let consents = consents_of(state, patient).await?;
+    let resource = fhirgate_codec::parse_json(body)?;
+    let ctx = fhirgate_consent::AccessContext {
+        organization,
+        purpose: crate::audit::current().and_then(|c| c.purpose.clone()),
+        resource_type: rt.to_owned(),
+        classes: fhirgate_consent::classes_of(&resource),
+        codes: fhirgate_consent::codes_of_resource(&resource),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    match fhirgate_consent::decide(&consents, &ctx) {
+        fhirgate_consent::Decision::Permit { .. } => Ok(()),
+        fhirgate_consent::Decision::Deny { reason } => {
+            tracing::debug!(reason, "partner read refused by consent");
+            Err(refused())
+        }
+    }
+}
