@@ -332,6 +332,41 @@ pub fn classes_of(resource: &Value) -> Vec<String> {
     out
 }
 
+/// The organisations a Consent names as actors, at any level of its provisions, as
+/// `Organization/<id>`.
+pub fn organizations_named(consent: &Value) -> Vec<String> {
+    fn walk(p: &Value, out: &mut Vec<String>) {
+        for a in p
+            .get("actor")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let r = a["reference"]["reference"].as_str().unwrap_or("");
+            let mut parts = r.rsplit('/');
+            if let (Some(id), Some("Organization")) = (parts.next(), parts.next()) {
+                let org = format!("Organization/{id}");
+                if !out.contains(&org) {
+                    out.push(org);
+                }
+            }
+        }
+        for child in p
+            .get("provision")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(p) = consent.get("provision") {
+        walk(p, &mut out);
+    }
+    out
+}
+
 /// The codes of a resource's `code`, as `system|code`.
 pub fn codes_of_resource(resource: &Value) -> Vec<String> {
     codes_of(resource.get("code"))

@@ -166,6 +166,19 @@ pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> 
     Some((rt, p))
 }
 
+/// `GET [base]/{type}?…` or `POST [base]/{type}/_search`.
+fn is_type_search(method: &Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/fhir/") else {
+        return false;
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
+    match (method, segs.as_slice()) {
+        (&Method::GET | &Method::HEAD, [rt]) => !rt.is_empty() && !rt.starts_with('_'),
+        (&Method::POST, [rt, "_search"]) => !rt.starts_with('_'),
+        _ => false,
+    }
+}
+
 /// `GET [base]/{type}/{id}` or `GET [base]/{type}/{id}/_history/{vid}`.
 fn is_instance_read(method: &Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/fhir/") else {
@@ -258,11 +271,14 @@ pub async fn require_token(
 
 /// 403 unless the token may do what the request asks.
 fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
-    // Partner tokens see only what patients consented to. Reads by id are checked against the
-    // patient's Consents by the handlers (`fhir::consent`); everything else a partner could ask
-    // for (search, history, Bundles, operations, writes) stays refused until it is filtered by
-    // consent too.
-    if principal.claims.organization.is_some() && !is_instance_read(req.method(), req.uri().path())
+    // Partner tokens see only what patients consented to. Reads by id and type searches are
+    // checked against the patients' Consents by the handlers (`fhir::consent`); everything else a
+    // partner could ask for (history, Bundles, operations, writes) stays refused until it is
+    // filtered by consent too.
+    let (method, path) = (req.method(), req.uri().path());
+    if principal.claims.organization.is_some()
+        && !is_instance_read(method, path)
+        && !is_type_search(method, path)
     {
         return Err(crate::fhir::consent::refused());
     }

@@ -4,6 +4,8 @@
 //! are made on every request, from the Consents as stored, so a revocation applies to the very
 //! next request.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::auth::guard::Principal;
@@ -69,7 +71,7 @@ pub async fn check_read(
         resource_type: rt.to_owned(),
         classes: fhirgate_consent::classes_of(&resource),
         codes: fhirgate_consent::codes_of_resource(&resource),
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        at: now(),
     };
     match fhirgate_consent::decide(&consents, &ctx) {
         fhirgate_consent::Decision::Permit { .. } => Ok(()),
@@ -78,4 +80,77 @@ pub async fn check_read(
             Err(refused())
         }
     }
+}
+
+/// What a partner may see in a search, worked out once per search: the (patient, class) pairs its
+/// patients' Consents permit now, for SQL, and those Consents, to check each result's codes.
+#[derive(Debug, Default)]
+pub struct Grants {
+    /// The partner, `Organization/<id>`.
+    pub organization: String,
+    /// Patients of the pairs, in step with `classes`.
+    pub patients: Vec<String>,
+    /// Classes of the pairs.
+    pub classes: Vec<String>,
+    purpose: Option<String>,
+    consents: HashMap<String, Vec<Value>>,
+}
+
+impl Grants {
+    /// Whether a fetched resource is permitted (its codes may be denied where its class is not).
+    pub fn permits(&self, rt: &str, compartment: Option<&str>, resource: &Value) -> bool {
+        let Some(patient) = compartment else {
+            return false;
+        };
+        let Some(consents) = self.consents.get(patient) else {
+            return false;
+        };
+        let ctx = fhirgate_consent::AccessContext {
+            organization: self.organization.clone(),
+            purpose: self.purpose.clone(),
+            resource_type: rt.to_owned(),
+            classes: fhirgate_consent::classes_of(resource),
+            codes: fhirgate_consent::codes_of_resource(resource),
+            at: now(),
+        };
+        fhirgate_consent::decide(consents, &ctx).permits()
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The grants of a partner token, or `None` for other tokens.
+pub async fn grants(state: &AppState, principal: &Principal) -> Result<Option<Grants>> {
+    let Some(organization) = partner(principal) else {
+        return Ok(None);
+    };
+    // language=PostgreSQL
+    let patients: Vec<String> = sqlx::query_scalar(
+        "select distinct patient from consent_party where organizations @> array[$1::text] order by patient",
+    )
+    .bind(&organization)
+    .fetch_all(&state.db)
+    .await?;
+    let mut g = Grants {
+        organization,
+        purpose: crate::audit::current().and_then(|c| c.purpose.clone()),
+        ..Grants::default()
+    };
+    for p in patients {
+        let consents = consents_of(state, &p).await?;
+        let ctx = fhirgate_consent::AccessContext {
+            organization: g.organization.clone(),
+            purpose: g.purpose.clone(),
+            at: now(),
+            ..Default::default()
+        };
+        for class in fhirgate_consent::permitted_classes(&consents, &ctx) {
+            g.patients.push(p.clone());
+            g.classes.push(class.to_owned());
+        }
+        g.consents.insert(p, consents);
+    }
+    Ok(Some(g))
 }

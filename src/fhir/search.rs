@@ -80,17 +80,44 @@ async fn run(
             _ => ignored.push(k.clone()),
         }
     }
+    // A partner sees only rows of (patient, class) pairs its patients' Consents permit, and
+    // Consents that name it; the filter is part of the SQL.
+    let grants = crate::fhir::consent::grants(state, principal).await?;
+    let (g_patients, g_classes, g_org) = match &grants {
+        Some(g) => (
+            Some(g.patients.clone()),
+            Some(g.classes.clone()),
+            Some(g.organization.clone()),
+        ),
+        None => (None, None, None),
+    };
+    let consent_search = rt == "Consent";
     let ids: Vec<String> = if criteria.is_empty() {
         // language=PostgreSQL
         sqlx::query_scalar(
-            "select id from resource where resource_type = $1 and not deleted and ($2::text is null or id > $2) and ($4::text is null or compartment is null or compartment = $4) order by id limit $3",
+            r#"select id from resource
+               where resource_type = $1 and not deleted and ($2::text is null or id > $2)
+                 and ($4::text is null or compartment is null or compartment = $4)
+                 and ($5::text[] is null or ($8 and id in
+                        (select consent_id from consent_party where organizations @> array[$7::text]))
+                      or (not $8 and exists (select 1 from unnest($5::text[], $6::text[]) as g(p, c)
+                                             where g.p = resource.compartment and g.c = any(resource.classes))))
+               order by id limit $3"#,
         )
         .bind(rt)
         .bind(&after)
         .bind(count + 1)
         .bind(principal.owner())
+        .bind(&g_patients)
+        .bind(&g_classes)
+        .bind(&g_org)
+        .bind(consent_search)
         .fetch_all(&state.db)
         .await?
+    } else if grants.is_some() {
+        return Err(FhirError::Forbidden(
+            "partners search by patient consent without further criteria for now".into(),
+        ));
     } else {
         let text = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&criteria)
@@ -130,6 +157,12 @@ async fn run(
             Some(b) => fhirgate_codec::parse_json(b)?,
             None => continue,
         };
+        // A partner: the codes of each result are checked against the Consents as well.
+        if let (Some(g), false) = (&grants, consent_search) {
+            if !g.permits(rt, v.compartment.as_deref(), &resource) {
+                continue;
+            }
+        }
         // Granular scopes: what the token may not see is simply not in the results.
         if !principal.sees(rt, Permission::Search, &resource) {
             continue;

@@ -219,6 +219,16 @@ pub async fn apply(
             .as_ref()
             .map(|r| conditional::identifier_hashes(&state.keys, &op.resource_type, r))
             .unwrap_or_default();
+        let classes = op
+            .resource
+            .as_ref()
+            .map(fhirgate_consent::classes_of)
+            .unwrap_or_default();
+        let consent_parties = op
+            .resource
+            .as_ref()
+            .filter(|_| op.resource_type == "Consent")
+            .map(fhirgate_consent::organizations_named);
         let body = op
             .resource
             .map(|r| stamp(r, &op.id, version, &at))
@@ -232,6 +242,8 @@ pub async fn apply(
             last_updated: at,
             body,
             identifier_hashes,
+            classes,
+            consent_parties,
         });
         results.push(WriteResult {
             resource_type: op.resource_type,

@@ -272,6 +272,10 @@ pub struct NewVersion {
     pub body: Option<Vec<u8>>,
     /// Blind `(value, system)` hashes of each `Resource.identifier` (empty for a delete).
     pub identifier_hashes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Data classes of the resource (consent filters on them).
+    pub classes: Vec<String>,
+    /// For a Consent: the organisations it names.
+    pub consent_parties: Option<Vec<String>>,
 }
 
 /// Encrypts and writes versions, moves the current pointers and replaces the identifier index, in
@@ -348,15 +352,19 @@ pub async fn write_versions(
         // language=PostgreSQL
         (
             new_rows,
-            r#"insert into resource (resource_type, id, version_id, compartment, deleted, last_updated)
-               select * from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[])"#,
+            r#"insert into resource (resource_type, id, version_id, compartment, deleted, last_updated, classes)
+               select rt, id, v, c, d, lu, string_to_array(nullif(cl, ''), E'\n')
+               from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[], $7::text[])
+                    as t(rt, id, v, c, d, lu, cl)"#,
         ),
         // language=PostgreSQL
         (
             moved,
             r#"update resource r
-               set version_id = t.v, compartment = t.c, deleted = t.d, last_updated = t.lu
-               from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[]) as t(rt, id, v, c, d, lu)
+               set version_id = t.v, compartment = t.c, deleted = t.d, last_updated = t.lu,
+                   classes = string_to_array(nullif(t.cl, ''), E'\n')
+               from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[], $7::text[])
+                    as t(rt, id, v, c, d, lu, cl)
                where r.resource_type = t.rt and r.id = t.id"#,
         ),
     ] {
@@ -370,6 +378,11 @@ pub async fn write_versions(
             .bind(rows.iter().map(|&i| comps[i]).collect::<Vec<_>>())
             .bind(rows.iter().map(|&i| deleted[i]).collect::<Vec<_>>())
             .bind(rows.iter().map(|&i| stamps[i]).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|&i| versions[i].classes.join("\n"))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **tx)
             .await
             .map_err(conflict_on_duplicate)?;
@@ -389,6 +402,7 @@ pub async fn write_versions(
             ish.push(system_hash.as_slice());
         }
     }
+    write_consent_parties(tx, versions).await?;
     // No audit, no change: the events of these versions commit or roll back with them.
     let ctx = crate::audit::current();
     let events = crate::audit::api::write_events(ctx.as_deref(), versions);
@@ -408,6 +422,42 @@ pub async fn write_versions(
         .bind(&iv)
         .bind(&ivh)
         .bind(&ish)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Keeps `consent_party` in step with the Consents among `versions`.
+async fn write_consent_parties(
+    tx: &mut Transaction<'static, Postgres>,
+    versions: &[NewVersion],
+) -> Result<()> {
+    let consents: Vec<&NewVersion> = versions
+        .iter()
+        .filter(|v| v.resource_type == "Consent")
+        .collect();
+    if consents.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = consents.iter().map(|v| v.id.as_str()).collect();
+    // language=PostgreSQL
+    sqlx::query("delete from consent_party where consent_id = any($1)")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    for v in consents {
+        let (Some(parties), Some(patient), Some(_)) = (&v.consent_parties, &v.compartment, &v.body)
+        else {
+            continue;
+        };
+        // language=PostgreSQL
+        sqlx::query(
+            "insert into consent_party (consent_id, patient, organizations) values ($1, $2, $3) on conflict (consent_id) do update set patient = excluded.patient, organizations = excluded.organizations",
+        )
+        .bind(&v.id)
+        .bind(patient)
+        .bind(parties)
         .execute(&mut **tx)
         .await?;
     }

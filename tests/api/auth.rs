@@ -524,12 +524,25 @@ async fn scopes_are_enforced_per_interaction_and_per_bundle_entry() {
     .await;
     assert_eq!(out["entry"][0]["response"]["status"], "201 Created");
     assert_eq!(out["entry"][1]["response"]["status"], "403 Forbidden");
-    // A partner backend (bound to an Organization) sees nothing until patients consent.
+    // A partner backend (bound to an Organization) finds nothing until patients consent, and
+    // its writes are refused.
     let partner = mint(&app.state, "system/*.rs", Some("Organization/partner"));
-    assert_outcome(
-        send(partner, reqwest::Method::GET, "Observation", None)
+    let found = json(
+        send(partner.clone(), reqwest::Method::GET, "Observation", None)
             .await
             .expect("s"),
+    )
+    .await;
+    assert!(found.get("entry").is_none(), "{found}");
+    assert_outcome(
+        send(
+            partner,
+            reqwest::Method::POST,
+            "Observation",
+            Some(observation("p1", 70.0)),
+        )
+        .await
+        .expect("s"),
         403,
         "forbidden",
     )

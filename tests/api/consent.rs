@@ -79,6 +79,9 @@ async fn observation_of(app: &TestApp, pid: &str, class: &str) -> String {
     let mut o = crate::helpers::observation(pid, 60.0);
     if class != "vital-signs" {
         o["category"] = json!([{"coding": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": class}]}]);
+        o["code"] = json!({"coding": [{"system": "http://loinc.org", "code": "93832-4", "display": "Sleep duration"}]});
+        o["valueQuantity"] =
+            json!({"value": 7.5, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"});
     }
     let resp = app.post("Observation", &o).await;
     assert_eq!(resp.status(), 201);
@@ -86,6 +89,20 @@ async fn observation_of(app: &TestApp, pid: &str, class: &str) -> String {
         .as_str()
         .expect("id")
         .to_owned()
+}
+
+/// The ids a partner's search returns.
+async fn search_ids(app: &TestApp, org: &str, query: &str) -> Vec<String> {
+    let resp = partner_read(app, org, query).await;
+    assert_eq!(resp.status(), 200, "{query}");
+    let b = crate::helpers::json(resp).await;
+    b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == "match")
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 async fn partner_read(app: &TestApp, org: &str, path: &str) -> reqwest::Response {
@@ -144,9 +161,24 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
         .await
         .expect("read");
     assert_eq!(resp.status(), 403);
-    // Searches stay refused for partners until they are filtered by consent.
+    // A search finds only the permitted resources of consenting patients, filtered in SQL.
+    let other_patient = observation_of(&app, "p2", "vital-signs").await;
     assert_eq!(
-        partner_read(&app, "acme", "Observation?subject=Patient/p1")
+        search_ids(&app, "acme", "Observation").await,
+        std::slice::from_ref(&vital)
+    );
+    assert!(search_ids(&app, "globex", "Observation").await.is_empty());
+    assert!(!search_ids(&app, "acme", "Observation")
+        .await
+        .contains(&other_patient));
+    // A partner discovers the Consents that name it, and only those.
+    let theirs = post(&app, &me, &consent("p1", "globex", &["sleep"])).await;
+    assert_eq!(theirs.status(), 201);
+    let found = search_ids(&app, "acme", "Consent").await;
+    assert_eq!(found, [granted["id"].as_str().expect("id").to_owned()]);
+    // History and Bundles stay refused for partners.
+    assert_eq!(
+        partner_read(&app, "acme", "Observation/_history")
             .await
             .status(),
         403
@@ -176,6 +208,10 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
     assert_eq!(put(everything_but_sleep.clone()).await, 200);
     assert_eq!(read("acme", &vital).await, 200);
     assert_eq!(read("acme", &sleep).await, 403);
+    assert_eq!(
+        search_ids(&app, "acme", "Observation").await,
+        std::slice::from_ref(&vital)
+    );
 
     let mut expired = everything_but_sleep.clone();
     let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
@@ -191,6 +227,7 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
     revoked["status"] = json!("inactive");
     assert_eq!(put(revoked).await, 200);
     assert_eq!(read("acme", &vital).await, 403);
+    assert!(search_ids(&app, "acme", "Observation").await.is_empty());
 }
 
 #[tokio::test]
@@ -214,6 +251,21 @@ async fn two_partners_with_different_consents_on_one_patient() {
     };
     assert_eq!(status("acme", vital.clone()).await, 200);
     assert_eq!(status("acme", sleep.clone()).await, 403);
-    assert_eq!(status("globex", vital).await, 403);
-    assert_eq!(status("globex", sleep).await, 200);
+    assert_eq!(status("globex", vital.clone()).await, 403);
+    assert_eq!(status("globex", sleep.clone()).await, 200);
+    assert_eq!(
+        search_ids(&app, "acme", "Observation").await,
+        std::slice::from_ref(&vital)
+    );
+    assert_eq!(search_ids(&app, "globex", "Observation").await, [sleep]);
+
+    // A deny by code inside a permit hides that code from searches as well as reads.
+    let mut no_heart_rate = consent("p1", "initech", &["everything"]);
+    no_heart_rate["provision"]["provision"] = json!([{"type": "deny",
+        "code": [{"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}]}]);
+    assert_eq!(post(&app, &me, &no_heart_rate).await.status(), 201);
+    let found = search_ids(&app, "initech", "Observation").await;
+    assert!(!found.contains(&vital), "{found:?}");
+    assert_eq!(found.len(), 1, "the sleep Observation only");
+    assert_eq!(status("initech", vital).await, 403);
 }
