@@ -317,7 +317,7 @@ pub async fn account(State(state): State<AppState>, headers: HeaderMap) -> Respo
     let c = csrf(&state, &headers);
     let body = format!(
         r#"<h1>You are signed in</h1><p>Your health record is <code>Patient/{pid}</code>.</p>
-<p><a id="access" href="/account/access">Who accessed my data</a></p>
+<p><a id="sharing" href="/account/sharing">Sharing with partners</a> · <a id="access" href="/account/access">Who accessed my data</a></p>
 <form method="post" action="/auth/logout"><input type="hidden" name="csrf" value="{token}"><button type="submit" id="sign-out">Sign out</button></form>"#,
         pid = esc(&user.patient_id),
         token = esc(&c.token),

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod authorize;
 pub mod login;
+pub mod sharing;
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +36,10 @@ pub fn router() -> Router<AppState> {
         .route("/auth/logout", axum::routing::post(login::logout))
         .route("/auth/account", get(login::account))
         .route("/account/access", get(audit::my_access_page))
+        .route(
+            "/account/sharing",
+            get(sharing::sharing_page).post(sharing::save),
+        )
         .route("/audit", get(audit::auditor_page))
         .route("/audit/events/{seq}", get(audit::event_page))
         .route("/audit/export.csv", get(audit::export_csv))

@@ -269,3 +269,64 @@ async fn two_partners_with_different_consents_on_one_patient() {
     assert_eq!(found.len(), 1, "the sleep Observation only");
     assert_eq!(status("initech", vital).await, 403);
 }
+
+#[tokio::test]
+async fn headless_chromium_grants_and_revokes_a_partner_on_the_sharing_page() {
+    let app = spawn_app().await;
+    let key = crate::helpers::es384_key("k1");
+    crate::auth::register(
+        &app,
+        "acme-backend",
+        &key,
+        "system/*.rs",
+        Some("Organization/acme"),
+    )
+    .await;
+    let mut b = crate::smart_app::Browser::new(&app);
+    b.sign_up("sharer@example.org").await;
+    let pid = b.patient_id().await;
+    let vital = observation_of(&app, &pid, "vital-signs").await;
+    let sleep = observation_of(&app, &pid, "sleep").await;
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let run = |mode: &'static str| {
+        let root = root.clone();
+        async move {
+            crate::helpers::browser_script(
+                "sharing.mjs",
+                &[
+                    &root,
+                    "sharer@example.org",
+                    crate::smart_app::PASSWORD,
+                    "acme",
+                    mode,
+                ],
+            )
+            .await
+        }
+    };
+    assert!(search_ids(&app, "acme", "Observation").await.is_empty());
+
+    let granted = run("grant").await;
+    assert_eq!(granted["checked"], json!(["acme-vital-signs"]));
+    assert_eq!(
+        search_ids(&app, "acme", "Observation").await,
+        std::slice::from_ref(&vital)
+    );
+    let read = partner_read(&app, "acme", &format!("Observation/{sleep}")).await;
+    assert_eq!(read.status(), 403);
+
+    let revoked = run("revoke").await;
+    assert_eq!(revoked["checked"], json!([]));
+    assert!(search_ids(&app, "acme", "Observation").await.is_empty());
+    let read = partner_read(&app, "acme", &format!("Observation/{vital}")).await;
+    assert_eq!(read.status(), 403);
+    let history: Vec<&str> = revoked["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history[0].ends_with("stopped sharing with Organization/acme"));
+    assert!(history[1].ends_with("shared vital-signs with Organization/acme"));
+}
