@@ -40,8 +40,12 @@ revoke update, delete, truncate on audit_log from public;
 -- Events of writes, inserted in the same transaction as the change they describe and linked into
 -- the chain moments later by the server's audit writer (or by `fhirgate audit verify`).
 create table audit_inbox (
-    inbox_id bigserial primary key,
-    event    text      not null
+    inbox_id bigserial     primary key,
+    -- the events of one write transaction, one JSON text per line (without their ids)
+    events   text          not null,
+    recorded timestamptz[] not null,
+    -- each event's search terms, one per line; events separated by U+001E
+    terms    text          not null
 );
 
 -- Users who may read the whole trail on the auditor page (`fhirgate user auditor --email …`).

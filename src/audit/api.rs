@@ -340,7 +340,7 @@ fn outcome_event(
 pub fn write_events(
     ctx: Option<&RequestContext>,
     versions: &[crate::storage::NewVersion],
-) -> Vec<String> {
+) -> Vec<super::chain::Prepared> {
     let event = |v: &crate::storage::NewVersion| {
         let (sub, action) = match (&v.body, v.version_id) {
             (None, _) => ("delete", Action::Delete),
@@ -366,9 +366,12 @@ pub fn write_events(
                 e = e.entity(format!("Provenance/{}", v.id));
             }
         }
-        return vec![e.body(ctx)];
+        return vec![super::chain::Prepared::new(&e, ctx)];
     }
-    versions.iter().map(|v| event(v).body(ctx)).collect()
+    versions
+        .iter()
+        .map(|v| super::chain::Prepared::new(&event(v), ctx))
+        .collect()
 }
 
 /// The event of a read inside a Bundle (`GET` entry), stored with the Bundle's transaction.
@@ -376,12 +379,12 @@ pub fn read_event(
     ctx: Option<&RequestContext>,
     reference: String,
     compartment: Option<&str>,
-) -> String {
+) -> super::chain::Prepared {
     let mut e = Event::new(Kind::Rest("read"), Action::Read).entity(reference);
     if let Some(p) = compartment {
         e = e.patient(p);
     }
-    e.body(ctx)
+    super::chain::Prepared::new(&e, ctx)
 }
 
 /// Records the failure of one entry of a batch (`method` and `url` as the entry gave them);

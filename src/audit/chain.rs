@@ -22,6 +22,10 @@ use super::RequestContext;
 
 /// Most events stored by one transaction.
 const MAX_BATCH: usize = 2000;
+/// Most inbox rows (write transactions) linked by one statement.
+const MAX_INBOX_ROWS: i64 = 8;
+/// Separates the terms of the events of one inbox row.
+const RECORD_SEPARATOR: char = '\u{1e}';
 /// How often the writer links waiting write events when no request wakes it.
 const INBOX_TICK: Duration = Duration::from_millis(200);
 /// Idle ticks between sweeps of the inbox for events of other processes.
@@ -31,35 +35,24 @@ const ATTEMPTS: usize = 8;
 
 type Reply = oneshot::Sender<Result<(), String>>;
 
-/// An event ready to be chained: its JSON body (without the id) and its columns.
+/// An event ready to be chained: its JSON body (without the id), its time and its search terms.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     body: String,
-    columns: Columns,
-    /// `columns.terms()`, one per line.
+    recorded: DateTime<Utc>,
+    /// The event's search terms, one per line.
     terms: String,
 }
 
 impl Prepared {
     /// `event` made by `ctx`.
     pub fn new(event: &Event, ctx: Option<&RequestContext>) -> Self {
-        Self::with(event.body(ctx), event.columns(ctx))
-    }
-
-    fn with(body: String, columns: Columns) -> Self {
-        let terms = columns.terms().join("\n");
+        let columns: Columns = event.columns(ctx);
         Prepared {
-            body,
-            columns,
-            terms,
+            body: event.body(ctx),
+            recorded: columns.recorded,
+            terms: columns.terms().join("\n"),
         }
-    }
-
-    /// An event body from the inbox; its columns are derived from its JSON.
-    fn from_body(body: String) -> anyhow::Result<Self> {
-        let value: Value = serde_json::from_str(&text(0, &body))?;
-        let columns = columns(&value).ok_or_else(|| anyhow::anyhow!("malformed audit event"))?;
-        Ok(Self::with(body, columns))
     }
 }
 
@@ -262,21 +255,30 @@ async fn append_draining(
 ) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     // language=PostgreSQL
-    let mut waiting: Vec<(i64, String)> = sqlx::query_as(
+    // Each inbox row holds the events of one write transaction.
+    let mut waiting: Vec<(i64, String, Vec<DateTime<Utc>>, String)> = sqlx::query_as(
         r#"delete from audit_inbox where inbox_id in
              (select inbox_id from audit_inbox order by inbox_id limit $1)
-           returning inbox_id, event"#,
+           returning inbox_id, events, recorded, terms"#,
     )
-    .bind(MAX_BATCH as i64)
+    .bind(MAX_INBOX_ROWS)
     .fetch_all(&mut *tx)
     .await?;
-    waiting.sort_by_key(|(id, _)| *id);
-    let mut all = Vec::with_capacity(waiting.len());
-    for (id, body) in waiting {
-        all.push(
-            Prepared::from_body(body)
-                .map_err(|e| anyhow::anyhow!("audit inbox row {id} is not an event: {e}"))?,
-        );
+    waiting.sort_by_key(|(id, ..)| *id);
+    let mut all: Vec<Prepared> = Vec::new();
+    for (id, bodies, recorded, terms) in waiting {
+        let bodies: Vec<&str> = bodies.split('\n').collect();
+        let terms: Vec<&str> = terms.split(RECORD_SEPARATOR).collect();
+        if bodies.len() != recorded.len() || bodies.len() != terms.len() {
+            anyhow::bail!("audit inbox row {id} is malformed");
+        }
+        for ((body, recorded), terms) in bodies.into_iter().zip(recorded).zip(terms) {
+            all.push(Prepared {
+                body: body.to_owned(),
+                recorded,
+                terms: terms.to_owned(),
+            });
+        }
     }
     let n = (all.len() + events.len()) as u64;
     if n == 0 {
@@ -328,7 +330,7 @@ fn chained<'a>(
         }
         lines.push_str(&text(id, &e.body));
         terms.extend(e.terms.split('\n').filter(|t| !t.is_empty()));
-        let r = e.columns.recorded;
+        let r = e.recorded;
         span = Some(span.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))));
         id += 1;
     }
@@ -352,17 +354,24 @@ fn chained<'a>(
     (query, (seq + 1, hash, id))
 }
 
-/// Puts write events (their [`Event::body`]) into the inbox inside the writer's transaction.
+/// Puts the events of a write into the inbox inside the writer's transaction `tx`, as one row.
 pub async fn enqueue(
     tx: &mut Transaction<'static, Postgres>,
-    bodies: &[String],
+    events: &[Prepared],
 ) -> Result<(), sqlx::Error> {
-    if bodies.is_empty() {
+    if events.is_empty() {
         return Ok(());
     }
+    // Event bodies are one line of JSON each; terms hold no control characters.
+    let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+    let recorded: Vec<DateTime<Utc>> = events.iter().map(|e| e.recorded).collect();
+    let terms: Vec<&str> = events.iter().map(|e| e.terms.as_str()).collect();
+    let separator = RECORD_SEPARATOR.to_string();
     // language=PostgreSQL
-    sqlx::query("insert into audit_inbox (event) select * from unnest($1::text[])")
-        .bind(bodies)
+    sqlx::query("insert into audit_inbox (events, recorded, terms) values ($1, $2, $3)")
+        .bind(bodies.join("\n"))
+        .bind(&recorded)
+        .bind(terms.join(&separator))
         .execute(&mut **tx)
         .await?;
     Ok(())
