@@ -72,15 +72,7 @@ async fn main() -> anyhow::Result<()> {
             let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;
             let result = async {
-                let state = startup::open_state(
-                    db.pool.clone(),
-                    Box::new(keys),
-                    "http://localhost",
-                    usize::MAX,
-                    false,
-                    true,
-                )
-                .await?;
+                let state = startup::command_line_state(db.pool.clone(), Box::new(keys)).await?;
                 fhirgate::auth::users::set_auditor(&state, &email, !remove)
                     .await
                     .map_err(anyhow::Error::from)
@@ -251,15 +243,7 @@ async fn import(
     patient: &str,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let state = startup::open_state(
-        pool.clone(),
-        keys,
-        "http://localhost",
-        usize::MAX,
-        false,
-        true,
-    )
-    .await?;
+    let state = startup::command_line_state(pool.clone(), keys).await?;
     let mut total = fhirgate::ingest::IngestSummary::default();
     for (n, path) in files.iter().enumerate() {
         eprint!("[{}/{}] {} … ", n + 1, files.len(), path.display());

@@ -139,6 +139,15 @@ pub async fn open_state(
     })))
 }
 
+/// The state of a command-line tool that writes data (`fhirgate import`, `fhirgate user`): no
+/// listener, no body limit, auditing on.
+pub async fn command_line_state(
+    pool: PgPool,
+    keys: Box<dyn KeyProvider>,
+) -> anyhow::Result<AppState> {
+    open_state(pool, keys, "http://localhost", usize::MAX, false, true).await
+}
+
 /// A built server, bound and ready to run.
 pub struct Application {
     state: AppState,

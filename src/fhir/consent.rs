@@ -18,19 +18,26 @@ pub fn refused() -> FhirError {
     FhirError::Forbidden("no patient consent permits this access".into())
 }
 
+/// An organisation as a reference: `Organization/<id>` for a bare id.
+pub fn organization_reference(o: &str) -> String {
+    if o.contains('/') {
+        o.to_owned()
+    } else {
+        format!("Organization/{o}")
+    }
+}
+
 /// The partner organisation of a token, as `Organization/<id>`.
 pub fn partner(principal: &Principal) -> Option<String> {
-    principal.claims.organization.as_ref().map(|o| {
-        if o.contains('/') {
-            o.clone()
-        } else {
-            format!("Organization/{o}")
-        }
-    })
+    principal
+        .claims
+        .organization
+        .as_deref()
+        .map(organization_reference)
 }
 
 /// The active and inactive Consents of a patient, as stored now.
-async fn consents_of(state: &AppState, patient: &str) -> Result<Vec<Value>> {
+pub async fn consents_of(state: &AppState, patient: &str) -> Result<Vec<Value>> {
     // language=PostgreSQL
     let ids: Vec<String> = sqlx::query_scalar(
         "select id from resource where resource_type = 'Consent' and compartment = $1 and not deleted",
@@ -65,19 +72,35 @@ pub async fn check_read(
     };
     let consents = consents_of(state, patient).await?;
     let resource = fhirgate_codec::parse_json(body)?;
+    let purpose = crate::audit::current().and_then(|c| c.purpose.clone());
+    if permits(&consents, organization, purpose, rt, &resource) {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+/// Whether `consents` let `organization` read `resource` now for `purpose`.
+fn permits(
+    consents: &[Value],
+    organization: String,
+    purpose: Option<String>,
+    rt: &str,
+    resource: &Value,
+) -> bool {
     let ctx = fhirgate_consent::AccessContext {
         organization,
-        purpose: crate::audit::current().and_then(|c| c.purpose.clone()),
+        purpose,
         resource_type: rt.to_owned(),
-        classes: fhirgate_consent::classes_of(&resource),
-        codes: fhirgate_consent::codes_of_resource(&resource),
+        classes: fhirgate_consent::classes_of(resource),
+        codes: fhirgate_consent::codes_of_resource(resource),
         at: now(),
     };
-    match fhirgate_consent::decide(&consents, &ctx) {
-        fhirgate_consent::Decision::Permit { .. } => Ok(()),
+    match fhirgate_consent::decide(consents, &ctx) {
+        fhirgate_consent::Decision::Permit { .. } => true,
         fhirgate_consent::Decision::Deny { reason } => {
-            tracing::debug!(reason, "partner read refused by consent");
-            Err(refused())
+            tracing::debug!(reason, "partner access refused by consent");
+            false
         }
     }
 }
@@ -105,15 +128,13 @@ impl Grants {
         let Some(consents) = self.consents.get(patient) else {
             return false;
         };
-        let ctx = fhirgate_consent::AccessContext {
-            organization: self.organization.clone(),
-            purpose: self.purpose.clone(),
-            resource_type: rt.to_owned(),
-            classes: fhirgate_consent::classes_of(resource),
-            codes: fhirgate_consent::codes_of_resource(resource),
-            at: now(),
-        };
-        fhirgate_consent::decide(consents, &ctx).permits()
+        permits(
+            consents,
+            self.organization.clone(),
+            self.purpose.clone(),
+            rt,
+            resource,
+        )
     }
 }
 

@@ -82,6 +82,12 @@ async fn run(
     }
     // A partner sees only rows of (patient, class) pairs its patients' Consents permit, and
     // Consents that name it; the filter is part of the SQL.
+    let is_partner = crate::fhir::consent::partner(principal).is_some();
+    if is_partner && !criteria.is_empty() {
+        return Err(FhirError::Forbidden(
+            "partners search by patient consent without further criteria for now".into(),
+        ));
+    }
     let grants = crate::fhir::consent::grants(state, principal).await?;
     let (g_patients, g_classes, g_org) = match &grants {
         Some(g) => (
@@ -114,10 +120,6 @@ async fn run(
         .bind(consent_search)
         .fetch_all(&state.db)
         .await?
-    } else if grants.is_some() {
-        return Err(FhirError::Forbidden(
-            "partners search by patient consent without further criteria for now".into(),
-        ));
     } else {
         let text = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(&criteria)

@@ -453,7 +453,7 @@ async fn write_consent_parties(
         };
         // language=PostgreSQL
         sqlx::query(
-            "insert into consent_party (consent_id, patient, organizations) values ($1, $2, $3) on conflict (consent_id) do update set patient = excluded.patient, organizations = excluded.organizations",
+            "insert into consent_party (consent_id, patient, organizations) values ($1, $2, $3)",
         )
         .bind(&v.id)
         .bind(patient)

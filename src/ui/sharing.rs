@@ -27,33 +27,9 @@ async fn partners(state: &AppState) -> crate::error::Result<Vec<String>> {
     .fetch_all(&state.db)
     .await?;
     Ok(orgs
-        .into_iter()
-        .map(|o| {
-            if o.contains('/') {
-                o
-            } else {
-                format!("Organization/{o}")
-            }
-        })
+        .iter()
+        .map(|o| crate::fhir::consent::organization_reference(o))
         .collect())
-}
-
-/// The patient's current Consents, by id.
-async fn consents(state: &AppState, patient: &str) -> crate::error::Result<Vec<Value>> {
-    // language=PostgreSQL
-    let ids: Vec<String> = sqlx::query_scalar(
-        "select id from resource where resource_type = 'Consent' and compartment = $1 and not deleted order by id",
-    )
-    .bind(patient)
-    .fetch_all(&state.db)
-    .await?;
-    let mut out = Vec::new();
-    for v in crate::storage::read_many(state, "Consent", &ids).await? {
-        if let Some(b) = v.body {
-            out.push(fhirgate_codec::parse_json(&b)?);
-        }
-    }
-    Ok(out)
 }
 
 /// The Consent this page manages for `org`: the patient's Consent naming only that partner.
@@ -100,7 +76,7 @@ async fn render(
     user: &User,
 ) -> crate::error::Result<Response> {
     let c = csrf(state, headers);
-    let all = consents(state, &user.patient_id).await?;
+    let all = crate::fhir::consent::consents_of(state, &user.patient_id).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut body = String::from(
         "<h1>Sharing</h1><p class=\"muted\">Choose what each partner may see. A change applies to the partner's next request.</p>",
@@ -252,7 +228,7 @@ async fn change(
     if !partners(state).await?.iter().any(|p| p == org) {
         return Ok(false);
     }
-    let all = consents(state, &user.patient_id).await?;
+    let all = crate::fhir::consent::consents_of(state, &user.patient_id).await?;
     let existing = managed(&all, org);
     let id = existing
         .and_then(|c| c["id"].as_str())
