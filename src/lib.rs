@@ -10,6 +10,7 @@ pub mod fhir;
 pub mod health;
 pub mod ingest;
 pub mod pg;
+pub mod search;
 pub mod startup;
 pub mod state;
 pub mod storage;

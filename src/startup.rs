@@ -124,6 +124,7 @@ pub async fn open_state(
     let signing = SigningKeys::load(&pool, &keys).await?;
     let issuer = public.trim_end_matches('/').to_owned();
     let auditor = crate::audit::Auditor::start(pool.clone(), audit_reads);
+    let search_params = crate::search::ParamIds::load(&pool).await?;
     Ok(AppState(Arc::new(AppInner {
         db: pool,
         keys,
@@ -136,6 +137,7 @@ pub async fn open_state(
         limits: Default::default(),
         anonymous_read,
         auditor,
+        search_params,
     })))
 }
 

@@ -37,6 +37,8 @@ pub struct AppInner {
     pub anonymous_read: bool,
     /// The audit trail writer.
     pub auditor: crate::audit::Auditor,
+    /// Ids of the search parameters index rows are stored under.
+    pub search_params: crate::search::ParamIds,
 }
 
 impl AppInner {

@@ -19,6 +19,9 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 
+mod grants;
+pub use grants::{grants, Grant, CLASSLESS, COMPUTED, NO_PURPOSE, OTHER_PURPOSE};
+
 /// The data classes patients grant per partner (the `code`s of the ValueSet in `fhir-profiles/`).
 pub const DATA_CLASSES: [&str; 4] = ["vital-signs", "activity", "sleep", "body-measurement"];
 /// The class that stands for all of them.

@@ -404,4 +404,37 @@ proptest! {
             prop_assert_eq!(classes.contains(&class), allowed(&consents, &one));
         }
     }
+
+    #[test]
+    fn grant_rows_agree_with_decisions_at_any_time(
+        consents in prop::collection::vec(arb_consent(), 0..5),
+        c in arb_ctx(),
+        day in 0i64..800,
+    ) {
+        let at = chrono::DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z").unwrap().with_timezone(&chrono::Utc)
+            + chrono::Duration::hours(day * 13);
+        let c = AccessContext { at: at.to_rfc3339(), ..c };
+        let (rows, _) = grants(&consents);
+        // The purpose key a request uses: its own when the rows were computed for it.
+        let asked = c.purpose.clone().unwrap_or_default();
+        let key = if rows.iter().any(|g| g.organization == c.organization && g.purpose == asked && g.class == COMPUTED) {
+            asked
+        } else {
+            OTHER_PURPOSE.to_owned()
+        };
+        let granted: Vec<&str> = rows
+            .iter()
+            .filter(|g| g.organization == c.organization && g.purpose == key)
+            .filter(|g| g.from.is_none_or(|f| f <= at) && g.to.is_none_or(|t| at < t))
+            .map(|g| g.class.as_str())
+            .collect();
+        for class in permitted_classes(&consents, &c) {
+            prop_assert!(granted.contains(&class), "{} missing", class);
+        }
+        for class in DATA_CLASSES {
+            if granted.contains(&class) {
+                prop_assert!(permitted_classes(&consents, &c).contains(&class));
+            }
+        }
+    }
 }

@@ -153,8 +153,18 @@ pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> 
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let rt = (*segs.first()?).to_owned();
     let rt = if rt == "_history" { "*".to_owned() } else { rt };
+    // Compartment searches check the searched type; `$everything` checks each type it returns.
+    if let (&Method::GET | &Method::HEAD, [_, _, op]) = (method, segs.as_slice()) {
+        if *op == "$everything" {
+            return None;
+        }
+        if *op != "_history" {
+            return Some(((*op).to_owned(), Permission::Search));
+        }
+    }
     let p = match (method, segs.as_slice()) {
         (&Method::GET | &Method::HEAD, [_]) => Permission::Search,
+        (&Method::GET | &Method::HEAD, [_, op]) if op.starts_with('$') => Permission::Search,
         (&Method::GET | &Method::HEAD, [_, "_history"]) => Permission::Search,
         (&Method::GET | &Method::HEAD, _) => Permission::Read,
         (&Method::POST, [_, "_search"]) => Permission::Search,
@@ -166,14 +176,24 @@ pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> 
     Some((rt, p))
 }
 
-/// `GET [base]/{type}?…` or `POST [base]/{type}/_search`.
+/// A search or search-based operation, all of which filter by consent in their SQL:
+/// `GET [base]/{type}?…`, `POST [base]/{type}/_search`, `GET [base]?_type=…`,
+/// `GET [base]/Patient/{id}/{type}`, `GET [base]/Patient/{id}/$everything`,
+/// `GET [base]/Observation/$lastn` and `GET [base]/Observation/$stats`.
 fn is_type_search(method: &Method, path: &str) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD) && (path == "/fhir" || path == "/fhir/") {
+        return true;
+    }
     let Some(rest) = path.strip_prefix("/fhir/") else {
         return false;
     };
     let segs: Vec<&str> = rest.split('/').collect();
     match (method, segs.as_slice()) {
         (&Method::GET | &Method::HEAD, [rt]) => !rt.is_empty() && !rt.starts_with('_'),
+        (&Method::GET | &Method::HEAD, ["Observation", "$lastn" | "$stats"]) => true,
+        (&Method::GET | &Method::HEAD, ["Patient", id, op]) => {
+            !id.starts_with('_') && (*op == "$everything" || fhirgate_codec::is_resource_type(op))
+        }
         (&Method::POST, [rt, "_search"]) => !rt.starts_with('_'),
         _ => false,
     }

@@ -105,28 +105,27 @@ fn permits(
     }
 }
 
-/// What a partner may see in a search, worked out once per search: the (patient, class) pairs its
-/// patients' Consents permit now, for SQL, and those Consents, to check each result's codes.
+/// The purpose key a partner request uses in `consent_grant` (`""` when it states none).
+pub fn purpose_key() -> String {
+    crate::audit::current()
+        .and_then(|c| c.purpose.clone())
+        .unwrap_or_default()
+}
+
+/// For a partner's search results: class grants are enforced in SQL; where a patient's Consents
+/// also name single codes, each result of that patient is checked against the Consents here.
 #[derive(Debug, Default)]
-pub struct Grants {
-    /// The partner, `Organization/<id>`.
-    pub organization: String,
-    /// Patients of the pairs, in step with `classes`.
-    pub patients: Vec<String>,
-    /// Classes of the pairs.
-    pub classes: Vec<String>,
+pub struct CodeCheck {
+    organization: String,
     purpose: Option<String>,
     consents: HashMap<String, Vec<Value>>,
 }
 
-impl Grants {
-    /// Whether a fetched resource is permitted (its codes may be denied where its class is not).
+impl CodeCheck {
+    /// Whether a fetched resource passes the code-level rules (true where there are none).
     pub fn permits(&self, rt: &str, compartment: Option<&str>, resource: &Value) -> bool {
-        let Some(patient) = compartment else {
-            return false;
-        };
-        let Some(consents) = self.consents.get(patient) else {
-            return false;
+        let Some(consents) = compartment.and_then(|p| self.consents.get(p)) else {
+            return true;
         };
         permits(
             consents,
@@ -142,36 +141,31 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The grants of a partner token, or `None` for other tokens.
-pub async fn grants(state: &AppState, principal: &Principal) -> Result<Option<Grants>> {
+/// The code-level check for a partner token over results of `patients`; `None` for other tokens.
+pub async fn code_check(
+    state: &AppState,
+    principal: &Principal,
+    patients: &[String],
+) -> Result<Option<CodeCheck>> {
     let Some(organization) = partner(principal) else {
         return Ok(None);
     };
     // language=PostgreSQL
-    let patients: Vec<String> = sqlx::query_scalar(
-        "select distinct patient from consent_party where organizations @> array[$1::text] order by patient",
+    let flagged: Vec<String> = sqlx::query_scalar(
+        "select distinct patient from consent_grant where organization = $1 and code_rules and patient = any($2)",
     )
     .bind(&organization)
+    .bind(patients)
     .fetch_all(&state.db)
     .await?;
-    let mut g = Grants {
+    let mut check = CodeCheck {
         organization,
         purpose: crate::audit::current().and_then(|c| c.purpose.clone()),
-        ..Grants::default()
+        consents: HashMap::new(),
     };
-    for p in patients {
+    for p in flagged {
         let consents = consents_of(state, &p).await?;
-        let ctx = fhirgate_consent::AccessContext {
-            organization: g.organization.clone(),
-            purpose: g.purpose.clone(),
-            at: now(),
-            ..Default::default()
-        };
-        for class in fhirgate_consent::permitted_classes(&consents, &ctx) {
-            g.patients.push(p.clone());
-            g.classes.push(class.to_owned());
-        }
-        g.consents.insert(p, consents);
+        check.consents.insert(p, consents);
     }
-    Ok(Some(g))
+    Ok(Some(check))
 }

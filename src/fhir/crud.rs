@@ -29,6 +29,17 @@ pub async fn read(
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
+    if id.starts_with('$') {
+        return crate::fhir::search::type_operation(
+            &state,
+            &principal,
+            rt,
+            &id,
+            q.as_deref(),
+            &headers,
+        )
+        .await;
+    }
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let mut v = storage::read_current(&state, rt, id)

@@ -38,8 +38,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
                 .put(crate::audit::api::refuse_write)
                 .delete(crate::audit::api::refuse_write),
         )
-        .route("/fhir", post(bundle::batch_or_transaction))
-        .route("/fhir/", post(bundle::batch_or_transaction))
+        .route(
+            "/fhir",
+            post(bundle::batch_or_transaction).get(search::search_system),
+        )
+        .route(
+            "/fhir/",
+            post(bundle::batch_or_transaction).get(search::search_system),
+        )
         .route("/fhir/_history", get(history::history_system))
         .route(
             "/fhir/{rt}",
@@ -54,6 +60,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(crud::read).put(crud::update).delete(crud::delete),
         )
         .route("/fhir/{rt}/{id}/_history", get(history::history_instance))
+        .route("/fhir/{rt}/{id}/{op}", get(search::instance_operation))
         .route("/fhir/{rt}/{id}/_history/{vid}", get(crud::vread))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

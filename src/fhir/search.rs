@@ -1,11 +1,15 @@
-//! Type-level search (<https://hl7.org/fhir/R4/search.html>) over the parameters the store indexes
-//! today: `_id` and `identifier` (blind-indexed), with `_count`. Unknown parameters follow
+//! FHIR search (<https://hl7.org/fhir/R4/search.html>) over the index of `crate::search`: type
+//! search (GET and `POST _search`), compartment search (`Patient/{id}/{type}`), system search
+//! (`GET [base]?_type=…`), and the operations built on it: `Patient/{id}/$everything`,
+//! `Observation/$lastn` and `Observation/$stats`. Every query carries the caller's access
+//! (patient compartment, partner consent) in its SQL. Unknown parameters follow
 //! `Prefer: handling` (strict → 400; lenient → ignored and reported in the Bundle).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
+use fhirgate_fhirpath::ParamType;
 use serde_json::{json, Value};
 
 use crate::auth::guard::Principal;
@@ -16,8 +20,23 @@ use crate::fhir::format::{self, negotiate, query_pairs};
 use crate::fhir::history::{link, parse_count, DEFAULT_COUNT};
 use crate::fhir::resource_type;
 use crate::fhir::respond::prefer_strict;
+use crate::search::exec::{self, Access, Cursor, Found, Include, Plan, SortKey};
+use crate::search::query;
 use crate::state::AppState;
-use crate::storage::{self, conditional};
+use crate::storage;
+
+/// How a response shows totals and resources.
+#[derive(Debug, Default)]
+struct Shape {
+    total: Option<String>,
+    summary: Option<String>,
+    elements: Option<Vec<String>>,
+    includes: Vec<Include>,
+    revincludes: Vec<Include>,
+    ignored: Vec<String>,
+    /// Parameters echoed in links (without `_cursor`).
+    used: Vec<(String, String)>,
+}
 
 /// `GET [base]/{type}?params`.
 pub async fn search_type(
@@ -28,7 +47,15 @@ pub async fn search_type(
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
-    run(&state, &principal, rt, query_pairs(q.as_deref()), &headers).await
+    type_search(
+        &state,
+        &principal,
+        rt,
+        None,
+        query_pairs(q.as_deref()),
+        &headers,
+    )
+    .await
 }
 
 /// `POST [base]/{type}/_search` with an `application/x-www-form-urlencoded` body.
@@ -44,141 +71,757 @@ pub async fn search_type_post(
     let form = read_limited(body, state.max_body_bytes).await?;
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(query_pairs(Some(&String::from_utf8_lossy(&form))));
-    run(&state, &principal, rt, pairs, &headers).await
+    type_search(&state, &principal, rt, None, pairs, &headers).await
 }
 
-async fn run(
+/// `GET [base]?_type=A,B&…`: search across types with the common parameters.
+pub async fn search_system(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let pairs = query_pairs(q.as_deref());
+    let mut types = Vec::new();
+    for (k, v) in pairs.iter().filter(|(k, _)| k == "_type") {
+        for t in v.split(',') {
+            let t = resource_type(t).map_err(|_| {
+                FhirError::bad_request(k, format!("'{t}' in _type is not a resource type"))
+            })?;
+            principal.require(t, Permission::Search)?;
+            types.push(t.to_owned());
+        }
+    }
+    if types.is_empty() {
+        return Err(FhirError::bad_request(
+            "_type",
+            "a system search needs _type (e.g. _type=Observation,Patient)",
+        ));
+    }
+    if types.iter().any(|t| t == "AuditEvent") {
+        return Err(FhirError::bad_request(
+            "_type",
+            "AuditEvent is searched on its own endpoint",
+        ));
+    }
+    let mut plan = Plan {
+        types,
+        ..Plan::default()
+    };
+    let rest: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_type")
+        .cloned()
+        .collect();
+    let mut shape = parse(&state, "Resource", rest, prefer_strict(&headers), &mut plan)?;
+    shape.used.insert(0, ("_type".into(), plan.types.join(",")));
+    respond(&state, &principal, plan, shape, "", &pairs, &headers).await
+}
+
+/// `GET [base]/{type}/{id}/{op}`: `Patient/{id}/$everything`, or a compartment search
+/// `Patient/{id}/{type}`.
+pub async fn instance_operation(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((rt, id, op)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = crate::fhir::logical_id(&id)?.to_owned();
+    if rt != "Patient" {
+        return Err(FhirError::NotFound(format!(
+            "{rt} has no compartment or operations here"
+        )));
+    }
+    let pairs = query_pairs(q.as_deref());
+    if op == "$everything" {
+        return everything(&state, &principal, id, pairs, &headers).await;
+    }
+    let target = resource_type(&op)?;
+    principal.require(target, Permission::Search)?;
+    type_search(&state, &principal, target, Some(id), pairs, &headers).await
+}
+
+/// `GET [base]/{type}/{op}` for type-level operations (`Observation/$lastn`, `Observation/$stats`).
+pub async fn type_operation(
     state: &AppState,
     principal: &Principal,
     rt: &str,
+    op: &str,
+    q: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let pairs = query_pairs(q);
+    match (rt, op) {
+        ("Observation", "$lastn") => lastn(state, principal, pairs, headers).await,
+        ("Observation", "$stats") => stats(state, principal, pairs, headers).await,
+        _ => Err(FhirError::NotFound(format!(
+            "operation {op} is not defined on {rt}"
+        ))),
+    }
+}
+
+async fn type_search(
+    state: &AppState,
+    principal: &Principal,
+    rt: &str,
+    compartment: Option<String>,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response> {
     if rt == "AuditEvent" {
         return crate::audit::api::search(state, principal, pairs, headers).await;
     }
-    let fmt = negotiate(headers, &pairs)?;
-    let strict = prefer_strict(headers);
-    let mut count = DEFAULT_COUNT;
-    let mut after: Option<String> = None;
-    let mut criteria = Vec::new();
-    let mut ignored = Vec::new();
-    for (k, v) in &pairs {
+    let mut plan = Plan {
+        types: vec![rt.to_owned()],
+        compartment: compartment.clone(),
+        ..Plan::default()
+    };
+    let shape = parse(state, rt, pairs.clone(), prefer_strict(headers), &mut plan)?;
+    let path = match &compartment {
+        Some(p) => format!("Patient/{p}/{rt}"),
+        None => rt.to_owned(),
+    };
+    respond(state, principal, plan, shape, &path, &pairs, headers).await
+}
+
+fn bad(param: &str, msg: impl Into<String>) -> FhirError {
+    FhirError::bad_request(param, msg)
+}
+
+/// Parses the parameters of a search on `rt` into `plan`, and how to shape the response.
+fn parse(
+    state: &AppState,
+    rt: &str,
+    pairs: Vec<(String, String)>,
+    strict: bool,
+    plan: &mut Plan,
+) -> Result<Shape> {
+    let ctx = exec::ctx(state);
+    let mut shape = Shape::default();
+    plan.count = DEFAULT_COUNT;
+    for (k, v) in pairs {
+        let keep = !matches!(k.as_str(), "_cursor" | "_format" | "_pretty");
         match k.as_str() {
-            "_count" => count = parse_count(v)?,
-            "_cursor" => after = Some(v.clone()),
-            "_format" => {}
-            _ if conditional::SUPPORTED.contains(&k.as_str()) => {
-                criteria.push((k.clone(), v.clone()))
+            "_count" => plan.count = parse_count(&v)?,
+            "_cursor" => plan.cursor = Some(Cursor::decode(&v)?),
+            "_format" | "_pretty" => {}
+            "_sort" => plan.sort = parse_sort(rt, &ctx, &v)?,
+            "_total" => match v.as_str() {
+                "none" => shape.total = None,
+                "estimate" | "accurate" => shape.total = Some(v.clone()),
+                _ => {
+                    return Err(bad(
+                        &k,
+                        format!("_total takes none, estimate or accurate, not '{v}'"),
+                    ))
+                }
+            },
+            "_summary" => match v.as_str() {
+                "true" | "text" | "data" | "count" => shape.summary = Some(v.clone()),
+                "false" => shape.summary = None,
+                _ => {
+                    return Err(bad(
+                        &k,
+                        format!("_summary takes true, false, text, data or count, not '{v}'"),
+                    ))
+                }
+            },
+            "_elements" => {
+                shape.elements = Some(
+                    v.split(',')
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty())
+                        .collect(),
+                );
             }
-            _ if strict => {
-                return Err(FhirError::bad_request(
-                    k,
-                    format!("search parameter '{k}' is not supported for {rt}"),
-                ));
+            "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+                let rev = k.starts_with("_revinclude");
+                let inc = parse_include(&ctx, &k, &v, k.ends_with(":iterate"))?;
+                if !rev && rt != "Resource" && inc.source != rt && !inc.iterate {
+                    return Err(bad(&k, format!("'{v}' does not start with {rt}; use _include:iterate for resources included on the way")));
+                }
+                if rev {
+                    shape.revincludes.push(inc)
+                } else {
+                    shape.includes.push(inc)
+                }
             }
-            _ => ignored.push(k.clone()),
+            "_contained" | "_containedType" => {
+                if v != "false" && strict {
+                    return Err(bad(&k, format!("{k} is not supported")));
+                }
+            }
+            _ => match query::parse(&ctx, rt, &k, &v, 0)? {
+                Some(c) => plan.clauses.push(c),
+                None if strict => {
+                    return Err(bad(
+                        &k,
+                        format!(
+                            "'{k}' is not a search parameter of {rt} that this server supports"
+                        ),
+                    ));
+                }
+                None => {
+                    shape.ignored.push(k.clone());
+                    continue;
+                }
+            },
+        }
+        if keep {
+            shape.used.push((k, v));
         }
     }
-    // A partner sees only rows of (patient, class) pairs its patients' Consents permit, and
-    // Consents that name it; the filter is part of the SQL.
-    let is_partner = crate::fhir::consent::partner(principal).is_some();
-    if is_partner && !criteria.is_empty() {
-        return Err(FhirError::Forbidden(
-            "partners search by patient consent without further criteria for now".into(),
+    Ok(shape)
+}
+
+fn parse_sort(rt: &str, ctx: &query::Ctx<'_>, v: &str) -> Result<Vec<SortKey>> {
+    let mut keys = Vec::new();
+    for part in v.split(',').filter(|p| !p.is_empty()) {
+        let (desc, code) = match part.strip_prefix('-') {
+            Some(c) => (true, c),
+            None => (false, part),
+        };
+        if code == "_id" || code == "_lastUpdated" {
+            keys.push(SortKey {
+                code: code.to_owned(),
+                param: None,
+                desc,
+            });
+            continue;
+        }
+        let def = fhirgate_fhirpath::parameter(rt, code).ok_or_else(|| {
+            bad(
+                "_sort",
+                format!("'{code}' is not a search parameter of {rt}"),
+            )
+        })?;
+        if crate::search::index::is_blind(rt, code) {
+            return Err(bad("_sort", format!("'{code}' identifies a person and is stored only as keyed hashes; it cannot be sorted on")));
+        }
+        if matches!(def.param_type, ParamType::Composite | ParamType::Special) {
+            return Err(bad(
+                "_sort",
+                format!(
+                    "'{code}' is a {} parameter and cannot be sorted on",
+                    def.param_type.as_str()
+                ),
+            ));
+        }
+        let pid = ctx
+            .ids
+            .get(rt, code)
+            .ok_or_else(|| bad("_sort", format!("'{code}' is not indexed")))?;
+        keys.push(SortKey {
+            code: code.to_owned(),
+            param: Some((pid, def.param_type)),
+            desc,
+        });
+    }
+    Ok(keys)
+}
+
+fn parse_include(ctx: &query::Ctx<'_>, k: &str, v: &str, iterate: bool) -> Result<Include> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (source, code, target) = match parts.as_slice() {
+        [s, c] => (*s, *c, None),
+        [s, c, t] => (*s, *c, Some((*t).to_owned())),
+        _ => return Err(bad(k, format!("'{v}' is not Type:parameter[:targetType]"))),
+    };
+    let def = fhirgate_fhirpath::parameter(source, code)
+        .ok_or_else(|| bad(k, format!("'{code}' is not a search parameter of {source}")))?;
+    if def.param_type != ParamType::Reference {
+        return Err(bad(
+            k,
+            format!("'{code}' of {source} is not a reference parameter"),
         ));
     }
-    let grants = crate::fhir::consent::grants(state, principal).await?;
-    let (g_patients, g_classes, g_org) = match &grants {
-        Some(g) => (
-            Some(g.patients.clone()),
-            Some(g.classes.clone()),
-            Some(g.organization.clone()),
-        ),
-        None => (None, None, None),
-    };
-    let consent_search = rt == "Consent";
-    let ids: Vec<String> = if criteria.is_empty() {
-        // language=PostgreSQL
-        sqlx::query_scalar(
-            r#"select id from resource
-               where resource_type = $1 and not deleted and ($2::text is null or id > $2)
-                 and ($4::text is null or compartment is null or compartment = $4)
-                 and ($5::text[] is null or ($8 and id in
-                        (select consent_id from consent_party where organizations @> array[$7::text]))
-                      or (not $8 and exists (select 1 from unnest($5::text[], $6::text[]) as g(p, c)
-                                             where g.p = resource.compartment and g.c = any(resource.classes))))
-               order by id limit $3"#,
-        )
-        .bind(rt)
-        .bind(&after)
-        .bind(count + 1)
-        .bind(principal.owner())
-        .bind(&g_patients)
-        .bind(&g_classes)
-        .bind(&g_org)
-        .bind(consent_search)
-        .fetch_all(&state.db)
-        .await?
-    } else {
-        let text = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&criteria)
-            .finish();
-        let parsed = conditional::Criteria::parse(&text)?;
-        let mut conn = state.db.acquire().await?;
-        let mut all = parsed.matches(&mut conn, &state.keys, rt).await?;
-        all.retain(|i| after.as_ref().is_none_or(|a| i > a));
-        all.truncate(count as usize + 1);
-        all
-    };
-    let more = ids.len() as i64 > count;
-    let page: Vec<String> = ids.into_iter().take(count as usize).collect();
-    let found = storage::read_many(state, rt, &page).await?;
-    let base = &state.fhir_base;
-    let used: Vec<(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| !ignored.contains(k) && k != "_cursor")
-        .cloned()
-        .collect();
-    let mut links = vec![json!({"relation": "self", "url": link(base, rt, &used)})];
-    if more {
-        if let Some(last) = page.last() {
-            let mut next = used;
-            next.push(("_cursor".into(), last.clone()));
-            links.push(json!({"relation": "next", "url": link(base, rt, &next)}));
+    if let Some(t) = &target {
+        if !def.target.contains(t) {
+            return Err(bad(
+                k,
+                format!("'{code}' of {source} cannot refer to a {t}"),
+            ));
         }
     }
-    let mut entries = Vec::with_capacity(found.len() + 1);
+    let pid = ctx
+        .ids
+        .get(source, code)
+        .ok_or_else(|| bad(k, format!("'{code}' is not indexed")))?;
+    Ok(Include {
+        source: source.to_owned(),
+        pid,
+        target,
+        iterate,
+    })
+}
+
+/// The access filter of a caller.
+fn access(principal: &Principal) -> Access {
+    if let Some(organization) = crate::fhir::consent::partner(principal) {
+        return Access::Partner {
+            organization,
+            purpose: crate::fhir::consent::purpose_key(),
+        };
+    }
+    match principal.owner() {
+        Some(me) => Access::Patient(me.to_owned()),
+        None => Access::All,
+    }
+}
+
+/// Runs `plan` and answers with a searchset Bundle.
+async fn respond(
+    state: &AppState,
+    principal: &Principal,
+    plan: Plan,
+    shape: Shape,
+    path: &str,
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let fmt = negotiate(headers, pairs)?;
+    let access = access(principal);
+    let base = &state.fhir_base;
     let mut info = crate::audit::api::AuditInfo::default();
-    for v in &found {
-        // A patient token finds nothing outside its own compartment.
+    let self_link = |cursor: Option<&Cursor>| {
+        let mut p = shape.used.clone();
+        if let Some(c) = cursor {
+            p.push(("_cursor".into(), c.encode()));
+        }
+        link(base, path, &p)
+    };
+    let total_allowed = match &access {
+        // A total must never count what a partner's code-level rules would hide.
+        Access::Partner { organization, .. } => {
+            // language=PostgreSQL
+            !sqlx::query_scalar::<_, bool>("select exists (select 1 from consent_grant where organization = $1 and code_rules)")
+                .bind(organization)
+                .fetch_one(&state.db)
+                .await?
+        }
+        _ => true,
+    };
+    if shape.summary.as_deref() == Some("count") {
+        let mut bundle = crate::fhir::respond::bundle(
+            "searchset",
+            vec![json!({"relation": "self", "url": self_link(None)})],
+            Vec::new(),
+        );
+        if total_allowed {
+            bundle["total"] = json!(exec::count(state, &plan, &access).await?);
+        }
+        return format::resource_value(StatusCode::OK, fmt, &bundle);
+    }
+    let page = exec::page(state, &plan, &access).await?;
+    let mut links = vec![json!({"relation": "self", "url": self_link(plan.cursor.as_ref())})];
+    if let (true, Some(last)) = (page.has_next, page.rows.last()) {
+        let c = Cursor {
+            d: "n".into(),
+            k: last.keys.clone(),
+            r: last.rid,
+        };
+        links.push(json!({"relation": "next", "url": self_link(Some(&c))}));
+    }
+    if let (true, Some(first)) = (page.has_prev, page.rows.first()) {
+        let c = Cursor {
+            d: "p".into(),
+            k: first.keys.clone(),
+            r: first.rid,
+        };
+        links.push(json!({"relation": "previous", "url": self_link(Some(&c))}));
+    }
+    // Includes, under the same access rules; `:iterate` follows included resources too.
+    let mut included: Vec<Found> = Vec::new();
+    if !page.rows.is_empty() {
+        let mut seen: std::collections::HashSet<i64> = page.rows.iter().map(|f| f.rid).collect();
+        let mut frontier: Vec<Found> = page.rows.clone();
+        for round in 0..3 {
+            let mut next = Vec::new();
+            for (inc, rev) in shape
+                .includes
+                .iter()
+                .map(|i| (i, false))
+                .chain(shape.revincludes.iter().map(|i| (i, true)))
+            {
+                if round > 0 && !inc.iterate {
+                    continue;
+                }
+                for f in exec::include(state, &frontier, inc, rev, &access).await? {
+                    if seen.insert(f.rid) {
+                        next.push(f);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            included.extend(next.iter().cloned());
+            frontier = next;
+        }
+    }
+    let mut rids: Vec<i64> = page.rows.iter().map(|f| f.rid).collect();
+    let matched = rids.len();
+    rids.extend(included.iter().map(|f| f.rid));
+    let versions = storage::read_rids(state, &rids).await?;
+    let patients: Vec<String> = versions
+        .iter()
+        .filter_map(|(_, v)| v.compartment.clone())
+        .collect();
+    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
+    let match_rids: std::collections::HashSet<i64> = rids[..matched].iter().copied().collect();
+    let mut entries = Vec::with_capacity(versions.len() + 1);
+    for (rid, v) in versions {
+        let Some(body) = &v.body else { continue };
+        let mut resource: Value = fhirgate_codec::parse_json(body)?;
         if !principal.reaches(v.compartment.as_deref()) {
             continue;
         }
-        let resource: Value = match &v.body {
-            Some(b) => fhirgate_codec::parse_json(b)?,
-            None => continue,
-        };
-        // A partner: the codes of each result are checked against the Consents as well.
-        if let (Some(g), false) = (&grants, consent_search) {
-            if !g.permits(rt, v.compartment.as_deref(), &resource) {
+        if let Some(c) = &check {
+            if !c.permits(&v.resource_type, v.compartment.as_deref(), &resource) {
                 continue;
             }
         }
         // Granular scopes: what the token may not see is simply not in the results.
-        if !principal.sees(rt, Permission::Search, &resource) {
+        if !principal.sees(&v.resource_type, Permission::Search, &resource) {
             continue;
         }
         info.patient(v.compartment.as_deref());
-        entries.push(json!({"fullUrl": format!("{base}/{rt}/{}", v.id), "resource": resource, "search": {"mode": "match"}}));
+        shape_resource(
+            &mut resource,
+            shape.summary.as_deref(),
+            shape.elements.as_deref(),
+        );
+        let mode = if match_rids.contains(&rid) {
+            "match"
+        } else {
+            "include"
+        };
+        entries.push(json!({"fullUrl": format!("{base}/{}/{}", v.resource_type, v.id), "resource": resource, "search": {"mode": mode}}));
     }
-    if !ignored.is_empty() {
+    if !shape.ignored.is_empty() {
         let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "not-supported",
-            "diagnostics": format!("ignored unknown search parameters: {}", ignored.join(", ")), "expression": ignored}]});
+            "diagnostics": format!("ignored unknown search parameters: {}", shape.ignored.join(", ")), "expression": shape.ignored}]});
         entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
     }
+    let mut bundle = crate::fhir::respond::bundle("searchset", links, entries);
+    if shape.total.is_some() && total_allowed {
+        bundle["total"] = json!(exec::count(state, &plan, &access).await?);
+    }
+    let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
+    info.attach(&mut resp);
+    Ok(resp)
+}
+
+/// `_summary` and `_elements`: keep part of a resource and tag it SUBSETTED.
+fn shape_resource(resource: &mut Value, summary: Option<&str>, elements: Option<&[String]>) {
+    let Value::Object(obj) = resource else { return };
+    let keep: Option<Vec<&str>> = match (summary, elements) {
+        (Some("text"), _) => Some(vec!["text"]),
+        (Some("true"), _) => None,
+        (_, Some(list)) => Some(list.iter().map(String::as_str).collect()),
+        _ => None,
+    };
+    let mut subsetted = false;
+    match summary {
+        Some("data") => subsetted |= obj.remove("text").is_some(),
+        // Summary: drop what R4 marks as not in the summary for every resource (narrative,
+        // contained resources, extensions) and the bulky free-text notes.
+        Some("true") => {
+            for k in [
+                "text",
+                "contained",
+                "extension",
+                "modifierExtension",
+                "note",
+            ] {
+                subsetted |= obj.remove(k).is_some();
+            }
+        }
+        _ => {}
+    }
+    if let Some(keep) = keep {
+        let before = obj.len();
+        obj.retain(|k, _| {
+            matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str())
+        });
+        subsetted |= obj.len() != before;
+    }
+    if subsetted {
+        let meta = obj.entry("meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            let tags = m.entry("tag").or_insert_with(|| json!([]));
+            if let Some(t) = tags.as_array_mut() {
+                t.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}));
+            }
+        }
+    }
+}
+
+/// `Patient/{id}/$everything` with `_since`, `_type` and `_count`, paged.
+async fn everything(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let mut plan = Plan {
+        compartment: Some(id.clone()),
+        count: DEFAULT_COUNT,
+        ..Plan::default()
+    };
+    let mut shape = Shape::default();
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_count" => plan.count = parse_count(v)?,
+            "_cursor" => plan.cursor = Some(Cursor::decode(v)?),
+            "_since" => {
+                let t = chrono::DateTime::parse_from_rfc3339(v).map_err(|_| {
+                    bad(
+                        k,
+                        format!("'{v}' is not an instant (e.g. 2024-01-01T00:00:00Z)"),
+                    )
+                })?;
+                plan.since = Some(t.with_timezone(&chrono::Utc));
+            }
+            "_type" => {
+                for t in v.split(',') {
+                    let t = resource_type(t)
+                        .map_err(|_| bad(k, format!("'{t}' in _type is not a resource type")))?;
+                    plan.types.push(t.to_owned());
+                }
+            }
+            "_format" => {}
+            "start" | "end" if !prefer_strict(headers) => {
+                shape.ignored.push(k.clone());
+                continue;
+            }
+            _ => {
+                return Err(bad(
+                    k,
+                    format!("'{k}' is not a parameter of $everything (use _since, _type, _count)"),
+                ))
+            }
+        }
+        if k != "_cursor" && k != "_format" {
+            shape.used.push((k.clone(), v.clone()));
+        }
+    }
+    if principal.owner().is_some_and(|me| me != id) {
+        return Err(FhirError::Forbidden(
+            "a patient token reaches only its own record".into(),
+        ));
+    }
+    let path = format!("Patient/{id}/$everything");
+    respond(state, principal, plan, shape, &path, &pairs, headers).await
+}
+
+/// The Observation search part of an operation's parameters (everything but `skip`).
+fn observation_plan(state: &AppState, pairs: &[(String, String)], skip: &[&str]) -> Result<Plan> {
+    let ctx = exec::ctx(state);
+    let mut plan = Plan {
+        types: vec!["Observation".into()],
+        ..Plan::default()
+    };
+    for (k, v) in pairs {
+        if skip.contains(&k.as_str()) || k == "_format" {
+            continue;
+        }
+        match query::parse(&ctx, "Observation", k, v, 0)? {
+            Some(c) => plan.clauses.push(c),
+            None => {
+                return Err(bad(
+                    k,
+                    format!("'{k}' is not a search parameter of Observation"),
+                ))
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// `Observation/$lastn?patient=…&category=…&code=…&max=N`: the N most recent Observations per code.
+async fn lastn(
+    state: &AppState,
+    principal: &Principal,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let mut max: i64 = 1;
+    for (k, v) in &pairs {
+        if k == "max" {
+            max = v
+                .parse()
+                .ok()
+                .filter(|m| (1..=1000).contains(m))
+                .ok_or_else(|| {
+                    bad(
+                        "max",
+                        format!("max must be a whole number from 1 to 1000, not '{v}'"),
+                    )
+                })?;
+        }
+    }
+    let plan = observation_plan(state, &pairs, &["max"])?;
+    let rids = exec::lastn(state, &plan, &access(principal), max).await?;
+    let plan_rows: Vec<Found> = rids
+        .into_iter()
+        .map(|rid| Found {
+            rid,
+            resource_type: "Observation".into(),
+            id: String::new(),
+            keys: Vec::new(),
+        })
+        .collect();
+    let shape = Shape {
+        used: pairs
+            .iter()
+            .filter(|(k, _)| k != "_format")
+            .cloned()
+            .collect(),
+        ..Shape::default()
+    };
+    rows_bundle(
+        state,
+        principal,
+        plan_rows,
+        shape,
+        "Observation/$lastn",
+        &pairs,
+        headers,
+    )
+    .await
+}
+
+/// A searchset Bundle of given rows (no paging).
+async fn rows_bundle(
+    state: &AppState,
+    principal: &Principal,
+    rows: Vec<Found>,
+    shape: Shape,
+    path: &str,
+    pairs: &[(String, String)],
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let fmt = negotiate(headers, pairs)?;
+    let rids: Vec<i64> = rows.iter().map(|f| f.rid).collect();
+    let versions = storage::read_rids(state, &rids).await?;
+    let patients: Vec<String> = versions
+        .iter()
+        .filter_map(|(_, v)| v.compartment.clone())
+        .collect();
+    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
+    let mut info = crate::audit::api::AuditInfo::default();
+    let mut entries = Vec::new();
+    for (_, v) in versions {
+        let Some(body) = &v.body else { continue };
+        let resource: Value = fhirgate_codec::parse_json(body)?;
+        if check
+            .as_ref()
+            .is_some_and(|c| !c.permits(&v.resource_type, v.compartment.as_deref(), &resource))
+            || !principal.reaches(v.compartment.as_deref())
+            || !principal.sees(&v.resource_type, Permission::Search, &resource)
+        {
+            continue;
+        }
+        info.patient(v.compartment.as_deref());
+        entries.push(json!({"fullUrl": format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id), "resource": resource, "search": {"mode": "match"}}));
+    }
+    let links = vec![json!({"relation": "self", "url": link(&state.fhir_base, path, &shape.used)})];
     let bundle = crate::fhir::respond::bundle("searchset", links, entries);
     let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
     info.attach(&mut resp);
     Ok(resp)
+}
+
+/// `Observation/$stats`: count, minimum, maximum and average of `value-quantity` per code, over
+/// Observations matching the search parameters (`patient`, `code`, `date=ge…&date=lt…`), or
+/// `period=start/end`.
+async fn stats(
+    state: &AppState,
+    principal: &Principal,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let fmt = negotiate(headers, &pairs)?;
+    let mut wanted: Vec<String> = vec![
+        "count".into(),
+        "minimum".into(),
+        "maximum".into(),
+        "average".into(),
+    ];
+    let mut extra: Vec<(String, String)> = Vec::new();
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "statistic" => {
+                wanted = v.split(',').map(str::to_owned).collect();
+                if let Some(bad_one) = wanted
+                    .iter()
+                    .find(|s| !matches!(s.as_str(), "count" | "minimum" | "maximum" | "average"))
+                {
+                    return Err(bad("statistic", format!("statistic '{bad_one}' is not supported (count, minimum, maximum, average)")));
+                }
+            }
+            "period" => {
+                let (start, end) = v.split_once('/').ok_or_else(|| {
+                    bad(
+                        "period",
+                        "period takes start/end, e.g. 2024-01-01/2024-02-01",
+                    )
+                })?;
+                if !start.is_empty() {
+                    extra.push(("date".into(), format!("ge{start}")));
+                }
+                if !end.is_empty() {
+                    extra.push(("date".into(), format!("le{end}")));
+                }
+            }
+            "subject" => extra.push(("subject".into(), v.clone())),
+            _ => {}
+        }
+    }
+    let mut all: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "statistic" | "period" | "subject"))
+        .cloned()
+        .collect();
+    all.extend(extra);
+    let plan = observation_plan(state, &all, &[])?;
+    let rows = exec::stats(state, &plan, &access(principal)).await?;
+    let mut params = Vec::new();
+    for r in rows {
+        let mut components = Vec::new();
+        let q = |v: f64| {
+            let mut x = json!({"value": v});
+            if let Some(u) = &r.unit {
+                x["unit"] = json!(u);
+                x["system"] = json!("http://unitsofmeasure.org");
+                x["code"] = json!(u);
+            }
+            x
+        };
+        for s in &wanted {
+            let value = match s.as_str() {
+                "count" => json!({"valueQuantity": {"value": r.count}}),
+                "minimum" => json!({"valueQuantity": q(r.min)}),
+                "maximum" => json!({"valueQuantity": q(r.max)}),
+                _ => json!({"valueQuantity": q(r.avg)}),
+            };
+            let mut c = json!({"code": {"coding": [{"system": "http://hl7.org/fhir/observation-statistics", "code": s}]}});
+            if let (Some(o), Value::Object(v)) = (c.as_object_mut(), value) {
+                o.extend(v);
+            }
+            components.push(c);
+        }
+        let mut coding = json!({"code": r.code});
+        if let Some(s) = &r.system {
+            coding["system"] = json!(s);
+        }
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [coding]}, "component": components});
+        params.push(json!({"name": "statistics", "resource": obs}));
+    }
+    let out = json!({"resourceType": "Parameters", "parameter": params});
+    format::resource_value(StatusCode::OK, fmt, &out)
 }

@@ -229,6 +229,13 @@ pub async fn apply(
             .as_ref()
             .filter(|_| op.resource_type == "Consent")
             .map(fhirgate_consent::organizations_named);
+        let index = op
+            .resource
+            .as_ref()
+            .map(|r| {
+                crate::search::index::rows(&state.keys, &state.search_params, &op.resource_type, r)
+            })
+            .unwrap_or_default();
         let body = op
             .resource
             .map(|r| stamp(r, &op.id, version, &at))
@@ -244,6 +251,7 @@ pub async fn apply(
             identifier_hashes,
             classes,
             consent_parties,
+            index,
         });
         results.push(WriteResult {
             resource_type: op.resource_type,

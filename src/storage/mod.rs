@@ -5,6 +5,7 @@
 //! (`unnest` arrays), not a thousand round trips.
 
 pub mod conditional;
+mod index;
 
 use std::collections::HashMap;
 
@@ -35,6 +36,19 @@ pub struct StoredVersion {
 }
 
 type VersionRow = (
+    String,
+    String,
+    i32,
+    bool,
+    DateTime<Utc>,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+/// A [`VersionRow`] after the resource's surrogate key.
+type RidVersionRow = (
+    i64,
     String,
     String,
     i32,
@@ -114,6 +128,36 @@ pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec
         .map(|v| (v.id.clone(), v))
         .collect();
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+/// The current, non-deleted versions of resources by surrogate key, in the order of `rids`.
+pub async fn read_rids(state: &AppState, rids: &[i64]) -> Result<Vec<(i64, StoredVersion)>> {
+    if rids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // language=PostgreSQL
+    let rows: Vec<RidVersionRow> =
+        sqlx::query_as(
+            r#"select r.rid, v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.compartment, v.key_id, v.body
+               from resource r
+               join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id
+               where r.rid = any($1) and not r.deleted"#,
+        )
+        .bind(rids)
+        .fetch_all(&state.db)
+        .await?;
+    let (keys, rows): (Vec<i64>, Vec<VersionRow>) = rows
+        .into_iter()
+        .map(|(rid, t, i, v, d, lu, c, k, b)| (rid, (t, i, v, d, lu, c, k, b)))
+        .unzip();
+    let mut found: HashMap<i64, StoredVersion> = keys
+        .into_iter()
+        .zip(decrypt_rows(state, rows).await?)
+        .collect();
+    Ok(rids
+        .iter()
+        .filter_map(|r| found.remove(r).map(|v| (*r, v)))
+        .collect())
 }
 
 /// Version `vid` of `rt/id`.
@@ -276,6 +320,8 @@ pub struct NewVersion {
     pub classes: Vec<String>,
     /// For a Consent: the organisations it names.
     pub consent_parties: Option<Vec<String>>,
+    /// Search index rows of this version (empty for a delete).
+    pub index: Vec<crate::search::index::Row>,
 }
 
 /// Encrypts and writes versions, moves the current pointers and replaces the identifier index, in
@@ -348,6 +394,7 @@ pub async fn write_versions(
     // Version 1 means no current row exists yet (a deleted resource keeps its row): a plain insert.
     // Later versions move a row this transaction has locked (`lock_current`): a plain update.
     let (new_rows, moved): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| vids[i] == 1);
+    let mut rids: HashMap<(String, String), i64> = HashMap::with_capacity(n);
     for (rows, statement) in [
         // language=PostgreSQL
         (
@@ -355,7 +402,8 @@ pub async fn write_versions(
             r#"insert into resource (resource_type, id, version_id, compartment, deleted, last_updated, classes)
                select rt, id, v, c, d, lu, string_to_array(nullif(cl, ''), E'\n')
                from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[], $7::text[])
-                    as t(rt, id, v, c, d, lu, cl)"#,
+                    as t(rt, id, v, c, d, lu, cl)
+               returning resource_type, id, rid"#,
         ),
         // language=PostgreSQL
         (
@@ -365,13 +413,14 @@ pub async fn write_versions(
                    classes = string_to_array(nullif(t.cl, ''), E'\n')
                from unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::bool[], $6::timestamptz[], $7::text[])
                     as t(rt, id, v, c, d, lu, cl)
-               where r.resource_type = t.rt and r.id = t.id"#,
+               where r.resource_type = t.rt and r.id = t.id
+               returning r.resource_type, r.id, r.rid"#,
         ),
     ] {
         if rows.is_empty() {
             continue;
         }
-        sqlx::query(statement)
+        let returned: Vec<(String, String, i64)> = sqlx::query_as(statement)
             .bind(rows.iter().map(|&i| types[i]).collect::<Vec<_>>())
             .bind(rows.iter().map(|&i| ids[i]).collect::<Vec<_>>())
             .bind(rows.iter().map(|&i| vids[i]).collect::<Vec<_>>())
@@ -383,10 +432,13 @@ pub async fn write_versions(
                     .map(|&i| versions[i].classes.join("\n"))
                     .collect::<Vec<_>>(),
             )
-            .execute(&mut **tx)
+            .fetch_all(&mut **tx)
             .await
             .map_err(conflict_on_duplicate)?;
+        rids.extend(returned.into_iter().map(|(t, i, r)| ((t, i), r)));
     }
+    index::write(tx, versions, &rids).await?;
+    index::refresh_grants(state, tx, versions).await?;
     // Identifier index rows belong to their version; searches join the current one.
     let mut it = Vec::new();
     let mut ii = Vec::new();

@@ -11,6 +11,7 @@ mod encryption;
 mod helpers;
 mod independent;
 mod ingest;
+mod search;
 mod smart_app;
 mod smart_clients;
 mod spec_examples;

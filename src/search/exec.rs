@@ -1,0 +1,546 @@
+//! Runs a parsed search: the SQL over `resource` and the index tables, with the caller's access
+//! (patient compartment, partner consent grants) as part of the query, keyset paging in both
+//! directions, `_sort`, totals, and `_include`/`_revinclude` under the same access rules.
+
+use base64::Engine;
+use fhirgate_fhirpath::ParamType;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::error::{FhirError, Result};
+use crate::search::query::{push_clause, Clause, Ctx};
+use crate::search::Pid;
+use crate::state::AppState;
+
+/// Who is asking, as a filter every query carries.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Everything.
+    All,
+    /// A patient token: its own compartment and resources of no patient.
+    Patient(String),
+    /// A partner: only what patients' Consents grant it now, for this purpose key.
+    Partner {
+        /// `Organization/<id>`.
+        organization: String,
+        /// The request's purpose of use (`""` for none).
+        purpose: String,
+    },
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    /// `_id`, `_lastUpdated` or a parameter.
+    pub code: String,
+    /// The parameter's id and table, when it is one.
+    pub param: Option<(Pid, ParamType)>,
+    /// Descending.
+    pub desc: bool,
+}
+
+/// `_include` / `_revinclude`.
+#[derive(Debug, Clone)]
+pub struct Include {
+    /// The type holding the reference.
+    pub source: String,
+    /// Its reference parameter.
+    pub pid: Pid,
+    /// Restrict targets to this type.
+    pub target: Option<String>,
+    /// `:iterate`.
+    pub iterate: bool,
+}
+
+/// Where a page starts: after (`next`) or before (`prev`) a row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cursor {
+    /// `n` or `p`.
+    pub d: String,
+    /// Sort key values of the row, as text.
+    pub k: Vec<String>,
+    /// Its rid.
+    pub r: i64,
+}
+
+impl Cursor {
+    /// Opaque text for a link.
+    pub fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Reads [`Cursor::encode`]'s text.
+    pub fn decode(text: &str) -> Result<Cursor> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+            .filter(|c| c.d == "n" || c.d == "p")
+            .ok_or_else(|| {
+                FhirError::bad_request(
+                    "_cursor",
+                    "the paging cursor is not valid; follow the Bundle's links",
+                )
+            })
+    }
+}
+
+/// A search to run.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Resource types (empty = any).
+    pub types: Vec<String>,
+    /// AND of clauses.
+    pub clauses: Vec<Clause>,
+    /// Only resources of this patient compartment.
+    pub compartment: Option<String>,
+    /// Only versions written at or after this instant (`$everything?_since`).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Sort keys (then rid).
+    pub sort: Vec<SortKey>,
+    /// Page size.
+    pub count: i64,
+    /// Page start.
+    pub cursor: Option<Cursor>,
+}
+
+/// One row found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Surrogate key.
+    pub rid: i64,
+    /// Type.
+    pub resource_type: String,
+    /// Id.
+    pub id: String,
+    /// Sort key values.
+    pub keys: Vec<String>,
+}
+
+/// A page of results.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Rows in order.
+    pub rows: Vec<Found>,
+    /// Whether rows exist after the last one.
+    pub has_next: bool,
+    /// Whether rows exist before the first one.
+    pub has_prev: bool,
+}
+
+fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
+    let Some((pid, t)) = k.param else {
+        return match k.code.as_str() {
+            "_id" => (format!("{r}.id::text"), "text"),
+            _ => (format!("{r}.last_updated"), "timestamptz"),
+        };
+    };
+    let agg = if k.desc { "max" } else { "min" };
+    let (table, col, sentinel_asc, sentinel_desc, ty) = match t {
+        ParamType::Date => (
+            "idx_date",
+            if k.desc { "high" } else { "low" },
+            "'infinity'::timestamptz",
+            "'-infinity'::timestamptz",
+            "timestamptz",
+        ),
+        ParamType::Number | ParamType::Quantity => (
+            "idx_number",
+            if k.desc { "high" } else { "low" },
+            "'Infinity'::float8",
+            "'-Infinity'::float8",
+            "float8",
+        ),
+        ParamType::String => ("idx_string", "norm", "chr(1114111)", "''", "text"),
+        ParamType::Reference => ("idx_reference", "target", "chr(1114111)", "''", "text"),
+        _ => ("idx_token", "code", "chr(1114111)", "''", "text"),
+    };
+    let sentinel = if k.desc { sentinel_desc } else { sentinel_asc };
+    (
+        format!("coalesce((select {agg}({col}) from {table} s where s.rid = {r}.rid and s.pid = {pid}), {sentinel})"),
+        ty,
+    )
+}
+
+/// Appends the access filter for rows aliased `r`.
+pub fn push_access(qb: &mut QueryBuilder<'static, Postgres>, access: &Access, r: &str) {
+    match access {
+        Access::All => {}
+        Access::Patient(me) => {
+            qb.push(format!(
+                " and ({r}.compartment is null or {r}.compartment = "
+            ));
+            qb.push_bind(me.clone());
+            qb.push(")");
+        }
+        Access::Partner {
+            organization,
+            purpose,
+        } => {
+            qb.push(format!(" and (({r}.resource_type = 'Consent' and {r}.id in (select consent_id from consent_party where organizations @> array["));
+            qb.push_bind(organization.clone());
+            qb.push(format!("::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and coalesce(nullif({r}.classes, '{{}}'::text[]), array['{}']) <@ array(select g.class from consent_grant g where g.organization = ", fhirgate_consent::CLASSLESS));
+            qb.push_bind(organization.clone());
+            qb.push(format!(" and g.patient = {r}.compartment and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = "));
+            qb.push_bind(organization.clone());
+            qb.push(format!(" and m.patient = {r}.compartment and m.purpose = "));
+            qb.push_bind(purpose.clone());
+            qb.push(format!(
+                " and m.class = '{}') then ",
+                fhirgate_consent::COMPUTED
+            ));
+            qb.push_bind(purpose.clone());
+            qb.push(format!(
+                " else '{}' end))))",
+                fhirgate_consent::OTHER_PURPOSE
+            ));
+        }
+    }
+}
+
+/// The `where` part shared by a page query and its count: type, compartment, clauses, access.
+fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &Access) {
+    qb.push(" from resource r where not r.deleted");
+    if !plan.types.is_empty() {
+        qb.push(" and r.resource_type = any(");
+        qb.push_bind(plan.types.clone());
+        qb.push(")");
+    }
+    let hint = plan.compartment.clone().or_else(|| compartment_hint(plan));
+    if let Some(c) = &hint {
+        qb.push(" and r.compartment = ");
+        qb.push_bind(c.clone());
+    }
+    if let Some(since) = plan.since {
+        qb.push(" and r.last_updated >= ");
+        qb.push_bind(since);
+    }
+    for c in &plan.clauses {
+        qb.push(" and ");
+        push_clause(qb, c, "r", hint.as_deref(), 0);
+    }
+    push_access(qb, access, "r");
+}
+
+/// Types whose patient compartment is the patient their `subject`/`patient` reference names,
+/// so `patient=X` also means `compartment = X` (which the per-patient indexes serve).
+const SUBJECT_COMPARTMENT_TYPES: [&str; 8] = [
+    "Observation",
+    "Condition",
+    "Procedure",
+    "Encounter",
+    "DiagnosticReport",
+    "MedicationRequest",
+    "Immunization",
+    "AllergyIntolerance",
+];
+
+fn compartment_hint(plan: &Plan) -> Option<String> {
+    let [rt] = plan.types.as_slice() else {
+        return None;
+    };
+    if !SUBJECT_COMPARTMENT_TYPES.contains(&rt.as_str()) {
+        return None;
+    }
+    plan.clauses.iter().find_map(|c| match c {
+        Clause::Index {
+            table: "idx_reference",
+            negate: false,
+            alts,
+            code,
+            ..
+        } => {
+            if code != "patient" && code != "subject" {
+                return None;
+            }
+            let [crate::search::query::Alt::Sql(_, binds)] = alts.as_slice() else {
+                return None;
+            };
+            let [crate::search::query::Bind::Texts(targets)] = binds.as_slice() else {
+                return None;
+            };
+            let patients: Vec<&str> = targets
+                .iter()
+                .filter_map(|t| t.strip_prefix("Patient/"))
+                .collect();
+            match patients.as_slice() {
+                [one]
+                    if targets
+                        .iter()
+                        .all(|t| !t.starts_with("Patient/") || t.ends_with(one)) =>
+                {
+                    Some((*one).to_owned())
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+/// One page of `plan` for `access`.
+pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page> {
+    let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
+    let exprs: Vec<(String, &'static str, bool)> = plan
+        .sort
+        .iter()
+        .map(|k| {
+            let (e, t) = sort_expr(k, "r");
+            (e, t, k.desc != backwards)
+        })
+        .collect();
+    let mut qb: QueryBuilder<'static, Postgres> =
+        QueryBuilder::new("select * from (select r.rid, r.resource_type, r.id");
+    for (i, (e, _, _)) in exprs.iter().enumerate() {
+        qb.push(format!(", {e} as k{i}"));
+    }
+    push_filters(&mut qb, plan, access);
+    qb.push(") s where true");
+    if let Some(c) = &plan.cursor {
+        if c.k.len() != exprs.len() {
+            return Err(FhirError::bad_request(
+                "_cursor",
+                "the paging cursor does not match the sort; follow the Bundle's links",
+            ));
+        }
+        // (k0 op c0) or (k0 = c0 and k1 op c1) or … or (all equal and rid op r)
+        qb.push(" and (");
+        for i in 0..=exprs.len() {
+            if i > 0 {
+                qb.push(" or ");
+            }
+            qb.push("(true");
+            for (j, (_, ty, _)) in exprs.iter().enumerate().take(i) {
+                qb.push(format!(" and k{j} = "));
+                qb.push_bind(c.k[j].clone());
+                qb.push(format!("::{ty}"));
+            }
+            match exprs.get(i) {
+                Some((_, ty, desc)) => {
+                    qb.push(format!(" and k{i} {} ", if *desc { "<" } else { ">" }));
+                    qb.push_bind(c.k[i].clone());
+                    qb.push(format!("::{ty}"));
+                }
+                None => {
+                    qb.push(format!(" and rid {} ", if backwards { "<" } else { ">" }));
+                    qb.push_bind(c.r);
+                }
+            }
+            qb.push(")");
+        }
+        qb.push(")");
+    }
+    qb.push(" order by ");
+    for (i, (_, _, desc)) in exprs.iter().enumerate() {
+        qb.push(format!("k{i} {}, ", if *desc { "desc" } else { "asc" }));
+    }
+    qb.push(format!(
+        "rid {} limit ",
+        if backwards { "desc" } else { "asc" }
+    ));
+    qb.push_bind(plan.count + 1);
+    let rows = qb.build().fetch_all(&state.db).await?;
+    let mut found: Vec<Found> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut keys = Vec::with_capacity(exprs.len());
+        for (i, (_, ty, _)) in exprs.iter().enumerate() {
+            let text: String = match *ty {
+                "timestamptz" => row
+                    .try_get::<chrono::DateTime<chrono::Utc>, _>(3 + i)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|_| {
+                        // ±infinity do not decode as chrono times.
+                        if exprs[i].2 {
+                            "-infinity".into()
+                        } else {
+                            "infinity".into()
+                        }
+                    }),
+                "float8" => row.try_get::<f64, _>(3 + i).map(|f| {
+                    if f.is_infinite() {
+                        if f > 0.0 {
+                            "Infinity".into()
+                        } else {
+                            "-Infinity".into()
+                        }
+                    } else {
+                        format!("{f:?}")
+                    }
+                })?,
+                _ => row.try_get::<String, _>(3 + i)?,
+            };
+            keys.push(text);
+        }
+        found.push(Found {
+            rid: row.try_get(0)?,
+            resource_type: row.try_get(1)?,
+            id: row.try_get(2)?,
+            keys,
+        });
+    }
+    let more = found.len() as i64 > plan.count;
+    found.truncate(plan.count as usize);
+    if backwards {
+        found.reverse();
+        Ok(Page {
+            rows: found,
+            has_next: true,
+            has_prev: more,
+        })
+    } else {
+        Ok(Page {
+            rows: found,
+            has_next: more,
+            has_prev: plan.cursor.is_some(),
+        })
+    }
+}
+
+/// How many resources `plan` matches for `access` (ignoring paging).
+pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64> {
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("select count(*)");
+    push_filters(&mut qb, plan, access);
+    Ok(qb.build_query_scalar::<i64>().fetch_one(&state.db).await?)
+}
+
+/// Resources that `rows` refer to through `inc` (or, for `rev`, that refer to `rows`), visible
+/// to `access`.
+pub async fn include(
+    state: &AppState,
+    rows: &[Found],
+    inc: &Include,
+    rev: bool,
+    access: &Access,
+) -> Result<Vec<Found>> {
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("");
+    if rev {
+        let targets: Vec<String> = rows
+            .iter()
+            .map(|f| format!("{}/{}", f.resource_type, f.id))
+            .collect();
+        qb.push("select r.rid, r.resource_type, r.id from idx_reference x join resource r on r.rid = x.rid where not r.deleted and x.pid = ");
+        qb.push_bind(inc.pid);
+        qb.push(" and x.target = any(");
+        qb.push_bind(targets);
+        qb.push(") and r.resource_type = ");
+        qb.push_bind(inc.source.clone());
+    } else {
+        let rids: Vec<i64> = rows
+            .iter()
+            .filter(|f| f.resource_type == inc.source)
+            .map(|f| f.rid)
+            .collect();
+        qb.push("select r.rid, r.resource_type, r.id from resource r join (select distinct split_part(target, '/', 1) as t, split_part(target, '/', 2) as i from idx_reference where rid = any(");
+        qb.push_bind(rids);
+        qb.push(") and pid = ");
+        qb.push_bind(inc.pid);
+        qb.push(" and target not like '%:%' and target not like '#%') u on r.resource_type = u.t and r.id = u.i where not r.deleted");
+        if let Some(t) = &inc.target {
+            qb.push(" and r.resource_type = ");
+            qb.push_bind(t.clone());
+        }
+    }
+    push_access(&mut qb, access, "r");
+    qb.push(" order by r.rid limit 1000");
+    let rows = qb.build().fetch_all(&state.db).await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Found {
+                rid: row.try_get(0)?,
+                resource_type: row.try_get(1)?,
+                id: row.try_get(2)?,
+                keys: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// The parsing context of `state`.
+pub fn ctx(state: &AppState) -> Ctx<'_> {
+    Ctx {
+        keys: &state.keys,
+        ids: &state.search_params,
+        base: &state.fhir_base,
+    }
+}
+
+/// `$lastn`: the rids of the `max` most recent Observations per code (by `date`) among those
+/// `plan` matches, newest first within each code.
+pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> Result<Vec<i64>> {
+    let (code, date) = observation_pids(state)?;
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select rid from (select x.rid, t.system, t.code, d.high, row_number() over (partition by t.system, t.code order by d.high desc, x.rid desc) as n from (select r.rid",
+    );
+    push_filters(&mut qb, plan, access);
+    qb.push(") x join idx_token t on t.rid = x.rid and t.pid = ");
+    qb.push_bind(code);
+    qb.push(" join lateral (select max(high) as high from idx_date where rid = x.rid and pid = ");
+    qb.push_bind(date);
+    qb.push(") d on true) y where n <= ");
+    qb.push_bind(max);
+    qb.push(" order by system, code, high desc nulls last, rid desc");
+    let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
+}
+
+/// Statistics of one code.
+#[derive(Debug)]
+pub struct CodeStats {
+    /// Code system.
+    pub system: Option<String>,
+    /// Code.
+    pub code: String,
+    /// Unit (UCUM code) when all values share one.
+    pub unit: Option<String>,
+    /// How many values.
+    pub count: i64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub avg: f64,
+}
+
+/// `$stats`: count, minimum, maximum and average of `value-quantity` per code over `plan`.
+pub async fn stats(state: &AppState, plan: &Plan, access: &Access) -> Result<Vec<CodeStats>> {
+    let (code, _) = observation_pids(state)?;
+    let value = state
+        .search_params
+        .get("Observation", "value-quantity")
+        .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("value-quantity is not registered")))?;
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select t.system, t.code, case when count(distinct v.code) = 1 then min(v.code) end, count(*), min(v.low), max(v.high), avg(v.low) from (select r.rid",
+    );
+    push_filters(&mut qb, plan, access);
+    qb.push(") x join idx_token t on t.rid = x.rid and t.pid = ");
+    qb.push_bind(code);
+    qb.push(" join idx_number v on v.rid = x.rid and v.pid = ");
+    qb.push_bind(value);
+    qb.push(" where t.code is not null group by t.system, t.code order by t.system, t.code");
+    let rows = qb.build().fetch_all(&state.db).await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(CodeStats {
+                system: r.try_get(0)?,
+                code: r.try_get(1)?,
+                unit: r.try_get(2)?,
+                count: r.try_get(3)?,
+                min: r.try_get::<Option<f64>, _>(4)?.unwrap_or_default(),
+                max: r.try_get::<Option<f64>, _>(5)?.unwrap_or_default(),
+                avg: r.try_get::<Option<f64>, _>(6)?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn observation_pids(state: &AppState) -> Result<(Pid, Pid)> {
+    let get = |c: &str| {
+        state.search_params.get("Observation", c).ok_or_else(|| {
+            FhirError::Internal(anyhow::anyhow!("Observation {c} is not registered"))
+        })
+    };
+    Ok((get("code")?, get("date")?))
+}
