@@ -330,3 +330,145 @@ async fn headless_chromium_grants_and_revokes_a_partner_on_the_sharing_page() {
     assert!(history[0].ends_with("stopped sharing with Organization/acme"));
     assert!(history[1].ends_with("shared vital-signs with Organization/acme"));
 }
+
+#[tokio::test]
+async fn includes_everything_lastn_stats_and_totals_never_leak_to_a_partner() {
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}],
+        "identifier": [{"system": "urn:mrn", "value": "M-1"}]});
+    assert_eq!(app.put("Patient/p1", &patient).await.status(), 201);
+    let sleep = observation_of(&app, "p1", "sleep").await;
+    let mut v = crate::helpers::observation("p1", 61.0);
+    v["id"] = json!("vital");
+    v["derivedFrom"] = json!([{"reference": format!("Observation/{sleep}")}]);
+    assert_eq!(app.put("Observation/vital", &v).await.status(), 201);
+    let other = observation_of(&app, "p2", "vital-signs").await;
+    let me = token(&app, "phone-app", "patient/Consent.cruds", Some("p1"), None);
+    let resp = post(&app, &me, &consent("p1", "acme", &["vital-signs"])).await;
+    assert_eq!(resp.status(), 201);
+    let consent_id = crate::helpers::json(resp).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let bundle = |q: &'static str| {
+        let app = &app;
+        async move {
+            let resp = partner_read(app, "acme", q).await;
+            assert_eq!(resp.status(), 200, "{q}");
+            crate::helpers::json(resp).await
+        }
+    };
+    let all_ids = |b: &Value| -> Vec<String> {
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        v
+    };
+    // Searches with criteria, chains and includes: the permitted vital sign only.
+    assert_eq!(
+        search_ids(&app, "acme", "Observation?code=8867-4").await,
+        ["vital"]
+    );
+    assert_eq!(
+        search_ids(
+            &app,
+            "acme",
+            "Observation?subject:Patient.identifier=urn:mrn|M-1"
+        )
+        .await,
+        ["vital"]
+    );
+    let b = bundle(
+        "Observation?code=8867-4&_include=Observation:patient&_include=Observation:derived-from",
+    )
+    .await;
+    assert_eq!(
+        all_ids(&b),
+        ["vital"],
+        "neither the Patient (no class granted) nor the sleep record"
+    );
+    let b =
+        bundle("Observation?_id=vital&_revinclude=Observation:derived-from&_total=accurate").await;
+    assert_eq!(b["total"], 1);
+    // $everything, $lastn and $stats see the same (and the Consent naming the partner).
+    let with_consent = |ids: &[&str]| {
+        let mut v: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        v.push(consent_id.clone());
+        v.sort();
+        v
+    };
+    assert_eq!(
+        all_ids(&bundle("Patient/p1/$everything").await),
+        with_consent(&["vital"])
+    );
+    assert!(all_ids(&bundle("Patient/p2/$everything").await).is_empty());
+    assert_eq!(
+        all_ids(&bundle("Observation/$lastn?patient=p1").await),
+        ["vital"]
+    );
+    let s = bundle("Observation/$stats?patient=p1").await;
+    let codes: Vec<&str> = s["parameter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["resource"]["code"]["coding"][0]["code"].as_str())
+        .collect();
+    assert_eq!(codes, ["8867-4"]);
+    assert!(!search_ids(&app, "acme", "Observation")
+        .await
+        .contains(&other));
+    // A compartment search of a patient who did not consent: nothing.
+    assert!(search_ids(&app, "acme", "Patient/p2/Observation")
+        .await
+        .is_empty());
+
+    // Everything: now the Patient is visible and included, the sleep record still not
+    // (a deny for sleep inside).
+    let mut wider = consent("p1", "acme", &["everything"]);
+    wider["id"] = json!(consent_id);
+    wider["provision"]["provision"] = json!([{"type": "deny",
+        "class": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": "sleep"}]}]);
+    let resp = reqwest::Client::new()
+        .put(format!("{}/Consent/{consent_id}", app.base))
+        .bearer_auth(&me)
+        .header("content-type", "application/fhir+json")
+        .body(wider.to_string())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 200);
+    let b = bundle(
+        "Observation?code=8867-4&_include=Observation:patient&_include=Observation:derived-from",
+    )
+    .await;
+    assert_eq!(all_ids(&b), ["p1", "vital"]);
+    assert_eq!(
+        all_ids(&bundle("Patient/p1/$everything").await),
+        with_consent(&["p1", "vital"])
+    );
+
+    // Revoked: the very next search, include and $everything show nothing.
+    let mut revoked = wider;
+    revoked["status"] = json!("inactive");
+    let resp = reqwest::Client::new()
+        .put(format!("{}/Consent/{consent_id}", app.base))
+        .bearer_auth(&me)
+        .header("content-type", "application/fhir+json")
+        .body(revoked.to_string())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        all_ids(&bundle("Patient/p1/$everything").await),
+        with_consent(&[])
+    );
+    assert!(all_ids(&bundle("Observation?_include=Observation:patient").await).is_empty());
+    let b = bundle("Observation?_summary=count").await;
+    assert_eq!(b["total"], 0);
+}
