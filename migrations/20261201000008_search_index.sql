@@ -117,3 +117,9 @@ create table consent_grant (
 );
 create index consent_grant_lookup on consent_grant (organization, patient, class);
 create index consent_grant_patient on consent_grant (patient);
+
+-- Which definitions the index was built from (`fhirgate reindex` and start-up compare it).
+create table search_index_state (
+    id          integer primary key check (id = 1),
+    fingerprint text not null
+);

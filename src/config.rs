@@ -98,6 +98,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations to DATABASE_URL (or the private database) and exit.
     Migrate,
+    /// Rebuild every search index row and consent grant from the stored resources (after the
+    /// SearchParameter definitions change; the server also does it by itself at start-up).
+    Reindex {
+        /// Resources per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: i64,
+    },
     /// Import provider payloads for a patient (the same path as POST /ingest/{source}).
     Import {
         /// apple-health, healthkit, fitbit, google-fit, oura or withings.

@@ -38,6 +38,22 @@ async fn main() -> anyhow::Result<()> {
             served.context("serving")?;
             tracing::info!("stopped");
         }
+        Command::Reindex { batch } => {
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let state = startup::command_line_state(db.pool.clone(), Box::new(keys)).await?;
+            let started = std::time::Instant::now();
+            let report = fhirgate::search::reindex::run(&state, batch.max(1)).await;
+            db.close().await;
+            let report = report.map_err(|e| anyhow::anyhow!("reindex failed: {e}"))?;
+            println!(
+                "reindexed {} resources ({} index rows, consent grants of {} patients) in {:.1} s",
+                report.resources,
+                report.rows,
+                report.patients,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Command::Migrate => {
             let db = Database::connect(&cli.db).await?;
             println!("migrations applied");

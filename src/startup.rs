@@ -193,6 +193,7 @@ impl Application {
         let revoked = state.revoked.clone();
         let db = state.db.clone();
         tokio::spawn(async move { revoked.follow(db).await });
+        crate::search::reindex::spawn_if_stale(state.clone());
         let router = app(
             state.clone(),
             Duration::from_secs(args.request_timeout_secs),

@@ -6,5 +6,6 @@ pub mod exec;
 pub mod index;
 pub mod params;
 pub mod query;
+pub mod reindex;
 
 pub use params::{ParamIds, Pid};

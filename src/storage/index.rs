@@ -181,7 +181,7 @@ pub(super) async fn write(
             .or_insert((v, existed));
     }
     let mut stale: Vec<i64> = Vec::new();
-    let mut batch = Batch::default();
+    let mut items: Vec<(i64, Option<&str>, &[Row])> = Vec::with_capacity(newest.len());
     for ((rt, id), (v, existed)) in &newest {
         let Some(&rid) = rids.get(&((*rt).to_owned(), (*id).to_owned())) else {
             continue;
@@ -189,15 +189,28 @@ pub(super) async fn write(
         if *existed {
             stale.push(rid);
         }
-        for row in &v.index {
-            batch.push(rid, v.compartment.as_deref(), row);
+        items.push((rid, v.compartment.as_deref(), &v.index));
+    }
+    replace(tx, &stale, &items).await
+}
+
+/// Deletes the index rows of `stale` and inserts `items` (rid, compartment, rows).
+pub(crate) async fn replace(
+    tx: &mut Transaction<'static, Postgres>,
+    stale: &[i64],
+    items: &[(i64, Option<&str>, &[Row])],
+) -> Result<()> {
+    let mut batch = Batch::default();
+    for (rid, comp, rows) in items {
+        for row in *rows {
+            batch.push(*rid, *comp, row);
         }
     }
     if !stale.is_empty() {
         for table in TABLES {
             // The table name is one of the constants above, never input.
             sqlx::query(&format!("delete from {table} where rid = any($1)"))
-                .bind(&stale)
+                .bind(stale)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -288,6 +301,15 @@ pub(super) async fn refresh_grants(
         .filter(|v| v.resource_type == "Consent")
         .filter_map(|v| v.compartment.as_deref())
         .collect();
+    grants_of(state, tx, patients.into_iter()).await
+}
+
+/// Rebuilds `consent_grant` for `patients` from their Consents as `tx` sees them.
+pub(crate) async fn grants_of(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    patients: impl Iterator<Item = &str>,
+) -> Result<()> {
     for patient in patients {
         // language=PostgreSQL
         let ids: Vec<String> = sqlx::query_scalar(

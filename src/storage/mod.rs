@@ -5,7 +5,7 @@
 //! (`unnest` arrays), not a thousand round trips.
 
 pub mod conditional;
-mod index;
+pub(crate) mod index;
 
 use std::collections::HashMap;
 

@@ -486,3 +486,61 @@ async fn client_for(server: &Server, backend: &Backend) -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reindex_rebuilds_the_search_index_and_consent_grants() {
+    let app = crate::helpers::spawn_app().await;
+    let patient = serde_json::json!({"resourceType": "Patient", "id": "ri", "name": [{"family": "Reindexed"}]});
+    assert_eq!(app.put("Patient/ri", &patient).await.status(), 201);
+    let obs = crate::helpers::observation("ri", 70.0);
+    assert_eq!(app.post("Observation", &obs).await.status(), 201);
+    let found = |q: &'static str| {
+        let app = &app;
+        async move {
+            let b = crate::helpers::json(app.get(q).await).await;
+            b["entry"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(found("Patient?family=reindex").await, 1);
+    // Lose the index (as after a change of definitions): searches find nothing.
+    for t in [
+        "idx_token",
+        "idx_string",
+        "idx_date",
+        "idx_number",
+        "idx_reference",
+        "idx_composite",
+        "idx_blind",
+        "search_index_state",
+    ] {
+        sqlx::query(&format!("truncate {t}"))
+            .execute(&app.pool)
+            .await
+            .expect("truncate");
+    }
+    assert_eq!(found("Patient?family=reindex").await, 0);
+    let mut cmd = Command::new(BIN);
+    let out = clean_env(&mut cmd)
+        .args(["reindex", "--batch", "1"])
+        .env("DATABASE_URL", db_url(&app.db_name))
+        .env("FHIRGATE_MASTER_KEY", &app.master_key)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reindexed 2 resources"), "{stdout}");
+    assert_eq!(found("Patient?family=reindex").await, 1);
+    assert_eq!(
+        found("Observation?subject=Patient/ri&code=8867-4&value-quantity=70").await,
+        1
+    );
+    let state: i64 = sqlx::query_scalar("select count(*) from search_index_state")
+        .fetch_one(&app.pool)
+        .await
+        .expect("q");
+    assert_eq!(state, 1, "the rebuilt index records its definitions");
+}
