@@ -47,6 +47,37 @@ fn audit_event_resource() -> Value {
     })
 }
 
+/// Modifiers each parameter type supports here.
+fn modifiers(t: fhirgate_fhirpath::ParamType, blind: bool) -> &'static str {
+    use fhirgate_fhirpath::ParamType as T;
+    match (t, blind) {
+        (T::String, false) => "default starts-with (case and accent folded), :exact, :contains, :missing",
+        (T::String, true) => "blind-indexed (keyed hashes of normalised values and prefixes): default starts-with and :exact, :missing; :contains is refused with 400",
+        (T::Token, false) => "system|code, |code, code, system|; :not, :text, :missing",
+        (T::Token, true) => "blind-indexed: system|code, |code, code, system|, :of-type (identifier), :missing; :text is refused",
+        (T::Date, false) => "prefixes eq ne gt lt ge le sa eb ap, any precision (compared as ranges); :missing",
+        (T::Date, true) => "blind-indexed: a date at year, month or day precision, no prefix; :missing",
+        (T::Number, _) => "prefixes eq ne gt lt ge le sa eb ap with implicit precision; :missing",
+        (T::Quantity, _) => "prefixes eq ne gt lt ge le sa eb ap; number, number|system|code or number||code; :missing",
+        (T::Reference, _) => "id, Type/id, absolute URL; :Type, :identifier, :missing; chaining (a.b.c) and _has",
+        (T::Uri, _) => "exact, :below, :above, :missing",
+        (T::Composite, _) => "token$value with the second component's own syntax (string components match whole values)",
+        (T::Special, _) => "not supported",
+    }
+}
+
+/// Every search parameter of `rt` the index serves.
+fn search_params(rt: &str) -> Vec<Value> {
+    fhirgate_fhirpath::parameters_for(rt)
+        .filter(|d| d.expression.is_some() && d.param_type != fhirgate_fhirpath::ParamType::Special)
+        .map(|d| {
+            let blind = crate::search::index::is_blind(rt, &d.code);
+            json!({"name": d.code, "type": d.param_type.as_str(), "definition": d.url,
+                "documentation": modifiers(d.param_type, blind)})
+        })
+        .collect()
+}
+
 /// Builds the CapabilityStatement for `base`.
 pub fn capability_statement(base: &str, token_url: &str) -> Value {
     let issuer = token_url.trim_end_matches("/auth/token");
@@ -56,12 +87,22 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
             if *rt == "AuditEvent" {
                 return audit_event_resource();
             }
-            let mut params = vec![json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"})];
-            if fhirgate_codec::has_element(rt, "identifier") {
-                params.push(json!({"name": "identifier", "type": "token",
-                    "documentation": "Exact match on system|value, |value, value or system|; stored as a keyed blind index (no :text, :contains or :missing)."}));
-            }
-            json!({
+            let params = search_params(rt);
+            let includes: Vec<String> = fhirgate_fhirpath::parameters_for(rt)
+                .filter(|d| d.param_type == fhirgate_fhirpath::ParamType::Reference)
+                .map(|d| format!("{rt}:{}", d.code))
+                .collect();
+            let operations = match rt.as_str() {
+                "Patient" => json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    "documentation": "GET Patient/[id]/$everything?_since&_type&_count: the patient and every resource in its compartment, paged; partners see only what the patient consented to."}]),
+                "Observation" => json!([
+                    {"name": "lastn", "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
+                     "documentation": "GET Observation/$lastn?patient|subject&category&code&max (default 1): the most recent Observations per code, by date."},
+                    {"name": "stats", "definition": "http://hl7.org/fhir/OperationDefinition/Observation-stats",
+                     "documentation": "GET Observation/$stats?patient|subject&code&period=start/end|date=…&statistic=count,minimum,maximum,average: value-quantity statistics per code, as Observations in a Parameters resource."}]),
+                _ => json!([]),
+            };
+            let mut r = json!({
                 "type": rt,
                 "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
@@ -72,8 +113,16 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "not-supported",
                 "referencePolicy": ["literal", "logical"],
+                "searchInclude": includes,
+                "searchRevInclude": ["*"],
                 "searchParam": params,
-            })
+                "operation": operations,
+            });
+            // R4 forbids empty arrays.
+            if let Some(o) = r.as_object_mut() {
+                o.retain(|_, v| !v.as_array().is_some_and(Vec::is_empty));
+            }
+            r
         })
         .collect();
     json!({
@@ -101,9 +150,20 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                     ],
                 }],
             },
-            "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured.",
+            "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Search parameters that identify a person (names, identifiers, telecom, address, birth date) and Observation value text are stored only as keyed blind indexes: exact and starts-with search work, :contains does not. Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured (unknown search parameters: strict gives 400, lenient ignores them and reports them in the Bundle).",
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
+            "searchParam": [
+                {"name": "_type", "type": "token", "documentation": "system search: GET [base]?_type=A,B with the common parameters"},
+                {"name": "_count", "type": "number", "documentation": "page size (default 50, at most 1000); pages are keyset cursors in the next/previous links"},
+                {"name": "_sort", "type": "string", "documentation": "any parameter but blind-indexed and composite ones, several keys, - for descending"},
+                {"name": "_total", "type": "token", "documentation": "none (default), estimate or accurate"},
+                {"name": "_summary", "type": "token", "documentation": "count, true, data, text"},
+                {"name": "_elements", "type": "string", "documentation": "top-level elements to keep"},
+                {"name": "_include", "type": "special", "documentation": "Type:param[:target], and _include:iterate"},
+                {"name": "_revinclude", "type": "special", "documentation": "Type:param[:target], and _revinclude:iterate"},
+                {"name": "_has", "type": "special", "documentation": "_has:Type:reference-param:param=value, nested"},
+            ],
         }],
     })
 }

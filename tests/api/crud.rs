@@ -1,6 +1,6 @@
 //! read, vread, create, update, delete, history, headers and content negotiation.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{assert_outcome, json, observation, spawn_app};
 
@@ -412,6 +412,39 @@ async fn metadata_describes_the_server() {
         .expect("Observation");
     assert_eq!(obs["conditionalCreate"], true);
     assert_eq!(obs["versioning"], "versioned-update");
+    // Search parameters come from the R4 definitions, with what each supports.
+    let param = |r: &Value, name: &str| -> Value {
+        r["searchParam"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(param(obs, "value-quantity")["type"], "quantity");
+    assert_eq!(param(obs, "code-value-quantity")["type"], "composite");
+    let ops: Vec<&str> = obs["operation"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(ops, ["lastn", "stats"]);
+    let patient = resources
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .expect("Patient");
+    assert!(param(patient, "family")["documentation"]
+        .as_str()
+        .expect("doc")
+        .contains(":contains is refused"));
+    assert_eq!(patient["operation"][0]["name"], "everything");
+    assert!(patient["searchInclude"]
+        .as_array()
+        .expect("inc")
+        .iter()
+        .any(|i| i == "Patient:organization"));
     let health = app
         .client
         .get(app.base.replace("/fhir", "/healthz"))
