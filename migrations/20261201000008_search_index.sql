@@ -25,7 +25,8 @@ create table idx_token (
     system      text collate "C",
     code        text collate "C"
 );
-create index idx_token_code on idx_token (pid, code, system);
+-- (pid, code) serves a code over everyone; with the compartment, one patient's rows of it.
+create index idx_token_code on idx_token (pid, code, compartment, system);
 create index idx_token_rid on idx_token (rid);
 
 -- string values, normalised (lower case, accents removed) and as written.
@@ -47,9 +48,11 @@ create table idx_date (
     low         timestamptz not null,
     high        timestamptz not null
 );
-create index idx_date_low on idx_date (pid, low);
+
 create index idx_date_high on idx_date (pid, high);
 create index idx_date_rid on idx_date (rid, pid);
+-- One patient's dates of a parameter, newest last: the hot wearable query.
+create index idx_date_compartment on idx_date (compartment, pid, high) where compartment is not null;
 
 -- number and quantity values; a Range keeps its ends in low and high.
 create table idx_number (

@@ -42,6 +42,10 @@ struct Cli {
     /// --database-url, and get a token from the server's token endpoint (SMART Backend Services).
     #[arg(long)]
     register_client: bool,
+    /// With --register-client: bind the client to this partner organisation
+    /// (`Organization/<id>`), so its tokens are partner tokens.
+    #[arg(long)]
+    organization: Option<String>,
     /// Workload.
     #[command(subcommand)]
     workload: Workload,
@@ -58,6 +62,12 @@ enum Workload {
     /// An Apple Health export scaled from the real samples: mapping throughput in this process,
     /// then the end-to-end import through `POST /ingest/apple-health`.
     Apple(AppleArgs),
+    /// Build the search benchmark store: patients with wearable Observations (10 M by default).
+    Store(StoreArgs),
+    /// The search benchmarks over that store.
+    Search(SearchArgs),
+    /// Consent enforcement cost: partner searches against unfiltered ones.
+    Consent(ConsentArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +85,551 @@ struct AppleArgs {
     /// much faster fhirgate was.
     #[arg(long)]
     healthkit_to_sqlite: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct StoreArgs {
+    /// Patients.
+    #[arg(long, default_value_t = 1000)]
+    patients: usize,
+    /// Observations per patient, spread over heart rate, steps, SpO2, weight, sleep and blood
+    /// pressure (1,000 × 10,000 = 10 M).
+    #[arg(long, default_value_t = 10_000)]
+    per_patient: usize,
+    /// Observations per transaction Bundle.
+    #[arg(long, default_value_t = 1000)]
+    bundle_size: usize,
+    /// Bundles in flight at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Skip this many Observations per patient (to resume an interrupted load).
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SearchArgs {
+    /// Patients of the store (`store --patients`).
+    #[arg(long, default_value_t = 1000)]
+    patients: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Runs of the `_summary=count` query over all patients.
+    #[arg(long, default_value_t = 10)]
+    count_runs: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ConsentArgs {
+    /// Patients in the store.
+    #[arg(long, default_value_t = 10_000)]
+    patients: usize,
+    /// Of which this many consent to the partner (vital signs, for treatment).
+    #[arg(long, default_value_t = 1000)]
+    consented: usize,
+    /// Heart-rate Observations per patient.
+    #[arg(long, default_value_t = 50)]
+    per_patient: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Seconds per run; runs alternate partner / unfiltered in --rounds pairs.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Pairs of runs.
+    #[arg(long, default_value_t = 6)]
+    rounds: u32,
+    /// Skip loading (the store is already there).
+    #[arg(long)]
+    no_load: bool,
+}
+
+/// The metrics of the benchmark store, in the share of Observations each gets.
+const METRICS: [(&str, &str, &str, &str, &str, f64, f64); 6] = [
+    // (LOINC, display, category, UCUM code, unit, low, span)
+    (
+        "8867-4",
+        "Heart rate",
+        "vital-signs",
+        "/min",
+        "beats/minute",
+        50.0,
+        80.0,
+    ),
+    (
+        "55423-8",
+        "Number of steps",
+        "activity",
+        "{steps}",
+        "steps",
+        0.0,
+        2000.0,
+    ),
+    (
+        "59408-5",
+        "Oxygen saturation in Arterial blood by Pulse oximetry",
+        "vital-signs",
+        "%",
+        "%",
+        90.0,
+        10.0,
+    ),
+    (
+        "29463-7",
+        "Body weight",
+        "vital-signs",
+        "kg",
+        "kg",
+        50.0,
+        60.0,
+    ),
+    ("93832-4", "Sleep duration", "sleep", "h", "h", 4.0, 6.0),
+    (
+        "85354-9",
+        "Blood pressure panel",
+        "vital-signs",
+        "mm[Hg]",
+        "mmHg",
+        100.0,
+        40.0,
+    ),
+];
+
+/// Observation `i` of store patient `p`: metrics in turn, one every 5 minutes from 2024-01-01.
+fn store_observation(p: usize, i: usize) -> Value {
+    let (code, display, category, ucum, unit, low, span) = METRICS[i % METRICS.len()];
+    let minutes = (i as i64) * 5;
+    let at = chrono::DateTime::from_timestamp(1_704_067_200 + minutes * 60, 0).unwrap_or_default();
+    let value = low + ((i * 7919 + p * 104_729) % 1000) as f64 * span / 1000.0;
+    let category = if category == "sleep" {
+        json!([{"coding": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": "sleep"}]}])
+    } else {
+        json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}])
+    };
+    let mut o = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": category,
+        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+        "subject": {"reference": format!("Patient/bench-{p}")},
+        "effectiveDateTime": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    if code == "85354-9" {
+        o["component"] = json!([
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": (value * 10.0).round() / 10.0, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": (value * 6.5).round() / 10.0, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum}}]);
+    } else {
+        o["valueQuantity"] = json!({"value": (value * 10.0).round() / 10.0, "unit": unit, "system": "http://unitsofmeasure.org", "code": ucum});
+    }
+    o
+}
+
+fn store_patient(p: usize) -> Value {
+    json!({"resourceType": "Patient", "id": format!("bench-{p}"),
+        "identifier": [{"system": "urn:fhirgate:bench", "value": format!("P{p}")}],
+        "name": [{"family": format!("Bench{p}"), "given": ["Load"]}],
+        "gender": if p.is_multiple_of(2) { "female" } else { "male" }, "birthDate": format!("{}-01-01", 1940 + p % 60)})
+}
+
+/// Sends transaction Bundles from `make` (called with the Bundle number) over `concurrency`
+/// connections, refreshing the token every few minutes; returns resources/s.
+async fn send_bundles(
+    cli: &Cli,
+    bundles: usize,
+    per_bundle: usize,
+    concurrency: usize,
+    make: Arc<dyn Fn(usize) -> String + Send + Sync>,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let token = Arc::new(std::sync::RwLock::new(cli.token.clone()));
+    let started = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, token, make, done) = (next.clone(), token.clone(), make.clone(), done.clone());
+        let url = cli.base.clone();
+        let client = reqwest::Client::new();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let b = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if b >= bundles {
+                    break;
+                }
+                let body = make(b);
+                let bearer = token
+                    .read()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .clone();
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/fhir+json")
+                    .header("prefer", "return=minimal")
+                    .body(body);
+                if let Some(t) = bearer {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.send().await?;
+                let status = resp.status();
+                let text = resp.text().await?;
+                if status != 200 {
+                    bail!(
+                        "bundle {b} failed with {status}: {}",
+                        &text[..text.len().min(400)]
+                    );
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 200 == 0 {
+                    let secs = started.elapsed().as_secs_f64();
+                    println!(
+                        "  {n}/{bundles} bundles, {:.0} resources/s",
+                        n as f64 * per_bundle as f64 / secs
+                    );
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    // Tokens last five minutes: get a fresh one every four while loading.
+    let refresher = if cli.register_client {
+        let (token, cli2) = (
+            token.clone(),
+            Cli {
+                workload: Workload::Ingest(IngestArgs {
+                    bundles: 0,
+                    bundle_size: 0,
+                    patients: 0,
+                    concurrency: 0,
+                }),
+                token: None,
+                base: cli.base.clone(),
+                database_url: cli.database_url.clone(),
+                register_client: true,
+                organization: None,
+            },
+        );
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(240)).await;
+                match register_and_get_token(&cli2).await {
+                    Ok(t) => {
+                        if let Ok(mut w) = token.write() {
+                            *w = Some(t);
+                        }
+                    }
+                    Err(e) => eprintln!("token refresh failed: {e}"),
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    for t in tasks {
+        t.await??;
+    }
+    if let Some(r) = refresher {
+        r.abort();
+    }
+    Ok((bundles * per_bundle) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn store(cli: &Cli, a: &StoreArgs) -> anyhow::Result<()> {
+    println!(
+        "store: {} patients × {} Observations = {} in Bundles of {}",
+        a.patients,
+        a.per_patient,
+        a.patients * a.per_patient,
+        a.bundle_size
+    );
+    let patients = a.patients;
+    if a.skip == 0 {
+        let rate = send_bundles(cli, patients.div_ceil(500), 500, 1, Arc::new(move |b| {
+            let entries: Vec<Value> = (b * 500..((b + 1) * 500).min(patients))
+                .map(|p| json!({"resource": store_patient(p), "request": {"method": "PUT", "url": format!("Patient/bench-{p}")}}))
+                .collect();
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+        }))
+        .await?;
+        println!("store: {patients} Patients at {rate:.0}/s");
+    }
+    // Bundles interleave patients: Bundle b holds `size` consecutive Observations of one patient.
+    let per_bundle = a.bundle_size;
+    let per_patient_bundles = (a.per_patient - a.skip).div_ceil(per_bundle);
+    let total_bundles = patients * per_patient_bundles;
+    let (skip, per_patient) = (a.skip, a.per_patient);
+    let started = Instant::now();
+    let rate = send_bundles(cli, total_bundles, per_bundle, a.concurrency, Arc::new(move |b| {
+        let p = b % patients;
+        let chunk = b / patients;
+        let first = skip + chunk * per_bundle;
+        let entries: Vec<Value> = (first..(first + per_bundle).min(per_patient))
+            .map(|i| json!({"resource": store_observation(p, i), "request": {"method": "POST", "url": "Observation"}}))
+            .collect();
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+    }))
+    .await?;
+    println!(
+        "store: {} Observations in {:.0} s = {rate:.0} resources/s",
+        total_bundles * per_bundle,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `make(k)` GETs over `connections` for `secs` and prints throughput and latencies.
+async fn measure(
+    client: &reqwest::Client,
+    label: &str,
+    connections: usize,
+    secs: u64,
+    make: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> anyhow::Result<Latencies> {
+    let client = client.clone();
+    let (rps, mut lat, errors) = timed_loop(connections, Duration::from_secs(secs), move |k| {
+        let (client, url) = (client.clone(), make(k));
+        Box::pin(async move {
+            let resp = client.get(&url).send().await?;
+            if resp.status() != 200 {
+                bail!("status {} for {url}", resp.status());
+            }
+            resp.bytes().await?;
+            Ok(())
+        })
+    })
+    .await?;
+    println!("{label}: {rps:.0} requests/s, {errors} errors");
+    lat.report(label);
+    if errors > 0 {
+        bail!("{label}: {errors} requests failed");
+    }
+    Ok(lat)
+}
+
+async fn search(cli: &Cli, a: &SearchArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .default_headers(auth_headers(cli))
+        .pool_max_idle_per_host(a.connections)
+        .build()?;
+    let (base, patients) = (cli.base.clone(), a.patients as u64);
+    let patient = move |k: u64| (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % patients;
+    // 1. The hot query: one patient, heart rate, a date range, 50 per page.
+    let b = base.clone();
+    measure(&client, "Observation?patient&code=8867-4&date=ge&_count=50", a.connections, a.duration, Arc::new(move |k| {
+        let day = 1 + k % 28;
+        format!("{b}/Observation?patient=bench-{}&code=http://loinc.org|8867-4&date=ge2024-01-{day:02}&_count=50", patient(k))
+    }))
+    .await?;
+    // 2. Count one code over every patient.
+    let mut lat = Latencies::default();
+    for _ in 0..a.count_runs {
+        let t = Instant::now();
+        let b: Value = client
+            .get(format!(
+                "{base}/Observation?code=http://loinc.org|8867-4&_summary=count"
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        lat.0.push(t.elapsed().as_micros() as u64);
+        if b["total"].as_u64().is_none() {
+            bail!("no total: {b}");
+        }
+        println!("  total {}", b["total"]);
+    }
+    lat.report("Observation?code=8867-4&_summary=count (sequential)");
+    // 3. $lastn for one patient.
+    let b = base.clone();
+    measure(
+        &client,
+        "Observation/$lastn?patient",
+        a.connections,
+        a.duration,
+        Arc::new(move |k| format!("{b}/Observation/$lastn?patient=bench-{}", patient(k))),
+    )
+    .await?;
+    // 4. Chained search by the patient's (blind-indexed) identifier.
+    let b = base.clone();
+    measure(
+        &client,
+        "Observation?subject:Patient.identifier",
+        a.connections,
+        a.duration,
+        Arc::new(move |k| {
+            format!(
+                "{b}/Observation?subject:Patient.identifier=urn:fhirgate:bench|P{}&_count=50",
+                patient(k)
+            )
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The consent benchmark: a partner's search over a store of `patients` of whom `consented`
+/// permit it, against the same search with an unrestricted token, in alternating runs.
+async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
+    let system = reqwest::Client::builder()
+        .default_headers(auth_headers(cli))
+        .pool_max_idle_per_host(a.connections)
+        .build()?;
+    let patients = a.patients;
+    if !a.no_load {
+        send_bundles(cli, patients.div_ceil(500), 500, 2, Arc::new(move |b| {
+            let entries: Vec<Value> = (b * 500..((b + 1) * 500).min(patients))
+                .map(|p| {
+                    let mut pt = store_patient(p);
+                    pt["id"] = json!(format!("cb-{p}"));
+                    json!({"resource": pt, "request": {"method": "PUT", "url": format!("Patient/cb-{p}")}})
+                })
+                .collect();
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+        }))
+        .await?;
+        let per = a.per_patient;
+        let per_bundle = (1000 / per).max(1);
+        let rate = send_bundles(
+            cli,
+            patients.div_ceil(per_bundle),
+            per_bundle * per,
+            2,
+            Arc::new(move |b| {
+                let entries: Vec<Value> = (b * per_bundle..((b + 1) * per_bundle).min(patients))
+                    .flat_map(|p| {
+                        (0..per).map(move |i| {
+                    let mut o = store_observation(p, i * METRICS.len());
+                    o["subject"] = json!({"reference": format!("Patient/cb-{p}")});
+                    json!({"resource": o, "request": {"method": "POST", "url": "Observation"}})
+                })
+                    })
+                    .collect();
+                json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                    .to_string()
+            }),
+        )
+        .await?;
+        println!(
+            "consent: {} heart rates loaded at {rate:.0}/s",
+            patients * per
+        );
+        // Every tenth patient consents.
+        let step = (patients / a.consented.max(1)).max(1);
+        let consented = a.consented;
+        send_bundles(cli, consented.div_ceil(500), 500, 1, Arc::new(move |b| {
+            let entries: Vec<Value> = (b * 500..((b + 1) * 500).min(consented))
+                .map(|c| {
+                    let p = c * step;
+                    json!({"resource": {"resourceType": "Consent", "status": "active",
+                        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                        "patient": {"reference": format!("Patient/cb-{p}")},
+                        "provision": {"type": "permit",
+                            "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                                       "reference": {"reference": "Organization/bench-partner"}}],
+                            "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}],
+                            "class": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": "vital-signs"}]}},
+                        "request": {"method": "POST", "url": "Consent"}})
+                })
+                .collect();
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}).to_string()
+        }))
+        .await?;
+        println!(
+            "consent: {consented} of {patients} patients consent to Organization/bench-partner"
+        );
+    }
+    let partner_cli = Cli {
+        organization: Some("Organization/bench-partner".into()),
+        token: None,
+        register_client: true,
+        base: cli.base.clone(),
+        database_url: cli.database_url.clone(),
+        workload: Workload::Ingest(IngestArgs {
+            bundles: 0,
+            bundle_size: 0,
+            patients: 0,
+            concurrency: 0,
+        }),
+    };
+    let partner_token = register_and_get_token(&partner_cli).await?;
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {partner_token}").parse()?,
+    );
+    h.insert("x-purpose-of-use", "TREAT".parse()?);
+    let partner = reqwest::Client::builder()
+        .default_headers(h)
+        .pool_max_idle_per_host(a.connections)
+        .build()?;
+    let step = (patients / a.consented.max(1)).max(1) as u64;
+    let consented = a.consented as u64;
+    for (label, query) in [
+        ("one consented patient's heart rates", "patient"),
+        ("heart rates of all patients, first page", "all"),
+    ] {
+        let mut partner_p95 = Vec::new();
+        let mut plain_p95 = Vec::new();
+        let mut partner_rps = Vec::new();
+        let mut plain_rps = Vec::new();
+        for _ in 0..a.rounds {
+            for (who, client) in [("partner", &partner), ("unfiltered", &system)] {
+                let b = cli.base.clone();
+                let q = query.to_owned();
+                let make: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(move |k| {
+                    let p = ((k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % consented) * step;
+                    if q == "patient" {
+                        format!(
+                            "{b}/Observation?patient=cb-{p}&code=http://loinc.org|8867-4&_count=50"
+                        )
+                    } else {
+                        format!("{b}/Observation?code=http://loinc.org|8867-4&_count=50")
+                    }
+                });
+                let client = client.clone();
+                let (rps, mut lat, errors) =
+                    timed_loop(a.connections, Duration::from_secs(a.duration), move |k| {
+                        let (client, url) = (client.clone(), make(k));
+                        Box::pin(async move {
+                            let resp = client.get(&url).send().await?;
+                            if resp.status() != 200 {
+                                bail!("status {}", resp.status());
+                            }
+                            let body: Value = resp.json().await?;
+                            if body["entry"].as_array().is_none_or(Vec::is_empty) {
+                                bail!("empty result");
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await?;
+                if errors > 0 {
+                    bail!("{who}: {errors} requests failed");
+                }
+                lat.0.sort_unstable();
+                if who == "partner" {
+                    partner_p95.push(lat.percentile(0.95));
+                    partner_rps.push(rps);
+                } else {
+                    plain_p95.push(lat.percentile(0.95));
+                    plain_rps.push(rps);
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (pr, ur) = (median(&mut partner_rps), median(&mut plain_rps));
+        let (pp, up) = (median(&mut partner_p95), median(&mut plain_p95));
+        println!("consent, {label}: partner {pr:.0} req/s (p95 {pp:.2} ms), unfiltered {ur:.0} req/s (p95 {up:.2} ms); enforcement costs {:.1} % of throughput (median of {} paired runs)", 100.0 * (ur - pr) / ur, a.rounds);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -683,7 +1238,7 @@ async fn register_and_get_token(cli: &Cli) -> anyhow::Result<String> {
         confidential: false,
         secret_hash: None,
         jwks: Some(jwks),
-        organization: None,
+        organization: cli.organization.clone(),
     };
     fhirgate::auth::clients::add(&pool, &client).await?;
     let token_url = format!(
@@ -734,6 +1289,9 @@ async fn main() -> anyhow::Result<()> {
         Workload::Read(a) => read(&cli, a).await,
         Workload::Mixed(a) => mixed(&cli, a).await,
         Workload::Apple(a) => apple(&cli, a).await,
+        Workload::Store(a) => store(&cli, a).await,
+        Workload::Search(a) => search(&cli, a).await,
+        Workload::Consent(a) => consent_bench(&cli, a).await,
     }
 }
 

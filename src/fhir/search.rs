@@ -311,7 +311,7 @@ fn parse_sort(rt: &str, ctx: &query::Ctx<'_>, v: &str) -> Result<Vec<SortKey>> {
         }
         let pid = ctx
             .ids
-            .get(rt, code)
+            .get(rt, ctx.ids.storage_code(rt, code))
             .ok_or_else(|| bad("_sort", format!("'{code}' is not indexed")))?;
         keys.push(SortKey {
             code: code.to_owned(),
@@ -347,8 +347,15 @@ fn parse_include(ctx: &query::Ctx<'_>, k: &str, v: &str, iterate: bool) -> Resul
     }
     let pid = ctx
         .ids
-        .get(source, code)
+        .get(source, ctx.ids.storage_code(source, code))
         .ok_or_else(|| bad(k, format!("'{code}' is not indexed")))?;
+    // `patient` is answered from `subject`'s rows: keep to its Patient targets.
+    let target = target.or_else(|| {
+        ctx.ids
+            .is_alias(source, code)
+            .then(|| def.target.first().cloned())
+            .flatten()
+    });
     Ok(Include {
         source: source.to_owned(),
         pid,

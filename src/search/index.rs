@@ -90,7 +90,7 @@ pub fn blind(keys: &Keyring, pid: Pid, kind: &[u8], value: &str) -> Vec<u8> {
 pub fn rows(keys: &Keyring, ids: &ParamIds, rt: &str, resource: &Value) -> Vec<Row> {
     let mut out = Vec::new();
     for entry in fhirgate_fhirpath::extract(resource) {
-        if matches!(entry.code, "_id" | "_lastUpdated") {
+        if matches!(entry.code, "_id" | "_lastUpdated") || ids.is_alias(rt, entry.code) {
             continue;
         }
         let Some(pid) = ids.get(rt, entry.code) else {
@@ -102,7 +102,75 @@ pub fn rows(keys: &Keyring, ids: &ParamIds, rt: &str, resource: &Value) -> Vec<R
             plain_rows(keys, ids, rt, pid, entry, &mut out);
         }
     }
+    drop_combo_repeats(ids, rt, &mut out);
     out
+}
+
+/// Removes the rows of combo parameters that repeat their plain parameter's rows.
+fn drop_combo_repeats(ids: &ParamIds, rt: &str, out: &mut Vec<Row>) {
+    let mut pairs: Vec<(Pid, Pid)> = Vec::new();
+    for d in fhirgate_fhirpath::parameters_for(rt) {
+        let Some(plain) = d.code.strip_prefix("combo-") else {
+            continue;
+        };
+        if ids.combo_partner(rt, &d.code).is_none() {
+            continue;
+        }
+        for suffix in ["", ":text"] {
+            let combo = ids.get(rt, &format!("{}{suffix}", d.code));
+            let partner = ids.get(rt, &format!("{plain}{suffix}"));
+            if let (Some(c), Some(p)) = (combo, partner) {
+                pairs.push((c, p));
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return;
+    }
+    let repeats: Vec<bool> = out
+        .iter()
+        .map(|r| {
+            pairs.iter().any(|&(combo, plain)| {
+                r.pid() == combo && out.iter().any(|o| o.pid() == plain && o.same_value(r))
+            })
+        })
+        .collect();
+    let mut i = 0;
+    out.retain(|_| {
+        i += 1;
+        !repeats[i - 1]
+    });
+}
+
+impl Row {
+    /// The parameter id.
+    pub fn pid(&self) -> Pid {
+        match self {
+            Row::Token(p, ..)
+            | Row::String(p, ..)
+            | Row::Date(p, ..)
+            | Row::Number(p, ..)
+            | Row::Reference(p, ..)
+            | Row::Composite(p, ..)
+            | Row::Blind(p, ..) => *p,
+        }
+    }
+
+    /// Whether both rows hold the same value (whatever their parameters).
+    pub fn same_value(&self, other: &Row) -> bool {
+        match (self, other) {
+            (Row::Token(_, a, b), Row::Token(_, c, d)) => a == c && b == d,
+            (Row::String(_, a, b), Row::String(_, c, d)) => a == c && b == d,
+            (Row::Date(_, a, b), Row::Date(_, c, d)) => a == c && b == d,
+            (Row::Number(_, a, b, c, d, e), Row::Number(_, f, g, h, i, j)) => {
+                a == f && b == g && c == h && d == i && e == j
+            }
+            (Row::Reference(_, a), Row::Reference(_, b)) => a == b,
+            (Row::Composite(_, a), Row::Composite(_, b)) => a == b,
+            // Blind hashes include their parameter; they never repeat across parameters.
+            _ => false,
+        }
+    }
 }
 
 fn plain_rows(
@@ -246,6 +314,9 @@ fn blind_rows(
 ) {
     match &entry.value {
         IndexValue::String(s) => string_hashes(keys, pid, s.value, &s.normalized, out),
+        // Resource.identifier is already blind-indexed per version (`resource_identifier`, which
+        // conditional create uses too); searches read it there.
+        IndexValue::Token(_) if entry.code == "identifier" => {}
         IndexValue::Token(t) => token_hashes(keys, pid, t, out),
         IndexValue::Date(d) => {
             for text in date_texts(d.low.micros(), d.high.micros()) {

@@ -22,21 +22,38 @@ pub struct Ctx<'a> {
     pub base: &'a str,
 }
 
+/// The blind (value, system) hashes of one `identifier` alternative (`None` = any).
+pub type IdentifierHashes = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// One parsed `name[:modifier]=value` of a resource type: AND of these, each an OR of values.
 #[derive(Debug, Clone)]
 pub enum Clause {
     /// `_id`.
     Id(Vec<String>, bool),
+    /// `identifier`, from the per-version blind index `resource_identifier`: alternatives of
+    /// (value hash, system hash), `:not`, or `:missing`.
+    Identifier {
+        /// The resource type the hashes were made for.
+        rt: String,
+        /// Alternatives.
+        alts: Vec<IdentifierHashes>,
+        /// `:not`.
+        negate: bool,
+        /// `:missing` instead of values.
+        missing: Option<bool>,
+    },
     /// `_lastUpdated` (one value per clause).
     LastUpdated(Prefix, DateRange),
-    /// `:missing`.
-    Missing(&'static str, Pid, bool),
+    /// `:missing` (table, parameter, a combo's plain parameter, missing).
+    Missing(&'static str, Pid, Option<Pid>, bool),
     /// A value test on an index table: `rid [not] in (select rid from table where pid and (…))`.
     Index {
         /// Table.
         table: &'static str,
         /// Parameter id.
         pid: Pid,
+        /// For a combo parameter, its plain parameter (searched too).
+        also: Option<Pid>,
         /// The parameter's code.
         code: String,
         /// `:not`.
@@ -274,6 +291,9 @@ pub fn parse(
     }
     let pid = pid_of(ctx, rt, code, name)?;
     let blind_param = crate::search::index::is_blind(rt, code);
+    if code == "identifier" && matches!(modifier, None | Some("not") | Some("missing")) {
+        return identifier_clause(ctx, rt, name, modifier, value).map(Some);
+    }
     if modifier == Some("missing") {
         let missing = match value {
             "true" => true,
@@ -285,9 +305,13 @@ pub fn parse(
                 ))
             }
         };
+        let also = code
+            .strip_prefix("combo-")
+            .and_then(|_| ctx.ids.combo_partner(rt, code));
         return Ok(Some(Clause::Missing(
             table_of(def, blind_param),
             pid,
+            also,
             missing,
         )));
     }
@@ -295,6 +319,13 @@ pub fn parse(
     if values.iter().any(String::is_empty) {
         return Err(bad(name, format!("'{name}' has an empty value")));
     }
+    // A combo parameter also reads its plain parameter's rows (of the same pseudo-parameter).
+    let also_for = |suffix: &str| -> Option<Pid> {
+        let plain = code.strip_prefix("combo-")?;
+        ctx.ids.combo_partner(rt, code)?;
+        ctx.ids.get(rt, &format!("{plain}{suffix}"))
+    };
+    let mut also = also_for("");
     let mut negate = false;
     let mut alts = Vec::new();
     let mut table = table_of(def, blind_param);
@@ -315,6 +346,7 @@ pub fn parse(
                     ));
                 }
                 pid = pid_of(ctx, rt, &format!("{code}:text"), name)?;
+                also = also_for(":text");
                 table = "idx_string";
                 for v in &values {
                     alts.push(Alt::Sql(
@@ -325,6 +357,7 @@ pub fn parse(
             }
             Some("of-type") if code == "identifier" => {
                 pid = pid_of(ctx, rt, "identifier:of-type", name)?;
+                also = None;
                 table = "idx_blind";
                 for v in &values {
                     let parts: Vec<&str> = v.splitn(3, '|').collect();
@@ -409,6 +442,7 @@ pub fn parse(
                 None => {}
                 Some("identifier") => {
                     pid = pid_of(ctx, rt, &format!("{code}:identifier"), name)?;
+                    also = None;
                     table = "idx_blind";
                     for v in &values {
                         alts.push(token_alt(ctx, pid, true, v));
@@ -456,10 +490,53 @@ pub fn parse(
     Ok(Some(Clause::Index {
         table,
         pid,
+        also,
         code: code.to_owned(),
         negate,
         alts,
     }))
+}
+
+fn identifier_clause(
+    ctx: &Ctx<'_>,
+    rt: &str,
+    name: &str,
+    modifier: Option<&str>,
+    value: &str,
+) -> Result<Clause> {
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(bad(
+                    name,
+                    format!("':missing' takes true or false, not '{value}'"),
+                ))
+            }
+        };
+        return Ok(Clause::Identifier {
+            rt: rt.to_owned(),
+            alts: Vec::new(),
+            negate: false,
+            missing: Some(missing),
+        });
+    }
+    let mut alts = Vec::new();
+    for v in split_escaped(value, ',') {
+        if v.is_empty() || v == "|" {
+            return Err(bad(name, format!("'{name}' has an empty value")));
+        }
+        alts.push(crate::storage::conditional::identifier_token(
+            ctx.keys, rt, &v,
+        ));
+    }
+    Ok(Clause::Identifier {
+        rt: rt.to_owned(),
+        alts,
+        negate: modifier == Some("not"),
+        missing: None,
+    })
 }
 
 fn unreachable_special(name: &str) -> Result<()> {
@@ -474,12 +551,14 @@ fn split_modifier(name: &str) -> (&str, Option<&str>) {
 }
 
 fn pid_of(ctx: &Ctx<'_>, rt: &str, code: &str, name: &str) -> Result<Pid> {
-    ctx.ids.get(rt, code).ok_or_else(|| {
-        bad(
-            name,
-            format!("search parameter '{code}' of {rt} is not indexed"),
-        )
-    })
+    ctx.ids
+        .get(rt, ctx.ids.storage_code(rt, code))
+        .ok_or_else(|| {
+            bad(
+                name,
+                format!("search parameter '{code}' of {rt} is not indexed"),
+            )
+        })
 }
 
 fn unsupported_modifier(name: &str, m: &str, def: &SearchParameterDef) -> FhirError {
@@ -889,31 +968,68 @@ pub fn push_clause(
             qb.push_bind(ids.clone());
             qb.push(")");
         }
+        Clause::Identifier {
+            rt,
+            alts,
+            negate,
+            missing,
+        } => {
+            if let Some(m) = missing {
+                qb.push(format!(
+                    "{}exists (select 1 from resource_identifier m where m.resource_type = {r}.resource_type and m.id = {r}.id and m.version_id = {r}.version_id)",
+                    if *m { "not " } else { "" }
+                ));
+                return;
+            }
+            qb.push(format!(
+                "{r}.rid {}in (select i2.rid from resource_identifier i join resource i2 on i2.resource_type = i.resource_type and i2.id = i.id and i2.version_id = i.version_id where i.resource_type = ",
+                if *negate { "not " } else { "" }
+            ));
+            qb.push_bind(rt.clone());
+            qb.push(" and (");
+            for (k, (value, system)) in alts.iter().enumerate() {
+                if k > 0 {
+                    qb.push(" or ");
+                }
+                qb.push("(true");
+                if let Some(v) = value {
+                    qb.push(" and i.value_hash = ");
+                    qb.push_bind(v.clone());
+                }
+                if let Some(s) = system {
+                    qb.push(" and i.system_hash = ");
+                    qb.push_bind(s.clone());
+                }
+                qb.push(")");
+            }
+            qb.push("))");
+        }
         Clause::LastUpdated(prefix, range) => {
             let col = format!("{r}.last_updated");
             let Alt::Sql(sql, binds) = range_alt(*prefix, *range, &col, &col);
             push_sql(qb, &sql, binds);
         }
-        Clause::Missing(table, pid, missing) => {
+        Clause::Missing(table, pid, also, missing) => {
             qb.push(format!(
-                "{}exists (select 1 from {table} m where m.rid = {r}.rid and m.pid = ",
+                "{}exists (select 1 from {table} m where m.rid = {r}.rid and m.",
                 if *missing { "not " } else { "" }
             ));
-            qb.push_bind(*pid);
+            push_pids(qb, *pid, *also);
             qb.push(")");
         }
         Clause::Index {
             table,
             pid,
+            also,
             negate,
             alts,
             ..
         } => {
             qb.push(format!(
-                "{r}.rid {}in (select rid from {table} where pid = ",
+                "{r}.rid {}in (select rid from {table} where ",
                 if *negate { "not " } else { "" }
             ));
-            qb.push_bind(*pid);
+            push_pids(qb, *pid, *also);
             if let (Some(c), false) = (compartment, *negate) {
                 qb.push(" and compartment = ");
                 qb.push_bind(c.to_owned());
@@ -957,6 +1073,23 @@ pub fn push_clause(
             qb.push(format!(" and not {a}.deleted and "));
             push_clause(qb, inner, &a, None, depth + 1);
             qb.push("))");
+        }
+    }
+}
+
+/// `pid = $1`, or `pid in ($1, $2)` for a combo parameter.
+fn push_pids(qb: &mut QueryBuilder<'static, Postgres>, pid: Pid, also: Option<Pid>) {
+    match also {
+        None => {
+            qb.push("pid = ");
+            qb.push_bind(pid);
+        }
+        Some(other) => {
+            qb.push("pid in (");
+            qb.push_bind(pid);
+            qb.push(", ");
+            qb.push_bind(other);
+            qb.push(")");
         }
     }
 }

@@ -79,6 +79,17 @@ impl Token {
     }
 }
 
+/// The blind `(value, system)` hashes an `identifier` search value matches: `value` (any
+/// system), `system|value`, `|value` (no system) or `system|` (any value).
+pub fn identifier_token(
+    keys: &Keyring,
+    rt: &str,
+    token: &str,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let t = Token::parse(keys, rt, token);
+    (t.value, t.system)
+}
+
 /// Parsed criteria: the query string of a conditional request.
 #[derive(Debug, Clone)]
 pub struct Criteria {
