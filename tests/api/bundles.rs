@@ -223,6 +223,8 @@ async fn all_synthea_patients_load_with_matching_counts() {
     let bundles = synthea_bundles();
     assert_eq!(bundles.len(), 42);
     let mut expected: HashMap<String, i64> = HashMap::new();
+    // fullUrl → Type/id the server gave it, for the search checks below.
+    let mut located: HashMap<String, String> = HashMap::new();
     for (name, b) in &bundles {
         for e in b["entry"].as_array().expect("entries") {
             let rt = e["resource"]["resourceType"]
@@ -243,11 +245,33 @@ async fn all_synthea_patients_load_with_matching_counts() {
         let status = resp.status();
         let out = json(resp).await;
         assert_eq!(status, 200, "{name}: {out}");
-        for e in out["entry"].as_array().expect("entries") {
+        for (e, req) in out["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .zip(b["entry"].as_array().expect("entries"))
+        {
             let s = e["response"]["status"].as_str().expect("status");
             assert!(s.starts_with("201") || s.starts_with("200"), "{name}: {e}");
+            if let (Some(full), Some(loc)) =
+                (req["fullUrl"].as_str(), e["response"]["location"].as_str())
+            {
+                let local = loc.split("/_history").next().unwrap_or(loc);
+                located.insert(
+                    full.to_owned(),
+                    local
+                        .rsplitn(3, '/')
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                );
+            }
         }
     }
+    search_matches_an_oracle_over_synthea(&app, &bundles, &located).await;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("select resource_type, count(*) from resource group by resource_type")
             .fetch_all(&app.pool)
@@ -313,4 +337,201 @@ async fn unsupported_bundle_entries_are_501() {
         "not-supported"
     );
     assert_eq!(out["entry"][1]["response"]["status"], "400 Bad Request");
+}
+
+/// The ids (`Type/id`) of a search's `match` entries, following `next` links, sorted.
+async fn all_matches(app: &crate::helpers::TestApp, query: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut url = format!("{}/{query}", app.base);
+    loop {
+        let resp = app.client.get(&url).send().await.expect("search");
+        assert_eq!(resp.status(), 200, "{query}");
+        let b = json(resp).await;
+        for e in b["entry"].as_array().into_iter().flatten() {
+            if e["search"]["mode"] == "match" {
+                out.push(format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap_or(""),
+                    e["resource"]["id"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        match b["link"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+        {
+            Some(next) => url = next["url"].as_str().expect("url").to_owned(),
+            None => break,
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Searches over the loaded Synthea patients against answers worked out here from the fixture
+/// JSON itself: token, reference, date, quantity, blind-indexed string, chain and `_has`.
+async fn search_matches_an_oracle_over_synthea(
+    app: &crate::helpers::TestApp,
+    bundles: &[(String, Value)],
+    located: &HashMap<String, String>,
+) {
+    let instant = |v: &Value| -> Option<chrono::DateTime<chrono::FixedOffset>> {
+        chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()
+    };
+    let mut checked = 0;
+    for (name, b) in bundles.iter().filter(|(n, _)| !n.starts_with("0-")).take(4) {
+        let entries = b["entry"].as_array().expect("entries");
+        let (patient_url, patient) = entries
+            .iter()
+            .find(|e| e["resource"]["resourceType"] == "Patient")
+            .map(|e| (e["fullUrl"].as_str().expect("url"), &e["resource"]))
+            .expect("a Patient");
+        let pid = located[patient_url]
+            .trim_start_matches("Patient/")
+            .to_owned();
+        let of_patient = |rt: &str| -> Vec<(&Value, String)> {
+            entries
+                .iter()
+                .filter(|e| e["resource"]["resourceType"] == rt)
+                .filter(|e| {
+                    let r = &e["resource"];
+                    r["subject"]["reference"] == patient_url
+                        || r["patient"]["reference"] == patient_url
+                })
+                .map(|e| {
+                    (
+                        &e["resource"],
+                        located[e["fullUrl"].as_str().expect("url")].clone(),
+                    )
+                })
+                .collect()
+        };
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let observations = of_patient("Observation");
+        // token: each LOINC code of the patient's Observations.
+        let mut codes: Vec<&str> = observations
+            .iter()
+            .filter_map(|(o, _)| o["code"]["coding"][0]["code"].as_str())
+            .collect();
+        codes.sort();
+        codes.dedup();
+        for code in codes.iter().take(5) {
+            let want = sorted(
+                observations
+                    .iter()
+                    .filter(|(o, _)| {
+                        o["code"]["coding"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["code"] == *code && c["system"] == "http://loinc.org")
+                    })
+                    .map(|(_, id)| id.clone())
+                    .collect(),
+            );
+            let got = all_matches(
+                app,
+                &format!("Observation?patient={pid}&code=http://loinc.org|{code}&_count=200"),
+            )
+            .await;
+            assert_eq!(got, want, "{name}: code {code}");
+            checked += 1;
+        }
+        // date: Observations on or after 2015, by effectiveDateTime.
+        let cut = chrono::DateTime::parse_from_rfc3339("2015-01-01T00:00:00Z").expect("t");
+        let want = sorted(
+            observations
+                .iter()
+                .filter(|(o, _)| instant(&o["effectiveDateTime"]).is_some_and(|t| t >= cut))
+                .map(|(_, id)| id.clone())
+                .collect(),
+        );
+        assert_eq!(
+            all_matches(
+                app,
+                &format!(
+                    "Observation?subject=Patient/{pid}&date=ge2015-01-01T00:00:00Z&_count=500"
+                )
+            )
+            .await,
+            want,
+            "{name}: date"
+        );
+        // quantity: values above 100 in any unit.
+        let want = sorted(
+            observations
+                .iter()
+                .filter(|(o, _)| {
+                    o["valueQuantity"]["value"]
+                        .as_f64()
+                        .is_some_and(|v| v > 100.0)
+                })
+                .map(|(_, id)| id.clone())
+                .collect(),
+        );
+        assert_eq!(
+            all_matches(
+                app,
+                &format!("Observation?patient={pid}&value-quantity=gt100&_count=500")
+            )
+            .await,
+            want,
+            "{name}: quantity"
+        );
+        // reference: every Condition and Encounter of the patient.
+        for rt in ["Condition", "Encounter"] {
+            let want = sorted(of_patient(rt).into_iter().map(|(_, id)| id).collect());
+            assert_eq!(
+                all_matches(app, &format!("{rt}?patient=Patient/{pid}&_count=500")).await,
+                want,
+                "{name}: {rt}"
+            );
+        }
+        // blind-indexed string and token: the patient by family name prefix and identifier.
+        let family = patient["name"][0]["family"].as_str().expect("family");
+        let found = all_matches(
+            app,
+            &format!(
+                "Patient?family={}",
+                &family[..family.len().min(4)].to_lowercase()
+            ),
+        )
+        .await;
+        assert!(found.contains(&format!("Patient/{pid}")), "{name}: family");
+        let ident = &patient["identifier"][1];
+        let token = format!(
+            "{}|{}",
+            ident["system"].as_str().expect("s"),
+            ident["value"].as_str().expect("v")
+        );
+        assert_eq!(
+            all_matches(app, &format!("Patient?identifier={token}")).await,
+            [format!("Patient/{pid}")],
+            "{name}: identifier"
+        );
+        // chain and reverse chain.
+        let want = sorted(observations.iter().map(|(_, id)| id.clone()).collect());
+        assert_eq!(
+            all_matches(
+                app,
+                &format!("Observation?subject:Patient.identifier={token}&_count=1000")
+            )
+            .await,
+            want,
+            "{name}: chain"
+        );
+        if let Some(code) = codes.first() {
+            let has = all_matches(
+                app,
+                &format!("Patient?_has:Observation:patient:code={code}&_id={pid}"),
+            )
+            .await;
+            assert_eq!(has, [format!("Patient/{pid}")], "{name}: _has");
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "the oracle covered {checked} searches");
 }
