@@ -141,4 +141,101 @@ async fn every_official_example_round_trips() {
         differing.is_empty(),
         "changed on the round trip: {differing:#?}"
     );
+    search_matches_an_oracle_over_the_examples(&app, &all).await;
+}
+
+/// Searches over the loaded examples, answered here from the example JSON itself.
+async fn search_matches_an_oracle_over_the_examples(
+    app: &crate::helpers::TestApp,
+    all: &[(String, Vec<u8>)],
+) {
+    let stored: Vec<Value> = all
+        .iter()
+        .map(|(_, b)| serde_json::from_slice::<Value>(b).expect("json"))
+        .filter(|r| !matches!(r["resourceType"].as_str(), Some("Consent" | "AuditEvent")))
+        .collect();
+    let ids = |rt: &str, keep: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = stored
+            .iter()
+            .filter(|r| r["resourceType"] == rt && keep(r))
+            .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let search = |q: String| async move {
+        let b = json(app.get(&q).await).await;
+        let mut v: Vec<String> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        (v, b)
+    };
+    let codings = |r: &Value, path: &str| -> Vec<(String, String)> {
+        let cc: Vec<&Value> = match &r[path] {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        cc.iter()
+            .flat_map(|c| c["coding"].as_array().cloned().unwrap_or_default())
+            .map(|c| {
+                (
+                    c["system"].as_str().unwrap_or("").to_owned(),
+                    c["code"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    // Observation.code over every LOINC code the examples use.
+    let mut loinc: Vec<String> = stored
+        .iter()
+        .filter(|r| r["resourceType"] == "Observation")
+        .flat_map(|r| codings(r, "code"))
+        .filter(|(s, _)| s == "http://loinc.org")
+        .map(|(_, c)| c)
+        .collect();
+    loinc.sort();
+    loinc.dedup();
+    assert!(loinc.len() > 20);
+    for code in &loinc {
+        let want = ids("Observation", &|r: &Value| {
+            codings(r, "code")
+                .iter()
+                .any(|(s, c)| s == "http://loinc.org" && c == code)
+        });
+        let (got, _) = search(format!(
+            "Observation?code=http://loinc.org|{code}&_count=1000"
+        ))
+        .await;
+        assert_eq!(got, want, "Observation code {code}");
+    }
+    // Patient gender, Condition clinical status, Observation status: every value used.
+    for (rt, param, field) in [
+        ("Patient", "gender", "gender"),
+        ("Observation", "status", "status"),
+        ("Encounter", "status", "status"),
+    ] {
+        let mut values: Vec<String> = stored
+            .iter()
+            .filter(|r| r["resourceType"] == rt)
+            .filter_map(|r| r[field].as_str().map(str::to_owned))
+            .collect();
+        values.sort();
+        values.dedup();
+        for v in values {
+            let want = ids(rt, &|r: &Value| r[field] == v.as_str());
+            let (got, _) = search(format!("{rt}?{param}={v}&_count=1000")).await;
+            assert_eq!(got, want, "{rt}?{param}={v}");
+        }
+    }
+    // _summary=count agrees with the oracle; _id lists exactly.
+    let all_obs = ids("Observation", &|_: &Value| true);
+    let (_, b) = search("Observation?_summary=count".to_owned()).await;
+    assert_eq!(b["total"], all_obs.len());
+    let (got, _) = search(format!("Observation?_id={}", all_obs[..3].join(","))).await;
+    assert_eq!(got, all_obs[..3].to_vec());
 }
