@@ -266,7 +266,13 @@ pub fn redacted_query(query: &str) -> String {
     let pairs: Vec<(String, String)> = query_pairs(Some(query))
         .into_iter()
         .map(|(k, v)| {
-            let name = k.split([':', '.']).next().unwrap_or(&k);
+            // The value belongs to the last link of a chain (`subject:Patient.identifier`) or
+            // of a reverse chain (`_has:Observation:patient:code`).
+            let last = k.rsplit('.').next().unwrap_or(&k);
+            let name = match last.strip_prefix("_has:") {
+                Some(rest) => rest.rsplit(':').next().unwrap_or(rest),
+                None => last.split(':').next().unwrap_or(last),
+            };
             if PLAIN_PARAMS.contains(&name) {
                 (k, v)
             } else {
@@ -948,6 +954,18 @@ pub async fn refuse_write() -> FhirError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifying_search_values_are_masked_even_at_the_end_of_a_chain() {
+        assert_eq!(
+            redacted_query("subject:Patient.identifier=urn:mrn|42&code=8867-4&family:exact=Doe"),
+            "subject%3APatient.identifier=*&code=8867-4&family%3Aexact=*"
+        );
+        assert_eq!(
+            redacted_query("patient.name=ann&_has:Observation:patient:code=1234&_has:Observation:subject:value-string=dizzy"),
+            "patient.name=*&_has%3AObservation%3Apatient%3Acode=1234&_has%3AObservation%3Asubject%3Avalue-string=*"
+        );
+    }
 
     #[test]
     fn dates_of_every_precision_are_ranges() {
