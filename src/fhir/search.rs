@@ -423,21 +423,18 @@ async fn respond(
     }
     let page = exec::page(state, &plan, &access).await?;
     let mut links = vec![json!({"relation": "self", "url": self_link(plan.cursor.as_ref())})];
-    if let (true, Some(last)) = (page.has_next, page.rows.last()) {
-        let c = Cursor {
-            d: "n".into(),
-            k: last.keys.clone(),
-            r: last.rid,
-        };
-        links.push(json!({"relation": "next", "url": self_link(Some(&c))}));
-    }
-    if let (true, Some(first)) = (page.has_prev, page.rows.first()) {
-        let c = Cursor {
-            d: "p".into(),
-            k: first.keys.clone(),
-            r: first.rid,
-        };
-        links.push(json!({"relation": "previous", "url": self_link(Some(&c))}));
+    for (relation, more, row, direction) in [
+        ("next", page.has_next, page.rows.last(), "n"),
+        ("previous", page.has_prev, page.rows.first(), "p"),
+    ] {
+        if let (true, Some(row)) = (more, row) {
+            let c = Cursor {
+                d: direction.into(),
+                k: row.keys.clone(),
+                r: row.rid,
+            };
+            links.push(json!({"relation": relation, "url": self_link(Some(&c))}));
+        }
     }
     // Includes, under the same access rules; `:iterate` follows included resources too.
     let mut included: Vec<Found> = Vec::new();
@@ -471,42 +468,9 @@ async fn respond(
     let mut rids: Vec<i64> = page.rows.iter().map(|f| f.rid).collect();
     let matched = rids.len();
     rids.extend(included.iter().map(|f| f.rid));
-    let versions = storage::read_rids(state, &rids).await?;
-    let patients: Vec<String> = versions
-        .iter()
-        .filter_map(|(_, v)| v.compartment.clone())
-        .collect();
-    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
     let match_rids: std::collections::HashSet<i64> = rids[..matched].iter().copied().collect();
-    let mut entries = Vec::with_capacity(versions.len() + 1);
-    for (rid, v) in versions {
-        let Some(body) = &v.body else { continue };
-        let mut resource: Value = fhirgate_codec::parse_json(body)?;
-        if !principal.reaches(v.compartment.as_deref()) {
-            continue;
-        }
-        if let Some(c) = &check {
-            if !c.permits(&v.resource_type, v.compartment.as_deref(), &resource) {
-                continue;
-            }
-        }
-        // Granular scopes: what the token may not see is simply not in the results.
-        if !principal.sees(&v.resource_type, Permission::Search, &resource) {
-            continue;
-        }
-        info.patient(v.compartment.as_deref());
-        shape_resource(
-            &mut resource,
-            shape.summary.as_deref(),
-            shape.elements.as_deref(),
-        );
-        let mode = if match_rids.contains(&rid) {
-            "match"
-        } else {
-            "include"
-        };
-        entries.push(json!({"fullUrl": format!("{base}/{}/{}", v.resource_type, v.id), "resource": resource, "search": {"mode": mode}}));
-    }
+    let mut entries =
+        visible_entries(state, principal, &rids, &match_rids, &shape, &mut info).await?;
     if !shape.ignored.is_empty() {
         let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "not-supported",
             "diagnostics": format!("ignored unknown search parameters: {}", shape.ignored.join(", ")), "expression": shape.ignored}]});
@@ -519,6 +483,56 @@ async fn respond(
     let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
     info.attach(&mut resp);
     Ok(resp)
+}
+
+/// The Bundle entries of `rids` the caller may see, in order: decrypted, checked against a
+/// partner's code-level consent rules, the token's reach and granular scopes, and shaped by
+/// `_summary`/`_elements`; `matches` are `match` entries, the rest `include`.
+async fn visible_entries(
+    state: &AppState,
+    principal: &Principal,
+    rids: &[i64],
+    matches: &std::collections::HashSet<i64>,
+    shape: &Shape,
+    info: &mut crate::audit::api::AuditInfo,
+) -> Result<Vec<Value>> {
+    let versions = storage::read_rids(state, rids).await?;
+    let patients: Vec<String> = versions
+        .iter()
+        .filter_map(|(_, v)| v.compartment.clone())
+        .collect();
+    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
+    let mut entries = Vec::with_capacity(versions.len() + 1);
+    for (rid, v) in versions {
+        let Some(body) = &v.body else { continue };
+        let mut resource: Value = fhirgate_codec::parse_json(body)?;
+        let consented = check
+            .as_ref()
+            .is_none_or(|c| c.permits(&v.resource_type, v.compartment.as_deref(), &resource));
+        // Granular scopes: what the token may not see is simply not in the results.
+        if !consented
+            || !principal.reaches(v.compartment.as_deref())
+            || !principal.sees(&v.resource_type, Permission::Search, &resource)
+        {
+            continue;
+        }
+        info.patient(v.compartment.as_deref());
+        shape_resource(
+            &mut resource,
+            shape.summary.as_deref(),
+            shape.elements.as_deref(),
+        );
+        let mode = if matches.contains(&rid) {
+            "match"
+        } else {
+            "include"
+        };
+        entries.push(
+            json!({"fullUrl": format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id),
+            "resource": resource, "search": {"mode": mode}}),
+        );
+    }
+    Ok(entries)
 }
 
 /// `_summary` and `_elements`: keep part of a resource and tag it SUBSETTED.
@@ -714,28 +728,9 @@ async fn rows_bundle(
 ) -> Result<Response> {
     let fmt = negotiate(headers, pairs)?;
     let rids: Vec<i64> = rows.iter().map(|f| f.rid).collect();
-    let versions = storage::read_rids(state, &rids).await?;
-    let patients: Vec<String> = versions
-        .iter()
-        .filter_map(|(_, v)| v.compartment.clone())
-        .collect();
-    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
+    let matches: std::collections::HashSet<i64> = rids.iter().copied().collect();
     let mut info = crate::audit::api::AuditInfo::default();
-    let mut entries = Vec::new();
-    for (_, v) in versions {
-        let Some(body) = &v.body else { continue };
-        let resource: Value = fhirgate_codec::parse_json(body)?;
-        if check
-            .as_ref()
-            .is_some_and(|c| !c.permits(&v.resource_type, v.compartment.as_deref(), &resource))
-            || !principal.reaches(v.compartment.as_deref())
-            || !principal.sees(&v.resource_type, Permission::Search, &resource)
-        {
-            continue;
-        }
-        info.patient(v.compartment.as_deref());
-        entries.push(json!({"fullUrl": format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id), "resource": resource, "search": {"mode": "match"}}));
-    }
+    let entries = visible_entries(state, principal, &rids, &matches, &shape, &mut info).await?;
     let links = vec![json!({"relation": "self", "url": link(&state.fhir_base, path, &shape.used)})];
     let bundle = crate::fhir::respond::bundle("searchset", links, entries);
     let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;

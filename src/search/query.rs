@@ -295,16 +295,7 @@ pub fn parse(
         return identifier_clause(ctx, rt, name, modifier, value).map(Some);
     }
     if modifier == Some("missing") {
-        let missing = match value {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(bad(
-                    name,
-                    format!("':missing' takes true or false, not '{value}'"),
-                ))
-            }
-        };
+        let missing = parse_missing(name, value)?;
         let also = code
             .strip_prefix("combo-")
             .and_then(|_| ctx.ids.combo_partner(rt, code));
@@ -497,6 +488,18 @@ pub fn parse(
     }))
 }
 
+/// The value of `:missing`.
+fn parse_missing(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad(
+            name,
+            format!("':missing' takes true or false, not '{value}'"),
+        )),
+    }
+}
+
 fn identifier_clause(
     ctx: &Ctx<'_>,
     rt: &str,
@@ -505,16 +508,7 @@ fn identifier_clause(
     value: &str,
 ) -> Result<Clause> {
     if modifier == Some("missing") {
-        let missing = match value {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(bad(
-                    name,
-                    format!("':missing' takes true or false, not '{value}'"),
-                ))
-            }
-        };
+        let missing = parse_missing(name, value)?;
         return Ok(Clause::Identifier {
             rt: rt.to_owned(),
             alts: Vec::new(),
