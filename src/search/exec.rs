@@ -163,8 +163,14 @@ fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
     )
 }
 
-/// Appends the access filter for rows aliased `r`.
-pub fn push_access(qb: &mut QueryBuilder<'static, Postgres>, access: &Access, r: &str) {
+/// Appends the access filter for rows aliased `r`. With `patient` (every row is known to be in
+/// that compartment) a partner's grants are looked up once rather than per row.
+pub fn push_access(
+    qb: &mut QueryBuilder<'static, Postgres>,
+    access: &Access,
+    r: &str,
+    patient: Option<&str>,
+) {
     match access {
         Access::All => {}
         Access::Patient(me) => {
@@ -178,13 +184,25 @@ pub fn push_access(qb: &mut QueryBuilder<'static, Postgres>, access: &Access, r:
             organization,
             purpose,
         } => {
+            let push_patient = |qb: &mut QueryBuilder<'static, Postgres>| match patient {
+                Some(p) => {
+                    qb.push_bind(p.to_owned());
+                }
+                None => {
+                    qb.push(format!("{r}.compartment"));
+                }
+            };
             qb.push(format!(" and (({r}.resource_type = 'Consent' and {r}.id in (select consent_id from consent_party where organizations @> array["));
             qb.push_bind(organization.clone());
             qb.push(format!("::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and coalesce(nullif({r}.classes, '{{}}'::text[]), array['{}']) <@ array(select g.class from consent_grant g where g.organization = ", fhirgate_consent::CLASSLESS));
             qb.push_bind(organization.clone());
-            qb.push(format!(" and g.patient = {r}.compartment and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = "));
+            qb.push(" and g.patient = ");
+            push_patient(qb);
+            qb.push(" and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = ");
             qb.push_bind(organization.clone());
-            qb.push(format!(" and m.patient = {r}.compartment and m.purpose = "));
+            qb.push(" and m.patient = ");
+            push_patient(qb);
+            qb.push(" and m.purpose = ");
             qb.push_bind(purpose.clone());
             qb.push(format!(
                 " and m.class = '{}') then ",
@@ -220,7 +238,7 @@ fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &
         qb.push(" and ");
         push_clause(qb, c, "r", hint.as_deref(), 0);
     }
-    push_access(qb, access, "r");
+    push_access(qb, access, "r", hint.as_deref());
 }
 
 /// Types whose patient compartment is the patient their `subject`/`patient` reference names,
@@ -441,7 +459,7 @@ pub async fn include(
             qb.push_bind(t.clone());
         }
     }
-    push_access(&mut qb, access, "r");
+    push_access(&mut qb, access, "r", None);
     qb.push(" order by r.rid limit 1000");
     let rows = qb.build().fetch_all(&state.db).await?;
     rows.into_iter()
