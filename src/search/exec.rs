@@ -234,11 +234,52 @@ fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &
         qb.push(" and r.last_updated >= ");
         qb.push_bind(since);
     }
-    for c in &plan.clauses {
+    let mut clauses: Vec<&Clause> = plan.clauses.iter().collect();
+    if let (Some(patient), true) = (&hint, plan.types == ["Observation"]) {
+        push_code_date(qb, patient, &mut clauses);
+    }
+    for c in clauses {
         qb.push(" and ");
         push_clause(qb, c, "r", hint.as_deref(), 0);
     }
     push_access(qb, access, "r", hint.as_deref());
+}
+
+/// One patient's Observations by `code` (and `date`): answered by one range scan of
+/// `obs_code_date`, whose rows pair each coding with the Observation's date. Takes the `code`
+/// clause and every `date` clause out of `clauses`.
+fn push_code_date(
+    qb: &mut QueryBuilder<'static, Postgres>,
+    patient: &str,
+    clauses: &mut Vec<&Clause>,
+) {
+    let is = |c: &Clause, table: &str, name: &str| matches!(c, Clause::Index { table: t, code, negate: false, also: None, .. } if *t == table && code == name);
+    let Some(at) = clauses.iter().position(|c| is(c, "idx_token", "code")) else {
+        return;
+    };
+    let code = clauses.remove(at);
+    let dates: Vec<&Clause> = clauses
+        .iter()
+        .copied()
+        .filter(|c| is(c, "idx_date", "date"))
+        .collect();
+    clauses.retain(|c| !is(c, "idx_date", "date"));
+    qb.push(" and r.rid in (select rid from obs_code_date where compartment = ");
+    qb.push_bind(patient.to_owned());
+    for c in std::iter::once(code).chain(dates) {
+        let Clause::Index { alts, .. } = c else {
+            continue;
+        };
+        qb.push(" and (");
+        for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
+            if i > 0 {
+                qb.push(" or ");
+            }
+            crate::search::query::push_sql(qb, sql, binds.clone());
+        }
+        qb.push(")");
+    }
+    qb.push(")");
 }
 
 /// Types whose patient compartment is the patient their `subject`/`patient` reference names,
@@ -417,6 +458,53 @@ pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page
 
 /// How many resources `plan` matches for `access` (ignoring paging).
 pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64> {
+    // One value test over every resource of a type: index rows exist only for current versions,
+    // so the index table alone answers (an index-only scan rather than a join per row).
+    if let (
+        Access::All,
+        [rt],
+        [Clause::Index {
+            table,
+            pid,
+            also: None,
+            negate: false,
+            alts,
+            code,
+        }],
+        None,
+        None,
+    ) = (
+        access,
+        plan.types.as_slice(),
+        plan.clauses.as_slice(),
+        &plan.compartment,
+        plan.since,
+    ) {
+        if state
+            .search_params
+            .is_type_specific(rt, state.search_params.storage_code(rt, code))
+        {
+            // A token with system and code matches at most one row per resource.
+            let exact = *table == "idx_token"
+                && matches!(alts.as_slice(), [crate::search::query::Alt::Sql(sql, _)] if sql == "(code = ? and system = ?)");
+            let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(if exact {
+                "select count(*)"
+            } else {
+                "select count(distinct rid)"
+            });
+            qb.push(format!(" from {table} where pid = "));
+            qb.push_bind(*pid);
+            qb.push(" and (");
+            for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
+                if i > 0 {
+                    qb.push(" or ");
+                }
+                crate::search::query::push_sql(&mut qb, sql, binds.clone());
+            }
+            qb.push(")");
+            return Ok(qb.build_query_scalar::<i64>().fetch_one(&state.db).await?);
+        }
+    }
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("select count(*)");
     push_filters(&mut qb, plan, access);
     Ok(qb.build_query_scalar::<i64>().fetch_one(&state.db).await?)
@@ -486,6 +574,9 @@ pub fn ctx(state: &AppState) -> Ctx<'_> {
 /// `$lastn`: the rids of the `max` most recent Observations per code (by `date`) among those
 /// `plan` matches, newest first within each code.
 pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> Result<Vec<i64>> {
+    if let Some(patient) = plan.compartment.clone().or_else(|| compartment_hint(plan)) {
+        return lastn_of_patient(state, plan, access, max, &patient).await;
+    }
     let (code, date) = observation_pids(state)?;
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
         "select rid from (select x.rid, t.system, t.code, d.high, row_number() over (partition by t.system, t.code order by d.high desc, x.rid desc) as n from (select r.rid",
@@ -498,6 +589,31 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
     qb.push(") d on true) y where n <= ");
     qb.push_bind(max);
     qb.push(" order by system, code, high desc nulls last, rid desc");
+    let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
+}
+
+/// `$lastn` for one patient: per (system, code) of the patient's Observations, an index scan
+/// of `obs_code_date` from the newest down that stops after `max` rows passing the filters.
+async fn lastn_of_patient(
+    state: &AppState,
+    plan: &Plan,
+    access: &Access,
+    max: i64,
+    patient: &str,
+) -> Result<Vec<i64>> {
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select o.rid from (select distinct code, system from obs_code_date where compartment = ",
+    );
+    qb.push_bind(patient.to_owned());
+    qb.push(" and code is not null) c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
+    qb.push_bind(patient.to_owned());
+    qb.push(" and o.code = c.code and o.system is not distinct from c.system and exists (select 1");
+    push_filters(&mut qb, plan, access);
+    qb.push(" and r.rid = o.rid) order by o.high desc, o.rid desc limit ");
+    qb.push_bind(max);
+    qb.push(") o order by c.code, c.system, o.high desc, o.rid desc");
     let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
     let mut seen = std::collections::HashSet::new();
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())

@@ -38,6 +38,9 @@ pub enum Row {
     Composite(Pid, Composite),
     /// `idx_blind`: a keyed hash.
     Blind(Pid, Vec<u8>),
+    /// `obs_code_date`: an Observation coding (system, code) with the Observation's date range
+    /// (for patient-scoped searches by code and date, and `$lastn`).
+    CodeDate(Option<String>, Option<String>, i64, i64),
 }
 
 /// A composite value: the first component is a token; the second is a token or string (in
@@ -103,7 +106,37 @@ pub fn rows(keys: &Keyring, ids: &ParamIds, rt: &str, resource: &Value) -> Vec<R
         }
     }
     drop_combo_repeats(ids, rt, &mut out);
+    if rt == "Observation" {
+        add_code_dates(ids, &mut out);
+    }
     out
+}
+
+/// One [`Row::CodeDate`] per (coding of `code`, value of `date`) of an Observation.
+fn add_code_dates(ids: &ParamIds, out: &mut Vec<Row>) {
+    let (Some(code), Some(date)) = (
+        ids.get("Observation", "code"),
+        ids.get("Observation", "date"),
+    ) else {
+        return;
+    };
+    let mut extra = Vec::new();
+    for t in out.iter() {
+        let Row::Token(p, system, c) = t else {
+            continue;
+        };
+        if *p != code {
+            continue;
+        }
+        for d in out.iter() {
+            if let Row::Date(dp, low, high) = d {
+                if *dp == date {
+                    extra.push(Row::CodeDate(system.clone(), c.clone(), *low, *high));
+                }
+            }
+        }
+    }
+    out.extend(extra);
 }
 
 /// Removes the rows of combo parameters that repeat their plain parameter's rows.
@@ -153,6 +186,7 @@ impl Row {
             | Row::Reference(p, ..)
             | Row::Composite(p, ..)
             | Row::Blind(p, ..) => *p,
+            Row::CodeDate(..) => 0,
         }
     }
 

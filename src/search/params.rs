@@ -83,6 +83,11 @@ impl ParamIds {
             .map_or(code, String::as_str)
     }
 
+    /// Whether `code` has an id of `rt`'s own (not one shared by every type).
+    pub fn is_type_specific(&self, rt: &str, code: &str) -> bool {
+        self.ids.contains_key(&(rt.to_owned(), code.to_owned()))
+    }
+
     /// Whether `code` of `rt` stores no rows of its own.
     pub fn is_alias(&self, rt: &str, code: &str) -> bool {
         self.aliases.contains_key(&(rt.to_owned(), code.to_owned()))

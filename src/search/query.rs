@@ -1089,7 +1089,7 @@ fn push_pids(qb: &mut QueryBuilder<'static, Postgres>, pid: Pid, also: Option<Pi
 }
 
 /// Pushes `sql`, replacing each `?` with the next bind.
-fn push_sql(qb: &mut QueryBuilder<'static, Postgres>, sql: &str, binds: Vec<Bind>) {
+pub fn push_sql(qb: &mut QueryBuilder<'static, Postgres>, sql: &str, binds: Vec<Bind>) {
     let mut binds = binds.into_iter();
     let mut parts = sql.split('?').peekable();
     while let Some(part) = parts.next() {

@@ -11,7 +11,8 @@ use crate::error::Result;
 use crate::search::index::Row;
 use crate::state::AppState;
 
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
+    "obs_code_date",
     "idx_token",
     "idx_string",
     "idx_date",
@@ -92,9 +93,20 @@ struct BlindCols<'a> {
     hash: Vec<&'a [u8]>,
 }
 
+#[derive(Default)]
+struct CodeDateCols<'a> {
+    rid: Vec<i64>,
+    comp: Vec<&'a str>,
+    system: Vec<Option<&'a str>>,
+    code: Vec<Option<&'a str>>,
+    low: Vec<i64>,
+    high: Vec<i64>,
+}
+
 /// Column arrays of every index table for one batch.
 #[derive(Default)]
 struct Batch<'a> {
+    code_date: CodeDateCols<'a>,
     token: TokenCols<'a>,
     string: StringCols<'a>,
     date: DateCols<'a>,
@@ -149,6 +161,16 @@ impl<'a> Batch<'a> {
                 t.num.push(c.num);
                 t.low.push(c.low);
                 t.high.push(c.high);
+            }
+            Row::CodeDate(s, c, lo, hi) => {
+                let Some(comp) = comp else { return };
+                let t = &mut self.code_date;
+                t.rid.push(rid);
+                t.comp.push(comp);
+                t.system.push(s.as_deref());
+                t.code.push(c.as_deref());
+                t.low.push(*lo);
+                t.high.push(*hi);
             }
             Row::Blind(p, h) => {
                 let t = &mut self.blind;
@@ -238,7 +260,7 @@ pub(crate) async fn replace(
         // language=PostgreSQL
         sqlx::query(
             r#"insert into idx_date (rid, pid, compartment, low, high)
-               select r, p, c, to_timestamp(lo / 1e6), to_timestamp(hi / 1e6)
+               select r, p, c, (timestamptz 'epoch' + lo * interval '1 microsecond'), (timestamptz 'epoch' + hi * interval '1 microsecond')
                from unnest($1::bigint[], $2::int[], $3::text[], $4::bigint[], $5::bigint[]) as t(r, p, c, lo, hi)"#,
         )
         .bind(&b.date.head.rid).bind(&b.date.head.pid).bind(&b.date.head.comp).bind(&b.date.low).bind(&b.date.high)
@@ -269,11 +291,28 @@ pub(crate) async fn replace(
         // language=PostgreSQL
         sqlx::query(
             r#"insert into idx_composite (rid, pid, compartment, system1, code1, system2, code2, num, low, high)
-               select r, p, c, s1, c1, s2, c2, n, to_timestamp(lo / 1e6), to_timestamp(hi / 1e6)
+               select r, p, c, s1, c1, s2, c2, n, (timestamptz 'epoch' + lo * interval '1 microsecond'), (timestamptz 'epoch' + hi * interval '1 microsecond')
                from unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::bigint[], $10::bigint[])
                     as t(r, p, c, s1, c1, s2, c2, n, lo, hi)"#,
         )
         .bind(&c.head.rid).bind(&c.head.pid).bind(&c.head.comp).bind(&c.system1).bind(&c.code1).bind(&c.system2).bind(&c.code2).bind(&c.num).bind(&c.low).bind(&c.high)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !b.code_date.rid.is_empty() {
+        let c = &b.code_date;
+        // language=PostgreSQL
+        sqlx::query(
+            r#"insert into obs_code_date (rid, compartment, system, code, low, high)
+               select r, c, s, k, (timestamptz 'epoch' + lo * interval '1 microsecond'), (timestamptz 'epoch' + hi * interval '1 microsecond')
+               from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) as t(r, c, s, k, lo, hi)"#,
+        )
+        .bind(&c.rid)
+        .bind(&c.comp)
+        .bind(&c.system)
+        .bind(&c.code)
+        .bind(&c.low)
+        .bind(&c.high)
         .execute(&mut **tx)
         .await?;
     }

@@ -311,6 +311,17 @@ async fn sort_include_revinclude_total_summary_and_elements() {
     assert!(b.get("total").is_none(), "no total unless asked");
     let b = json(app.get("Observation?_summary=count&code=8867-4").await).await;
     assert_eq!(b["total"], 3);
+    let b = json(app.get("Observation?_summary=count&code=http://loinc.org|8867-4").await).await;
+    assert_eq!(b["total"], 3);
+    // A tag shared with another type counts only this type's resources.
+    let mut tagged = hr("o-tag", "p2", 90.0, "2024-06-01T00:00:00Z");
+    tagged["meta"] = json!({"tag": [{"system": "urn:tag", "code": "vip"}]});
+    assert!(app.put("Observation/o-tag", &tagged).await.status().is_success());
+    let b = json(app.get("Patient?_tag=urn:tag|vip&_summary=count").await).await;
+    assert_eq!(b["total"], 1);
+    app.delete("Observation/o-tag").await;
+    let b = json(app.get("Observation?_summary=count&code=8867-4").await).await;
+    assert_eq!(b["total"], 3, "a deleted resource leaves the count");
     assert!(b.get("entry").is_none());
     let b = json(app.get("Patient?_id=p1&_elements=gender").await).await;
     let p = &b["entry"][0]["resource"];
