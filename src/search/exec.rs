@@ -184,37 +184,60 @@ pub fn push_access(
             organization,
             purpose,
         } => {
-            let push_patient = |qb: &mut QueryBuilder<'static, Postgres>| match patient {
-                Some(p) => {
-                    qb.push_bind(p.to_owned());
-                }
-                None => {
-                    qb.push(format!("{r}.compartment"));
-                }
-            };
             qb.push(format!(" and (({r}.resource_type = 'Consent' and {r}.id in (select consent_id from consent_party where organizations @> array["));
             qb.push_bind(organization.clone());
-            qb.push(format!("::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and coalesce(nullif({r}.classes, '{{}}'::text[]), array['{}']) <@ array(select g.class from consent_grant g where g.organization = ", fhirgate_consent::CLASSLESS));
-            qb.push_bind(organization.clone());
-            qb.push(" and g.patient = ");
-            push_patient(qb);
-            qb.push(" and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = ");
-            qb.push_bind(organization.clone());
-            qb.push(" and m.patient = ");
-            push_patient(qb);
-            qb.push(" and m.purpose = ");
-            qb.push_bind(purpose.clone());
             qb.push(format!(
-                " and m.class = '{}') then ",
-                fhirgate_consent::COMPUTED
+                "::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and "
             ));
-            qb.push_bind(purpose.clone());
-            qb.push(format!(
-                " else '{}' end))))",
-                fhirgate_consent::OTHER_PURPOSE
-            ));
+            push_classes_granted(
+                qb,
+                &format!("{r}.classes"),
+                organization,
+                purpose,
+                patient.ok_or(r),
+            );
+            qb.push("))");
         }
     }
+}
+
+/// `classes <@ (what the partner's grants for the patient allow now)`, where a resource without
+/// a class needs the grant of [`fhirgate_consent::CLASSLESS`]. The patient is a bound value, or
+/// the `compartment` column of alias `Err(alias)` (looked up per row).
+fn push_classes_granted(
+    qb: &mut QueryBuilder<'static, Postgres>,
+    classes: &str,
+    organization: &str,
+    purpose: &str,
+    patient: std::result::Result<&str, &str>,
+) {
+    let push_patient = |qb: &mut QueryBuilder<'static, Postgres>| match patient {
+        Ok(p) => {
+            qb.push_bind(p.to_owned());
+        }
+        Err(alias) => {
+            qb.push(format!("{alias}.compartment"));
+        }
+    };
+    qb.push(format!(
+        "coalesce(nullif({classes}, '{{}}'::text[]), array['{}']) <@ array(select g.class from consent_grant g where g.organization = ",
+        fhirgate_consent::CLASSLESS
+    ));
+    qb.push_bind(organization.to_owned());
+    qb.push(" and g.patient = ");
+    push_patient(qb);
+    qb.push(" and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = ");
+    qb.push_bind(organization.to_owned());
+    qb.push(" and m.patient = ");
+    push_patient(qb);
+    qb.push(" and m.purpose = ");
+    qb.push_bind(purpose.to_owned());
+    qb.push(format!(
+        " and m.class = '{}') then ",
+        fhirgate_consent::COMPUTED
+    ));
+    qb.push_bind(purpose.to_owned());
+    qb.push(format!(" else '{}' end))", fhirgate_consent::OTHER_PURPOSE));
 }
 
 /// The `where` part shared by a page query and its count: type, compartment, clauses, access.
@@ -225,7 +248,7 @@ fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &
         qb.push_bind(plan.types.clone());
         qb.push(")");
     }
-    let hint = plan.compartment.clone().or_else(|| compartment_hint(plan));
+    let (hint, redundant) = confinement(plan);
     if let Some(c) = &hint {
         qb.push(" and r.compartment = ");
         qb.push_bind(c.clone());
@@ -234,7 +257,13 @@ fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &
         qb.push(" and r.last_updated >= ");
         qb.push_bind(since);
     }
-    let mut clauses: Vec<&Clause> = plan.clauses.iter().collect();
+    let mut clauses: Vec<&Clause> = plan
+        .clauses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != redundant)
+        .map(|(_, c)| c)
+        .collect();
     if let (Some(patient), true) = (&hint, plan.types == ["Observation"]) {
         push_code_date(qb, patient, &mut clauses);
     }
@@ -295,42 +324,33 @@ const SUBJECT_COMPARTMENT_TYPES: [&str; 8] = [
     "AllergyIntolerance",
 ];
 
-fn compartment_hint(plan: &Plan) -> Option<String> {
+/// The patient a plan is confined to by a `patient`/`subject` clause naming exactly one
+/// `Patient/X` (on types whose compartment is that patient), and that clause's position: the
+/// clause then says no more than `compartment = X`.
+fn compartment_hint(plan: &Plan) -> Option<(String, usize)> {
     let [rt] = plan.types.as_slice() else {
         return None;
     };
     if !SUBJECT_COMPARTMENT_TYPES.contains(&rt.as_str()) {
         return None;
     }
-    plan.clauses.iter().find_map(|c| match c {
+    plan.clauses.iter().enumerate().find_map(|(i, c)| match c {
         Clause::Index {
             table: "idx_reference",
             negate: false,
+            also: None,
             alts,
             code,
             ..
-        } => {
-            if code != "patient" && code != "subject" {
-                return None;
-            }
+        } if code == "patient" || code == "subject" => {
             let [crate::search::query::Alt::Sql(_, binds)] = alts.as_slice() else {
                 return None;
             };
             let [crate::search::query::Bind::Texts(targets)] = binds.as_slice() else {
                 return None;
             };
-            let patients: Vec<&str> = targets
-                .iter()
-                .filter_map(|t| t.strip_prefix("Patient/"))
-                .collect();
-            match patients.as_slice() {
-                [one]
-                    if targets
-                        .iter()
-                        .all(|t| !t.starts_with("Patient/") || t.ends_with(one)) =>
-                {
-                    Some((*one).to_owned())
-                }
+            match targets.as_slice() {
+                [one] => one.strip_prefix("Patient/").map(|p| (p.to_owned(), i)),
                 _ => None,
             }
         }
@@ -338,8 +358,21 @@ fn compartment_hint(plan: &Plan) -> Option<String> {
     })
 }
 
+/// The patient a plan is confined to (`Patient/X/…`, `$everything`, or a hint), and the clause
+/// that the confinement makes redundant.
+fn confinement(plan: &Plan) -> (Option<String>, Option<usize>) {
+    match (&plan.compartment, compartment_hint(plan)) {
+        (Some(c), _) => (Some(c.clone()), None),
+        (None, Some((p, i))) => (Some(p), Some(i)),
+        (None, None) => (None, None),
+    }
+}
+
 /// One page of `plan` for `access`.
 pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page> {
+    if let Some(page) = code_date_page(state, plan, access).await? {
+        return Ok(page);
+    }
     let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
     let exprs: Vec<(String, &'static str, bool)> = plan
         .sort
@@ -454,6 +487,111 @@ pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page
             has_prev: plan.cursor.is_some(),
         })
     }
+}
+
+/// The hot wearable search, one patient's Observations by code (and date), unsorted: a page of
+/// `obs_code_date` rows in rid order (their rows exist only for current Observations, with the
+/// data classes consent needs), limited before anything else is read. `None` when the plan is
+/// anything else.
+async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Result<Option<Page>> {
+    let (Some(patient), redundant) = confinement(plan) else {
+        return Ok(None);
+    };
+    if plan.types != ["Observation"] || !plan.sort.is_empty() || plan.since.is_some() {
+        return Ok(None);
+    }
+    let rest: Vec<&Clause> = plan
+        .clauses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != redundant)
+        .map(|(_, c)| c)
+        .collect();
+    let is = |c: &Clause, table: &str, name: &str| matches!(c, Clause::Index { table: t, code, negate: false, also: None, .. } if *t == table && code == name);
+    let codes = rest.iter().filter(|c| is(c, "idx_token", "code")).count();
+    let dates = rest.iter().filter(|c| is(c, "idx_date", "date")).count();
+    if codes != 1 || codes + dates != rest.len() {
+        return Ok(None);
+    }
+    if let Access::Patient(me) = access {
+        if *me != patient {
+            return Ok(Some(Page::default()));
+        }
+    }
+    let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select o.rid, r.resource_type, r.id from (select rid from obs_code_date where compartment = ",
+    );
+    qb.push_bind(patient.clone());
+    for c in &rest {
+        let Clause::Index { alts, .. } = c else {
+            continue;
+        };
+        qb.push(" and (");
+        for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
+            if i > 0 {
+                qb.push(" or ");
+            }
+            crate::search::query::push_sql(&mut qb, sql, binds.clone());
+        }
+        qb.push(")");
+    }
+    if let Access::Partner {
+        organization,
+        purpose,
+    } = access
+    {
+        qb.push(" and ");
+        push_classes_granted(&mut qb, "classes", organization, purpose, Ok(&patient));
+    }
+    if let Some(c) = &plan.cursor {
+        if !c.k.is_empty() {
+            return Err(FhirError::bad_request(
+                "_cursor",
+                "the paging cursor does not match the sort; follow the Bundle's links",
+            ));
+        }
+        qb.push(if backwards {
+            " and rid < "
+        } else {
+            " and rid > "
+        });
+        qb.push_bind(c.r);
+    }
+    let dir = if backwards { "desc" } else { "asc" };
+    qb.push(format!(" group by rid order by rid {dir} limit "));
+    qb.push_bind(plan.count + 1);
+    qb.push(format!(
+        ") o join resource r on r.rid = o.rid order by o.rid {dir}"
+    ));
+    let rows = qb.build().fetch_all(&state.db).await?;
+    let mut found: Vec<Found> = rows
+        .into_iter()
+        .map(|row| {
+            Ok(Found {
+                rid: row.try_get(0)?,
+                resource_type: row.try_get(1)?,
+                id: row.try_get(2)?,
+                keys: Vec::new(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let more = found.len() as i64 > plan.count;
+    found.truncate(plan.count as usize);
+    Ok(Some(if backwards {
+        found.reverse();
+        Page {
+            rows: found,
+            has_next: true,
+            has_prev: more,
+        }
+    } else {
+        Page {
+            rows: found,
+            has_next: more,
+            has_prev: plan.cursor.is_some(),
+        }
+    }))
 }
 
 /// How many resources `plan` matches for `access` (ignoring paging).
@@ -574,7 +712,7 @@ pub fn ctx(state: &AppState) -> Ctx<'_> {
 /// `$lastn`: the rids of the `max` most recent Observations per code (by `date`) among those
 /// `plan` matches, newest first within each code.
 pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> Result<Vec<i64>> {
-    if let Some(patient) = plan.compartment.clone().or_else(|| compartment_hint(plan)) {
+    if let (Some(patient), _) = confinement(plan) {
         return lastn_of_patient(state, plan, access, max, &patient).await;
     }
     let (code, date) = observation_pids(state)?;

@@ -40,7 +40,7 @@ pub enum Row {
     Blind(Pid, Vec<u8>),
     /// `obs_code_date`: an Observation coding (system, code) with the Observation's date range
     /// (for patient-scoped searches by code and date, and `$lastn`).
-    CodeDate(Option<String>, Option<String>, i64, i64),
+    CodeDate(Option<String>, Option<String>, i64, i64, Vec<String>),
 }
 
 /// A composite value: the first component is a token; the second is a token or string (in
@@ -107,13 +107,13 @@ pub fn rows(keys: &Keyring, ids: &ParamIds, rt: &str, resource: &Value) -> Vec<R
     }
     drop_combo_repeats(ids, rt, &mut out);
     if rt == "Observation" {
-        add_code_dates(ids, &mut out);
+        add_code_dates(ids, &fhirgate_consent::classes_of(resource), &mut out);
     }
     out
 }
 
 /// One [`Row::CodeDate`] per (coding of `code`, value of `date`) of an Observation.
-fn add_code_dates(ids: &ParamIds, out: &mut Vec<Row>) {
+fn add_code_dates(ids: &ParamIds, classes: &[String], out: &mut Vec<Row>) {
     let (Some(code), Some(date)) = (
         ids.get("Observation", "code"),
         ids.get("Observation", "date"),
@@ -131,7 +131,13 @@ fn add_code_dates(ids: &ParamIds, out: &mut Vec<Row>) {
         for d in out.iter() {
             if let Row::Date(dp, low, high) = d {
                 if *dp == date {
-                    extra.push(Row::CodeDate(system.clone(), c.clone(), *low, *high));
+                    extra.push(Row::CodeDate(
+                        system.clone(),
+                        c.clone(),
+                        *low,
+                        *high,
+                        classes.to_vec(),
+                    ));
                 }
             }
         }

@@ -101,6 +101,8 @@ struct CodeDateCols<'a> {
     code: Vec<Option<&'a str>>,
     low: Vec<i64>,
     high: Vec<i64>,
+    /// Data classes, newline-joined (arrays of arrays do not bind).
+    classes: Vec<String>,
 }
 
 /// Column arrays of every index table for one batch.
@@ -162,7 +164,7 @@ impl<'a> Batch<'a> {
                 t.low.push(c.low);
                 t.high.push(c.high);
             }
-            Row::CodeDate(s, c, lo, hi) => {
+            Row::CodeDate(s, c, lo, hi, classes) => {
                 let Some(comp) = comp else { return };
                 let t = &mut self.code_date;
                 t.rid.push(rid);
@@ -171,6 +173,7 @@ impl<'a> Batch<'a> {
                 t.code.push(c.as_deref());
                 t.low.push(*lo);
                 t.high.push(*hi);
+                t.classes.push(classes.join("\n"));
             }
             Row::Blind(p, h) => {
                 let t = &mut self.blind;
@@ -303,9 +306,10 @@ pub(crate) async fn replace(
         let c = &b.code_date;
         // language=PostgreSQL
         sqlx::query(
-            r#"insert into obs_code_date (rid, compartment, system, code, low, high)
-               select r, c, s, k, (timestamptz 'epoch' + lo * interval '1 microsecond'), (timestamptz 'epoch' + hi * interval '1 microsecond')
-               from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) as t(r, c, s, k, lo, hi)"#,
+            r#"insert into obs_code_date (rid, compartment, system, code, low, high, classes)
+               select r, c, s, k, (timestamptz 'epoch' + lo * interval '1 microsecond'), (timestamptz 'epoch' + hi * interval '1 microsecond'),
+                      string_to_array(nullif(cl, ''), E'\n')
+               from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[]) as t(r, c, s, k, lo, hi, cl)"#,
         )
         .bind(&c.rid)
         .bind(&c.comp)
@@ -313,6 +317,7 @@ pub(crate) async fn replace(
         .bind(&c.code)
         .bind(&c.low)
         .bind(&c.high)
+        .bind(&c.classes)
         .execute(&mut **tx)
         .await?;
     }

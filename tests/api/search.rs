@@ -311,12 +311,20 @@ async fn sort_include_revinclude_total_summary_and_elements() {
     assert!(b.get("total").is_none(), "no total unless asked");
     let b = json(app.get("Observation?_summary=count&code=8867-4").await).await;
     assert_eq!(b["total"], 3);
-    let b = json(app.get("Observation?_summary=count&code=http://loinc.org|8867-4").await).await;
+    let b = json(
+        app.get("Observation?_summary=count&code=http://loinc.org|8867-4")
+            .await,
+    )
+    .await;
     assert_eq!(b["total"], 3);
     // A tag shared with another type counts only this type's resources.
     let mut tagged = hr("o-tag", "p2", 90.0, "2024-06-01T00:00:00Z");
     tagged["meta"] = json!({"tag": [{"system": "urn:tag", "code": "vip"}]});
-    assert!(app.put("Observation/o-tag", &tagged).await.status().is_success());
+    assert!(app
+        .put("Observation/o-tag", &tagged)
+        .await
+        .status()
+        .is_success());
     let b = json(app.get("Patient?_tag=urn:tag|vip&_summary=count").await).await;
     assert_eq!(b["total"], 1);
     app.delete("Observation/o-tag").await;
@@ -447,6 +455,74 @@ async fn paging_links_stay_correct_while_data_is_written() {
         .unwrap()
         .iter()
         .all(|l| l["relation"] != "next"));
+}
+
+#[tokio::test]
+async fn one_patients_observations_by_code_and_date_page_both_ways() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    for i in 0..5 {
+        let at = format!("2024-05-0{}T00:00:00Z", i + 1);
+        assert!(app
+            .put(
+                &format!("Observation/m{i}"),
+                &hr(&format!("m{i}"), "p1", 70.0, &at)
+            )
+            .await
+            .status()
+            .is_success());
+    }
+    let url = |l: &Value, rel: &str| -> Option<String> {
+        l["link"]
+            .as_array()?
+            .iter()
+            .find(|x| x["relation"] == rel)
+            .map(|x| {
+                x["url"]
+                    .as_str()
+                    .unwrap_or("")
+                    .split("/fhir/")
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_owned()
+            })
+    };
+    // 2 + 5 heart rates of p1, pages of 3, in write order.
+    let q = "Observation?patient=p1&code=http://loinc.org|8867-4&date=ge2024-01-01&_count=3";
+    let first = json(app.get(q).await).await;
+    assert_eq!(entries(&first, "match"), ["o1", "o2", "m0"]);
+    let second = json(app.get(&url(&first, "next").expect("next")).await).await;
+    assert_eq!(entries(&second, "match"), ["m1", "m2", "m3"]);
+    let third = json(app.get(&url(&second, "next").expect("next")).await).await;
+    assert_eq!(entries(&third, "match"), ["m4"]);
+    assert!(url(&third, "next").is_none());
+    let back = json(app.get(&url(&third, "previous").expect("previous")).await).await;
+    assert_eq!(entries(&back, "match"), ["m1", "m2", "m3"]);
+    // Dates narrow it; other patients and codes stay out; OR lists of codes work.
+    assert_eq!(
+        ids(
+            &app,
+            "Observation?patient=p1&code=8867-4&date=ge2024-05-03&date=lt2024-05-05"
+        )
+        .await,
+        ["m2", "m3"]
+    );
+    assert_eq!(
+        ids(&app, "Observation?patient=p2&code=8867-4").await,
+        ["o4"]
+    );
+    assert_eq!(
+        ids(&app, "Observation?patient=p1&code=55423-8,85354-9").await,
+        ["o3", "o7"]
+    );
+    assert_eq!(
+        ids(
+            &app,
+            "Observation?subject=Patient/p1&code=8867-4&date=lt2024-03-02"
+        )
+        .await,
+        ["o1"]
+    );
 }
 
 #[tokio::test]
