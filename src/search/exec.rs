@@ -368,8 +368,57 @@ fn confinement(plan: &Plan) -> (Option<String>, Option<usize>) {
     }
 }
 
+/// Most chains name few targets (`subject:Patient.identifier=…` is one patient): each top-level
+/// chain is looked up first and becomes a plain reference test on the targets found, which the
+/// planner (and the per-patient paths) then serve directly. Chains matching more than
+/// [`CHAIN_LOOKUP_LIMIT`] targets stay nested.
+async fn resolve_chains(state: &AppState, plan: &Plan) -> Result<Plan> {
+    let mut out = plan.clone();
+    for clause in out.clauses.iter_mut() {
+        let Clause::Chain { pid, code, targets } = clause else {
+            continue;
+        };
+        let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+            "select c0.resource_type || '/' || c0.id from resource c0 where not c0.deleted and (",
+        );
+        for (i, (t, inner)) in targets.iter().enumerate() {
+            if i > 0 {
+                qb.push(" or ");
+            }
+            qb.push("(c0.resource_type = ");
+            qb.push_bind(t.clone());
+            qb.push(" and ");
+            push_clause(&mut qb, inner, "c0", None, 1);
+            qb.push(")");
+        }
+        qb.push(") limit ");
+        qb.push_bind(CHAIN_LOOKUP_LIMIT + 1);
+        let found: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
+        if found.len() as i64 > CHAIN_LOOKUP_LIMIT {
+            continue;
+        }
+        *clause = Clause::Index {
+            table: "idx_reference",
+            pid: *pid,
+            also: None,
+            code: code.clone(),
+            negate: false,
+            alts: vec![crate::search::query::Alt::Sql(
+                "target = any(?)".to_owned(),
+                vec![crate::search::query::Bind::Texts(found)],
+            )],
+        };
+    }
+    Ok(out)
+}
+
+/// Above this many targets a chain is searched nested rather than looked up first.
+const CHAIN_LOOKUP_LIMIT: i64 = 1000;
+
 /// One page of `plan` for `access`.
 pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page> {
+    let resolved = resolve_chains(state, plan).await?;
+    let plan = &resolved;
     if let Some(page) = code_date_page(state, plan, access).await? {
         return Ok(page);
     }
@@ -596,6 +645,8 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
 
 /// How many resources `plan` matches for `access` (ignoring paging).
 pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64> {
+    let resolved = resolve_chains(state, plan).await?;
+    let plan = &resolved;
     // One value test over every resource of a type: index rows exist only for current versions,
     // so the index table alone answers (an index-only scan rather than a join per row).
     if let (
@@ -712,6 +763,8 @@ pub fn ctx(state: &AppState) -> Ctx<'_> {
 /// `$lastn`: the rids of the `max` most recent Observations per code (by `date`) among those
 /// `plan` matches, newest first within each code.
 pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> Result<Vec<i64>> {
+    let resolved = resolve_chains(state, plan).await?;
+    let plan = &resolved;
     if let (Some(patient), _) = confinement(plan) {
         return lastn_of_patient(state, plan, access, max, &patient).await;
     }
@@ -732,8 +785,8 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
 }
 
-/// `$lastn` for one patient: per (system, code) of the patient's Observations, an index scan
-/// of `obs_code_date` from the newest down that stops after `max` rows passing the filters.
+/// `$lastn` for one patient: per code of the patient's Observations, an index scan of
+/// `obs_code_date` from the newest down that stops after `max` rows passing the filters.
 async fn lastn_of_patient(
     state: &AppState,
     plan: &Plan,
@@ -741,17 +794,21 @@ async fn lastn_of_patient(
     max: i64,
     patient: &str,
 ) -> Result<Vec<i64>> {
+    // The patient's codes by a loose index scan (one probe per code), then per code an index
+    // scan from the newest down that stops after `max` rows passing the filters.
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
-        "select o.rid from (select distinct code, system from obs_code_date where compartment = ",
+        "with recursive c(code) as (select min(code) from obs_code_date where compartment = ",
     );
     qb.push_bind(patient.to_owned());
-    qb.push(" and code is not null) c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
+    qb.push(" union all select (select min(code) from obs_code_date where compartment = ");
     qb.push_bind(patient.to_owned());
-    qb.push(" and o.code = c.code and o.system is not distinct from c.system and exists (select 1");
+    qb.push(" and code > c.code) from c where c.code is not null) select o.rid from c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
+    qb.push_bind(patient.to_owned());
+    qb.push(" and o.code = c.code and exists (select 1");
     push_filters(&mut qb, plan, access);
     qb.push(" and r.rid = o.rid) order by o.high desc, o.rid desc limit ");
     qb.push_bind(max);
-    qb.push(") o order by c.code, c.system, o.high desc, o.rid desc");
+    qb.push(") o where c.code is not null order by c.code, o.high desc, o.rid desc");
     let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
     let mut seen = std::collections::HashSet::new();
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
@@ -778,6 +835,8 @@ pub struct CodeStats {
 
 /// `$stats`: count, minimum, maximum and average of `value-quantity` per code over `plan`.
 pub async fn stats(state: &AppState, plan: &Plan, access: &Access) -> Result<Vec<CodeStats>> {
+    let resolved = resolve_chains(state, plan).await?;
+    let plan = &resolved;
     let (code, _) = observation_pids(state)?;
     let value = state
         .search_params

@@ -65,6 +65,8 @@ pub enum Clause {
     Chain {
         /// The reference parameter.
         pid: Pid,
+        /// Its code.
+        code: String,
         /// Per target type, what targets of that type must match.
         targets: Vec<(String, Clause)>,
     },
@@ -248,7 +250,11 @@ pub fn parse(
             }
         }
         let pid = pid_of(ctx, rt, code, name)?;
-        return Ok(Some(Clause::Chain { pid, targets }));
+        return Ok(Some(Clause::Chain {
+            pid,
+            code: code.to_owned(),
+            targets,
+        }));
     }
     let (code, modifier) = split_modifier(name);
     if code == "_id" {
@@ -428,7 +434,9 @@ pub fn parse(
             }
         }
         ParamType::Reference => {
-            let mut type_mod: Option<&str> = None;
+            // `patient` answered from `subject` (`subject.where(resolve() is Patient)`) refers
+            // only to Patients, whatever targets its shared definition lists.
+            let mut type_mod: Option<&str> = ctx.ids.is_alias(rt, code).then_some("Patient");
             match modifier {
                 None => {}
                 Some("identifier") => {
@@ -1037,7 +1045,7 @@ pub fn push_clause(
             }
             qb.push("))");
         }
-        Clause::Chain { pid, targets } => {
+        Clause::Chain { pid, targets, .. } => {
             let a = format!("c{depth}");
             qb.push(format!(
                 "{r}.rid in (select rid from idx_reference where pid = "
