@@ -1,6 +1,9 @@
 //! Runs a parsed search: the SQL over `resource` and the index tables, with the caller's access
 //! (patient compartment, partner consent grants) as part of the query, keyset paging in both
 //! directions, `_sort`, totals, and `_include`/`_revinclude` under the same access rules.
+//!
+//! Search statements are not kept prepared (`persistent(false)`): each is planned with its actual
+//! values, because a generic plan cannot tell one patient's 10,000 rows from the whole table.
 
 use base64::Engine;
 use fhirgate_fhirpath::ParamType;
@@ -393,7 +396,11 @@ async fn resolve_chains(state: &AppState, plan: &Plan) -> Result<Plan> {
         }
         qb.push(") limit ");
         qb.push_bind(CHAIN_LOOKUP_LIMIT + 1);
-        let found: Vec<String> = qb.build_query_scalar().fetch_all(&state.db).await?;
+        let found: Vec<String> = qb
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&state.db)
+            .await?;
         if found.len() as i64 > CHAIN_LOOKUP_LIMIT {
             continue;
         }
@@ -481,7 +488,7 @@ pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page
         if backwards { "desc" } else { "asc" }
     ));
     qb.push_bind(plan.count + 1);
-    let rows = qb.build().fetch_all(&state.db).await?;
+    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
     let mut found: Vec<Found> = Vec::with_capacity(rows.len());
     for row in rows {
         let mut keys = Vec::with_capacity(exprs.len());
@@ -613,7 +620,7 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
     qb.push(format!(
         ") o join resource r on r.rid = o.rid order by o.rid {dir}"
     ));
-    let rows = qb.build().fetch_all(&state.db).await?;
+    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
     let mut found: Vec<Found> = rows
         .into_iter()
         .map(|row| {
@@ -691,12 +698,20 @@ pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64
                 crate::search::query::push_sql(&mut qb, sql, binds.clone());
             }
             qb.push(")");
-            return Ok(qb.build_query_scalar::<i64>().fetch_one(&state.db).await?);
+            return Ok(qb
+                .build_query_scalar::<i64>()
+                .persistent(false)
+                .fetch_one(&state.db)
+                .await?);
         }
     }
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("select count(*)");
     push_filters(&mut qb, plan, access);
-    Ok(qb.build_query_scalar::<i64>().fetch_one(&state.db).await?)
+    Ok(qb
+        .build_query_scalar::<i64>()
+        .persistent(false)
+        .fetch_one(&state.db)
+        .await?)
 }
 
 /// Resources that `rows` refer to through `inc` (or, for `rev`, that refer to `rows`), visible
@@ -738,7 +753,7 @@ pub async fn include(
     }
     push_access(&mut qb, access, "r", None);
     qb.push(" order by r.rid limit 1000");
-    let rows = qb.build().fetch_all(&state.db).await?;
+    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
     rows.into_iter()
         .map(|row| {
             Ok(Found {
@@ -780,7 +795,11 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
     qb.push(") d on true) y where n <= ");
     qb.push_bind(max);
     qb.push(" order by system, code, high desc nulls last, rid desc");
-    let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    let rids: Vec<i64> = qb
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(&state.db)
+        .await?;
     let mut seen = std::collections::HashSet::new();
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
 }
@@ -794,22 +813,24 @@ async fn lastn_of_patient(
     max: i64,
     patient: &str,
 ) -> Result<Vec<i64>> {
-    // The patient's codes by a loose index scan (one probe per code), then per code an index
-    // scan from the newest down that stops after `max` rows passing the filters.
+    // The patient's codes (an index-only scan), then per code an index scan from the newest
+    // down that stops after `max` rows passing the filters.
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
-        "with recursive c(code) as (select min(code) from obs_code_date where compartment = ",
+        "select o.rid from (select distinct code from obs_code_date where compartment = ",
     );
     qb.push_bind(patient.to_owned());
-    qb.push(" union all select (select min(code) from obs_code_date where compartment = ");
-    qb.push_bind(patient.to_owned());
-    qb.push(" and code > c.code) from c where c.code is not null) select o.rid from c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
+    qb.push(" and code is not null) c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
     qb.push_bind(patient.to_owned());
     qb.push(" and o.code = c.code and exists (select 1");
     push_filters(&mut qb, plan, access);
     qb.push(" and r.rid = o.rid) order by o.high desc, o.rid desc limit ");
     qb.push_bind(max);
-    qb.push(") o where c.code is not null order by c.code, o.high desc, o.rid desc");
-    let rids: Vec<i64> = qb.build_query_scalar().fetch_all(&state.db).await?;
+    qb.push(") o order by c.code, o.high desc, o.rid desc");
+    let rids: Vec<i64> = qb
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(&state.db)
+        .await?;
     let mut seen = std::collections::HashSet::new();
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
 }
@@ -851,7 +872,7 @@ pub async fn stats(state: &AppState, plan: &Plan, access: &Access) -> Result<Vec
     qb.push(" join idx_number v on v.rid = x.rid and v.pid = ");
     qb.push_bind(value);
     qb.push(" where t.code is not null group by t.system, t.code order by t.system, t.code");
-    let rows = qb.build().fetch_all(&state.db).await?;
+    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
     rows.into_iter()
         .map(|r| {
             Ok(CodeStats {
