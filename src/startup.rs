@@ -49,6 +49,9 @@ impl Database {
                 (opts, Some(private))
             }
         };
+        // JIT compilation costs PostgreSQL hundreds of milliseconds on queries whose estimated
+        // cost is high but which stop after a page of rows (a search with LIMIT): off.
+        let options = options.options([("jit", "off")]);
         // No ping before each acquire: it doubles the round trips of a read. A dead connection
         // fails its query instead, which maps to 503 and is retried by the client.
         let pool = PgPoolOptions::new()

@@ -378,6 +378,23 @@ fn access(principal: &Principal) -> Access {
     }
 }
 
+/// Whether a total may be given to this caller: never one counting what a partner's code-level
+/// consent rules would hide.
+async fn total_allowed(state: &AppState, access: &Access) -> Result<bool> {
+    Ok(match access {
+        Access::Partner { organization, .. } => {
+            // language=PostgreSQL
+            !sqlx::query_scalar::<_, bool>(
+                "select exists (select 1 from consent_grant where organization = $1 and code_rules)",
+            )
+            .bind(organization)
+            .fetch_one(&state.db)
+            .await?
+        }
+        _ => true,
+    })
+}
+
 /// Runs `plan` and answers with a searchset Bundle.
 async fn respond(
     state: &AppState,
@@ -399,24 +416,13 @@ async fn respond(
         }
         link(base, path, &p)
     };
-    let total_allowed = match &access {
-        // A total must never count what a partner's code-level rules would hide.
-        Access::Partner { organization, .. } => {
-            // language=PostgreSQL
-            !sqlx::query_scalar::<_, bool>("select exists (select 1 from consent_grant where organization = $1 and code_rules)")
-                .bind(organization)
-                .fetch_one(&state.db)
-                .await?
-        }
-        _ => true,
-    };
     if shape.summary.as_deref() == Some("count") {
         let mut bundle = crate::fhir::respond::bundle(
             "searchset",
             vec![json!({"relation": "self", "url": self_link(None)})],
             Vec::new(),
         );
-        if total_allowed {
+        if total_allowed(state, &access).await? {
             bundle["total"] = json!(exec::count(state, &plan, &access).await?);
         }
         return format::resource_value(StatusCode::OK, fmt, &bundle);
@@ -477,7 +483,7 @@ async fn respond(
         entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
     }
     let mut bundle = crate::fhir::respond::bundle("searchset", links, entries);
-    if shape.total.is_some() && total_allowed {
+    if shape.total.is_some() && total_allowed(state, &access).await? {
         bundle["total"] = json!(exec::count(state, &plan, &access).await?);
     }
     let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;

@@ -192,6 +192,18 @@ pub fn push_access(
             qb.push(format!(
                 "::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and "
             ));
+            if patient.is_none() {
+                // Across patients: first the (hashed) set of patients granting this partner
+                // anything now, so rows of everyone else cost one lookup.
+                qb.push(format!(
+                    "{r}.compartment in (select g.patient from consent_grant g where g.organization = "
+                ));
+                qb.push_bind(organization.clone());
+                qb.push(format!(
+                    " and g.class <> '{}' and g.valid_from <= now() and now() < g.valid_to) and ",
+                    fhirgate_consent::COMPUTED
+                ));
+            }
             push_classes_granted(
                 qb,
                 &format!("{r}.classes"),
