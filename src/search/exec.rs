@@ -315,12 +315,7 @@ fn push_code_date(
             continue;
         };
         qb.push(" and (");
-        for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
-            if i > 0 {
-                qb.push(" or ");
-            }
-            crate::search::query::push_sql(qb, sql, binds.clone());
-        }
+        crate::search::query::push_alts(qb, alts);
         qb.push(")");
     }
     qb.push(")");
@@ -596,12 +591,7 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
             continue;
         };
         qb.push(" and (");
-        for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
-            if i > 0 {
-                qb.push(" or ");
-            }
-            crate::search::query::push_sql(&mut qb, sql, binds.clone());
-        }
+        crate::search::query::push_alts(&mut qb, alts);
         qb.push(")");
     }
     if let Access::Partner {
@@ -703,12 +693,7 @@ pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64
             qb.push(format!(" from {table} where pid = "));
             qb.push_bind(*pid);
             qb.push(" and (");
-            for (i, crate::search::query::Alt::Sql(sql, binds)) in alts.iter().enumerate() {
-                if i > 0 {
-                    qb.push(" or ");
-                }
-                crate::search::query::push_sql(&mut qb, sql, binds.clone());
-            }
+            crate::search::query::push_alts(&mut qb, alts);
             qb.push(")");
             return Ok(qb
                 .build_query_scalar::<i64>()
@@ -807,13 +792,7 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
     qb.push(") d on true) y where n <= ");
     qb.push_bind(max);
     qb.push(" order by system, code, high desc nulls last, rid desc");
-    let rids: Vec<i64> = qb
-        .build_query_scalar()
-        .persistent(false)
-        .fetch_all(&state.db)
-        .await?;
-    let mut seen = std::collections::HashSet::new();
-    Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
+    distinct_rids(state, qb).await
 }
 
 /// `$lastn` for one patient: per code of the patient's Observations, an index scan of
@@ -838,6 +817,14 @@ async fn lastn_of_patient(
     qb.push(" and r.rid = o.rid) order by o.high desc, o.rid desc limit ");
     qb.push_bind(max);
     qb.push(") o order by c.code, o.high desc, o.rid desc");
+    distinct_rids(state, qb).await
+}
+
+/// The rids a query returns, each once, in order.
+async fn distinct_rids(
+    state: &AppState,
+    mut qb: QueryBuilder<'static, Postgres>,
+) -> Result<Vec<i64>> {
     let rids: Vec<i64> = qb
         .build_query_scalar()
         .persistent(false)

@@ -1037,12 +1037,7 @@ pub fn push_clause(
                 qb.push_bind(c.to_owned());
             }
             qb.push(" and (");
-            for (i, Alt::Sql(sql, binds)) in alts.iter().enumerate() {
-                if i > 0 {
-                    qb.push(" or ");
-                }
-                push_sql(qb, sql, binds.clone());
-            }
+            push_alts(qb, alts);
             qb.push("))");
         }
         Clause::Chain { pid, targets, .. } => {
@@ -1093,6 +1088,16 @@ fn push_pids(qb: &mut QueryBuilder<'static, Postgres>, pid: Pid, also: Option<Pi
             qb.push_bind(other);
             qb.push(")");
         }
+    }
+}
+
+/// Alternatives joined by `or`.
+pub fn push_alts(qb: &mut QueryBuilder<'static, Postgres>, alts: &[Alt]) {
+    for (i, Alt::Sql(sql, binds)) in alts.iter().enumerate() {
+        if i > 0 {
+            qb.push(" or ");
+        }
+        push_sql(qb, sql, binds.clone());
     }
 }
 
