@@ -527,28 +527,38 @@ pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page
             };
             keys.push(text);
         }
-        found.push(Found {
-            rid: row.try_get(0)?,
-            resource_type: row.try_get(1)?,
-            id: row.try_get(2)?,
-            keys,
-        });
+        found.push(found_row(&row, keys)?);
     }
+    Ok(into_page(found, plan, backwards))
+}
+
+/// `(rid, resource_type, id)` of a row, with its sort keys.
+fn found_row(row: &sqlx::postgres::PgRow, keys: Vec<String>) -> Result<Found> {
+    Ok(Found {
+        rid: row.try_get(0)?,
+        resource_type: row.try_get(1)?,
+        id: row.try_get(2)?,
+        keys,
+    })
+}
+
+/// A page from the `count + 1` rows fetched in the paging direction.
+fn into_page(mut found: Vec<Found>, plan: &Plan, backwards: bool) -> Page {
     let more = found.len() as i64 > plan.count;
     found.truncate(plan.count as usize);
     if backwards {
         found.reverse();
-        Ok(Page {
+        Page {
             rows: found,
             has_next: true,
             has_prev: more,
-        })
+        }
     } else {
-        Ok(Page {
+        Page {
             rows: found,
             has_next: more,
             has_prev: plan.cursor.is_some(),
-        })
+        }
     }
 }
 
@@ -623,33 +633,11 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         ") o join resource r on r.rid = o.rid order by o.rid {dir}"
     ));
     let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
-    let mut found: Vec<Found> = rows
-        .into_iter()
-        .map(|row| {
-            Ok(Found {
-                rid: row.try_get(0)?,
-                resource_type: row.try_get(1)?,
-                id: row.try_get(2)?,
-                keys: Vec::new(),
-            })
-        })
+    let found: Vec<Found> = rows
+        .iter()
+        .map(|row| found_row(row, Vec::new()))
         .collect::<Result<_>>()?;
-    let more = found.len() as i64 > plan.count;
-    found.truncate(plan.count as usize);
-    Ok(Some(if backwards {
-        found.reverse();
-        Page {
-            rows: found,
-            has_next: true,
-            has_prev: more,
-        }
-    } else {
-        Page {
-            rows: found,
-            has_next: more,
-            has_prev: plan.cursor.is_some(),
-        }
-    }))
+    Ok(Some(into_page(found, plan, backwards)))
 }
 
 /// How many resources `plan` matches for `access` (ignoring paging).
@@ -751,16 +739,7 @@ pub async fn include(
     push_access(&mut qb, access, "r", None);
     qb.push(" order by r.rid limit 1000");
     let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(Found {
-                rid: row.try_get(0)?,
-                resource_type: row.try_get(1)?,
-                id: row.try_get(2)?,
-                keys: Vec::new(),
-            })
-        })
-        .collect()
+    rows.iter().map(|row| found_row(row, Vec::new())).collect()
 }
 
 /// The parsing context of `state`.

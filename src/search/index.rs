@@ -147,22 +147,7 @@ fn add_code_dates(ids: &ParamIds, classes: &[String], out: &mut Vec<Row>) {
 
 /// Removes the rows of combo parameters that repeat their plain parameter's rows.
 fn drop_combo_repeats(ids: &ParamIds, rt: &str, out: &mut Vec<Row>) {
-    let mut pairs: Vec<(Pid, Pid)> = Vec::new();
-    for d in fhirgate_fhirpath::parameters_for(rt) {
-        let Some(plain) = d.code.strip_prefix("combo-") else {
-            continue;
-        };
-        if ids.combo_partner(rt, &d.code).is_none() {
-            continue;
-        }
-        for suffix in ["", ":text"] {
-            let combo = ids.get(rt, &format!("{}{suffix}", d.code));
-            let partner = ids.get(rt, &format!("{plain}{suffix}"));
-            if let (Some(c), Some(p)) = (combo, partner) {
-                pairs.push((c, p));
-            }
-        }
-    }
+    let pairs = ids.combo_pairs(rt);
     if pairs.is_empty() {
         return;
     }

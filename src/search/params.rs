@@ -23,11 +23,27 @@ const COMMON_BASES: [&str; 2] = ["Resource", "DomainResource"];
 /// (a combo).
 #[derive(Debug, Default)]
 pub struct ParamIds {
-    ids: HashMap<(String, String), Pid>,
-    /// (type, code) → the code whose rows answer it.
-    aliases: HashMap<(String, String), String>,
-    /// (type, combo code) → the plain code whose rows it also covers.
-    combos: HashMap<(String, String), String>,
+    ids: ByType<Pid>,
+    /// type → code → the code whose rows answer it.
+    aliases: ByType<String>,
+    /// type → combo code → the plain code whose rows it also covers.
+    combos: ByType<String>,
+    /// type → (combo id, plain id) of each combo parameter and its `:text` pseudo-parameter.
+    combo_pairs: HashMap<String, Vec<(Pid, Pid)>>,
+}
+
+/// Maps keyed by resource type, then code: looked up by `&str` without allocating (index rows
+/// are written on every write).
+type ByType<V> = HashMap<String, HashMap<String, V>>;
+
+fn lookup<'m, V>(m: &'m ByType<V>, rt: &str, code: &str) -> Option<&'m V> {
+    m.get(rt)?.get(code)
+}
+
+fn insert<V>(m: &mut ByType<V>, rt: &str, code: &str, v: V) {
+    m.entry(rt.to_owned())
+        .or_default()
+        .insert(code.to_owned(), v);
 }
 
 impl ParamIds {
@@ -69,53 +85,70 @@ impl ParamIds {
                 .fetch_all(db)
                 .await?;
         let (aliases, combos) = shared_rows();
-        Ok(ParamIds {
-            ids: rows.into_iter().map(|(p, t, c)| ((t, c), p)).collect(),
+        let mut ids = ByType::default();
+        for (p, t, c) in rows {
+            insert(&mut ids, &t, &c, p);
+        }
+        let mut out = ParamIds {
+            ids,
             aliases,
             combos,
-        })
+            combo_pairs: HashMap::new(),
+        };
+        out.combo_pairs = out.pair_combos();
+        Ok(out)
+    }
+
+    /// Every (combo id, plain id) pair, per type (see [`ParamIds::combo_pairs`]).
+    fn pair_combos(&self) -> HashMap<String, Vec<(Pid, Pid)>> {
+        let mut out: HashMap<String, Vec<(Pid, Pid)>> = HashMap::new();
+        for (rt, combos) in &self.combos {
+            for (combo, plain) in combos {
+                for suffix in ["", ":text"] {
+                    let pair = (
+                        self.get(rt, &format!("{combo}{suffix}")),
+                        self.get(rt, &format!("{plain}{suffix}")),
+                    );
+                    if let (Some(c), Some(p)) = pair {
+                        out.entry(rt.clone()).or_default().push((c, p));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The (combo id, plain id) pairs of `rt`, `:text` pseudo-parameters included: a combo row
+    /// equal to a row of its plain parameter is not stored.
+    pub fn combo_pairs(&self, rt: &str) -> &[(Pid, Pid)] {
+        self.combo_pairs.get(rt).map_or(&[], Vec::as_slice)
     }
 
     /// The code whose rows answer `code` of `rt` (itself unless it is an alias).
     pub fn storage_code<'a>(&'a self, rt: &str, code: &'a str) -> &'a str {
-        self.aliases
-            .get(&(rt.to_owned(), code.to_owned()))
-            .map_or(code, String::as_str)
+        lookup(&self.aliases, rt, code).map_or(code, String::as_str)
     }
 
     /// Whether `code` has an id of `rt`'s own (not one shared by every type).
     pub fn is_type_specific(&self, rt: &str, code: &str) -> bool {
-        self.ids.contains_key(&(rt.to_owned(), code.to_owned()))
+        lookup(&self.ids, rt, code).is_some()
     }
 
     /// Whether `code` of `rt` stores no rows of its own.
     pub fn is_alias(&self, rt: &str, code: &str) -> bool {
-        self.aliases.contains_key(&(rt.to_owned(), code.to_owned()))
+        lookup(&self.aliases, rt, code).is_some()
     }
 
     /// For a combo parameter, the id of the plain parameter whose rows it also covers.
     pub fn combo_partner(&self, rt: &str, code: &str) -> Option<Pid> {
-        let plain = self.combos.get(&(rt.to_owned(), code.to_owned()))?;
+        let plain = lookup(&self.combos, rt, code)?;
         self.get(rt, plain)
-    }
-
-    /// The ids a search of `code` on `rt` reads: its storage parameter, and for a combo the
-    /// plain one too.
-    pub fn search_pids(&self, rt: &str, code: &str) -> Vec<Pid> {
-        let mut out: Vec<Pid> = self
-            .get(rt, self.storage_code(rt, code))
-            .into_iter()
-            .collect();
-        out.extend(self.combo_partner(rt, code));
-        out
     }
 
     /// The id of parameter `code` (or pseudo-parameter) of `rt`.
     pub fn get(&self, rt: &str, code: &str) -> Option<Pid> {
-        let key = |t: &str| (t.to_owned(), code.to_owned());
-        self.ids
-            .get(&key(rt))
-            .or_else(|| COMMON_BASES.iter().find_map(|b| self.ids.get(&key(b))))
+        lookup(&self.ids, rt, code)
+            .or_else(|| COMMON_BASES.iter().find_map(|b| lookup(&self.ids, b, code)))
             .copied()
     }
 }
@@ -130,13 +163,9 @@ fn branch<'a>(expression: &'a str, rt: &str) -> Option<&'a str> {
 }
 
 /// Aliases and combos of the R4 definitions (see [`ParamIds`]).
-#[allow(clippy::type_complexity)]
-fn shared_rows() -> (
-    HashMap<(String, String), String>,
-    HashMap<(String, String), String>,
-) {
-    let mut aliases = HashMap::new();
-    let mut combos = HashMap::new();
+fn shared_rows() -> (ByType<String>, ByType<String>) {
+    let mut aliases = ByType::default();
+    let mut combos = ByType::default();
     for def in fhirgate_fhirpath::all_parameters() {
         let Some(expr) = def.expression.as_deref() else {
             continue;
@@ -146,7 +175,7 @@ fn shared_rows() -> (
                 if fhirgate_fhirpath::parameter(rt, plain)
                     .is_some_and(|p| p.param_type == def.param_type)
                 {
-                    combos.insert((rt.clone(), def.code.clone()), plain.to_owned());
+                    insert(&mut combos, rt, &def.code, plain.to_owned());
                 }
             }
             if def.code != "patient" || def.param_type != ParamType::Reference {
@@ -160,7 +189,7 @@ fn shared_rows() -> (
             };
             let theirs = subject.expression.as_deref().and_then(|e| branch(e, rt));
             if theirs.is_some_and(|t| mine == format!("{t}.where(resolve() is Patient)")) {
-                aliases.insert((rt.clone(), def.code.clone()), "subject".to_owned());
+                insert(&mut aliases, rt, &def.code, "subject".to_owned());
             }
         }
     }
