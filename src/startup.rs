@@ -51,7 +51,11 @@ impl Database {
         };
         // JIT compilation costs PostgreSQL hundreds of milliseconds on queries whose estimated
         // cost is high but which stop after a page of rows (a search with LIMIT): off.
-        let options = options.options([("jit", "off")]);
+        // Statements kept prepared are the fixed-shape ones (reads by key, the per-patient search
+        // paths) whose plan is an index order whatever the values: plan them once per connection
+        // rather than anew on each run. (Other searches are sent unprepared and always planned
+        // with their values.)
+        let options = options.options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
         // No ping before each acquire: it doubles the round trips of a read. A dead connection
         // fails its query instead, which maps to 503 and is retried by the client.
         let pool = PgPoolOptions::new()

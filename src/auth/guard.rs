@@ -50,6 +50,12 @@ impl Principal {
         }
     }
 
+    /// Whether this token sees every resource of `rt` it reaches for `p`: no granular scope
+    /// filters them, so [`Principal::sees`] needs no look at their content.
+    pub fn sees_all(&self, rt: &str, p: Permission) -> bool {
+        self.scopes.filters(self.contexts(), rt, p).is_none()
+    }
+
     /// Whether granular scopes (`Observation.rs?category=vital-signs`) let this token see
     /// `resource` for `p`. Without a filter on the granting scope, everything of the type is
     /// visible. Filters on parameters other than token elements of the resource fail closed.

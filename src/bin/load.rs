@@ -121,6 +121,10 @@ struct SearchArgs {
     /// Runs of the `_summary=count` query over all patients.
     #[arg(long, default_value_t = 10)]
     count_runs: usize,
+    /// Run only these measurements (`hot`, `count`, `lastn`, `chain`; default all), e.g. to
+    /// profile one of them.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -431,16 +435,19 @@ async fn search(cli: &Cli, a: &SearchArgs) -> anyhow::Result<()> {
         .build()?;
     let (base, patients) = (cli.base.clone(), a.patients as u64);
     let patient = move |k: u64| (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % patients;
+    let runs = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
     // 1. The hot query: one patient, heart rate, a date range, 50 per page.
     let b = base.clone();
-    measure(&client, "Observation?patient&code=8867-4&date=ge&_count=50", a.connections, a.duration, Arc::new(move |k| {
+    if runs("hot") {
+        measure(&client, "Observation?patient&code=8867-4&date=ge&_count=50", a.connections, a.duration, Arc::new(move |k| {
         let day = 1 + k % 28;
         format!("{b}/Observation?patient=bench-{}&code=http://loinc.org|8867-4&date=ge2024-01-{day:02}&_count=50", patient(k))
     }))
     .await?;
+    }
     // 2. Count one code over every patient.
     let mut lat = Latencies::default();
-    for _ in 0..a.count_runs {
+    for _ in 0..if runs("count") { a.count_runs } else { 0 } {
         let t = Instant::now();
         let b: Value = client
             .get(format!(
@@ -456,32 +463,38 @@ async fn search(cli: &Cli, a: &SearchArgs) -> anyhow::Result<()> {
         }
         println!("  total {}", b["total"]);
     }
-    lat.report("Observation?code=8867-4&_summary=count (sequential)");
+    if runs("count") {
+        lat.report("Observation?code=8867-4&_summary=count (sequential)");
+    }
     // 3. $lastn for one patient.
     let b = base.clone();
-    measure(
-        &client,
-        "Observation/$lastn?patient",
-        a.connections,
-        a.duration,
-        Arc::new(move |k| format!("{b}/Observation/$lastn?patient=bench-{}", patient(k))),
-    )
-    .await?;
+    if runs("lastn") {
+        measure(
+            &client,
+            "Observation/$lastn?patient",
+            a.connections,
+            a.duration,
+            Arc::new(move |k| format!("{b}/Observation/$lastn?patient=bench-{}", patient(k))),
+        )
+        .await?;
+    }
     // 4. Chained search by the patient's (blind-indexed) identifier.
     let b = base.clone();
-    measure(
-        &client,
-        "Observation?subject:Patient.identifier",
-        a.connections,
-        a.duration,
-        Arc::new(move |k| {
-            format!(
-                "{b}/Observation?subject:Patient.identifier=urn:fhirgate:bench|P{}&_count=50",
-                patient(k)
-            )
-        }),
-    )
-    .await?;
+    if runs("chain") {
+        measure(
+            &client,
+            "Observation?subject:Patient.identifier",
+            a.connections,
+            a.duration,
+            Arc::new(move |k| {
+                format!(
+                    "{b}/Observation?subject:Patient.identifier=urn:fhirgate:bench|P{}&_count=50",
+                    patient(k)
+                )
+            }),
+        )
+        .await?;
+    }
     Ok(())
 }
 

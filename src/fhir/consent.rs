@@ -122,6 +122,11 @@ pub struct CodeCheck {
 }
 
 impl CodeCheck {
+    /// Whether results of `compartment` need [`CodeCheck::permits`] (its Consents name codes).
+    pub fn applies(&self, compartment: Option<&str>) -> bool {
+        compartment.is_some_and(|p| self.consents.contains_key(p))
+    }
+
     /// Whether a fetched resource passes the code-level rules (true where there are none).
     pub fn permits(&self, rt: &str, compartment: Option<&str>, resource: &Value) -> bool {
         let Some(consents) = compartment.and_then(|p| self.consents.get(p)) else {
@@ -142,22 +147,39 @@ fn now() -> String {
 }
 
 /// The code-level check for a partner token over results of `patients`; `None` for other tokens.
+/// `known` flags (patient, whether its grants to this partner carry code rules) that the caller
+/// read in this request already; the others are looked up.
 pub async fn code_check(
     state: &AppState,
     principal: &Principal,
     patients: &[String],
+    known: &[(String, bool)],
 ) -> Result<Option<CodeCheck>> {
     let Some(organization) = partner(principal) else {
         return Ok(None);
     };
-    // language=PostgreSQL
-    let flagged: Vec<String> = sqlx::query_scalar(
-        "select distinct patient from consent_grant where organization = $1 and code_rules and patient = any($2)",
-    )
-    .bind(&organization)
-    .bind(patients)
-    .fetch_all(&state.db)
-    .await?;
+    let unknown: Vec<&String> = patients
+        .iter()
+        .filter(|p| !known.iter().any(|(k, _)| k == *p))
+        .collect();
+    let mut flagged: Vec<String> = known
+        .iter()
+        .filter(|(_, rules)| *rules)
+        .map(|(p, _)| p.clone())
+        .collect();
+    if !unknown.is_empty() {
+        // language=PostgreSQL
+        let found: Vec<String> = sqlx::query_scalar(
+            "select distinct patient from consent_grant where organization = $1 and code_rules and patient = any($2)",
+        )
+        .bind(&organization)
+        .bind(unknown)
+        .fetch_all(&state.db)
+        .await?;
+        flagged.extend(found);
+    }
+    flagged.sort();
+    flagged.dedup();
     let mut check = CodeCheck {
         organization,
         purpose: crate::audit::current().and_then(|c| c.purpose.clone()),

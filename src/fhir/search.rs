@@ -475,51 +475,108 @@ async fn respond(
     let matched = rids.len();
     rids.extend(included.iter().map(|f| f.rid));
     let match_rids: std::collections::HashSet<i64> = rids[..matched].iter().copied().collect();
-    let mut entries =
-        visible_entries(state, principal, &rids, &match_rids, &shape, &mut info).await?;
+    let known = Known {
+        versions: page.fetched,
+        code_rules: page.code_rules,
+    };
+    let mut entries = visible_entries(
+        state,
+        principal,
+        &rids,
+        known,
+        &match_rids,
+        &shape,
+        &mut info,
+    )
+    .await?;
     if !shape.ignored.is_empty() {
         let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "not-supported",
             "diagnostics": format!("ignored unknown search parameters: {}", shape.ignored.join(", ")), "expression": shape.ignored}]});
-        entries.push(json!({"resource": oo, "search": {"mode": "outcome"}}));
+        entries.push(Entry::Value(
+            json!({"resource": oo, "search": {"mode": "outcome"}}),
+        ));
     }
-    let mut bundle = crate::fhir::respond::bundle("searchset", links, entries);
+    let mut bundle = crate::fhir::respond::bundle("searchset", links, Vec::new());
     if shape.total.is_some() && total_allowed(state, &access).await? {
         bundle["total"] = json!(exec::count(state, &plan, &access).await?);
     }
-    let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
+    let mut resp = searchset(fmt, bundle, entries)?;
     info.attach(&mut resp);
     Ok(resp)
 }
 
-/// The Bundle entries of `rids` the caller may see, in order: decrypted, checked against a
-/// partner's code-level consent rules, the token's reach and granular scopes, and shaped by
-/// `_summary`/`_elements`; `matches` are `match` entries, the rest `include`.
+/// What a page query already read: versions of some rows, and partner consent flags of some
+/// patients.
+#[derive(Debug, Default)]
+struct Known {
+    versions: Vec<(i64, storage::StoredVersion)>,
+    code_rules: Vec<(String, bool)>,
+}
+
+/// The Bundle entries of `rids` the caller may see, in order: decrypted (unless `known`),
+/// checked against a partner's code-level consent rules, the token's reach and granular scopes,
+/// and shaped by `_summary`/`_elements`; `matches` are `match` entries, the rest `include`.
 async fn visible_entries(
     state: &AppState,
     principal: &Principal,
     rids: &[i64],
+    known: Known,
     matches: &std::collections::HashSet<i64>,
     shape: &Shape,
     info: &mut crate::audit::api::AuditInfo,
-) -> Result<Vec<Value>> {
-    let versions = storage::read_rids(state, rids).await?;
+) -> Result<Vec<Entry>> {
+    let mut have: std::collections::HashMap<i64, storage::StoredVersion> =
+        known.versions.into_iter().collect();
+    let missing: Vec<i64> = rids
+        .iter()
+        .copied()
+        .filter(|r| !have.contains_key(r))
+        .collect();
+    have.extend(storage::read_rids(state, &missing).await?);
+    let versions: Vec<(i64, storage::StoredVersion)> = rids
+        .iter()
+        .filter_map(|r| have.remove(r).map(|v| (*r, v)))
+        .collect();
     let patients: Vec<String> = versions
         .iter()
         .filter_map(|(_, v)| v.compartment.clone())
         .collect();
-    let check = crate::fhir::consent::code_check(state, principal, &patients).await?;
+    let check =
+        crate::fhir::consent::code_check(state, principal, &patients, &known.code_rules).await?;
     let mut entries = Vec::with_capacity(versions.len() + 1);
+    let as_stored = shape.summary.is_none() && shape.elements.is_none();
     for (rid, v) in versions {
-        let Some(body) = &v.body else { continue };
-        let mut resource: Value = fhirgate_codec::parse_json(body)?;
+        let Some(body) = v.body else { continue };
+        let mode = if matches.contains(&rid) {
+            "match"
+        } else {
+            "include"
+        };
+        let full_url = format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id);
+        if !principal.reaches(v.compartment.as_deref()) {
+            continue;
+        }
+        // Nothing to look at or change: the stored body goes out as it is (as a read sends it).
+        if as_stored
+            && principal.sees_all(&v.resource_type, Permission::Search)
+            && check
+                .as_ref()
+                .is_none_or(|c| !c.applies(v.compartment.as_deref()))
+        {
+            info.patient(v.compartment.as_deref());
+            entries.push(Entry::Stored {
+                full_url,
+                body,
+                mode,
+            });
+            continue;
+        }
+        let mut resource: Value = fhirgate_codec::parse_json(&body)?;
         let consented = check
             .as_ref()
             .is_none_or(|c| c.permits(&v.resource_type, v.compartment.as_deref(), &resource));
         // Granular scopes: what the token may not see is simply not in the results.
-        if !consented
-            || !principal.reaches(v.compartment.as_deref())
-            || !principal.sees(&v.resource_type, Permission::Search, &resource)
-        {
+        if !consented || !principal.sees(&v.resource_type, Permission::Search, &resource) {
             continue;
         }
         info.patient(v.compartment.as_deref());
@@ -528,17 +585,72 @@ async fn visible_entries(
             shape.summary.as_deref(),
             shape.elements.as_deref(),
         );
-        let mode = if matches.contains(&rid) {
-            "match"
-        } else {
-            "include"
-        };
-        entries.push(
-            json!({"fullUrl": format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id),
-            "resource": resource, "search": {"mode": mode}}),
-        );
+        entries.push(Entry::Value(
+            json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode}}),
+        ));
     }
     Ok(entries)
+}
+
+/// A searchset entry: built here, or a stored resource to send as stored.
+enum Entry {
+    Value(Value),
+    Stored {
+        full_url: String,
+        body: Vec<u8>,
+        mode: &'static str,
+    },
+}
+
+/// A searchset `bundle` with `entries`, in `fmt`. Stored bodies are written into the JSON as the
+/// bytes they are, not parsed and written again (most of a search's own CPU time otherwise).
+fn searchset(fmt: format::Format, mut bundle: Value, entries: Vec<Entry>) -> Result<Response> {
+    let internal = |e: serde_json::Error| FhirError::Internal(e.into());
+    if matches!(fmt, format::Format::Xml) {
+        let mut values = Vec::with_capacity(entries.len());
+        for e in entries {
+            values.push(match e {
+                Entry::Value(v) => v,
+                Entry::Stored {
+                    full_url,
+                    body,
+                    mode,
+                } => json!({"fullUrl": full_url, "resource": fhirgate_codec::parse_json(&body)?,
+                    "search": {"mode": mode}}),
+            });
+        }
+        if !values.is_empty() {
+            bundle["entry"] = Value::Array(values);
+        }
+        return format::resource_value(StatusCode::OK, fmt, &bundle);
+    }
+    let mut out = serde_json::to_vec(&bundle).map_err(internal)?;
+    if !entries.is_empty() && out.pop() == Some(b'}') {
+        out.extend_from_slice(b",\"entry\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match e {
+                Entry::Value(v) => serde_json::to_writer(&mut out, v).map_err(internal)?,
+                Entry::Stored {
+                    full_url,
+                    body,
+                    mode,
+                } => {
+                    out.extend_from_slice(b"{\"fullUrl\":");
+                    serde_json::to_writer(&mut out, full_url).map_err(internal)?;
+                    out.extend_from_slice(b",\"resource\":");
+                    out.extend_from_slice(body);
+                    out.extend_from_slice(b",\"search\":{\"mode\":\"");
+                    out.extend_from_slice(mode.as_bytes());
+                    out.extend_from_slice(b"\"}}");
+                }
+            }
+        }
+        out.extend_from_slice(b"]}");
+    }
+    format::resource_bytes(StatusCode::OK, fmt, out)
 }
 
 /// `_summary` and `_elements`: keep part of a resource and tag it SUBSETTED.
@@ -736,10 +848,19 @@ async fn rows_bundle(
     let rids: Vec<i64> = rows.iter().map(|f| f.rid).collect();
     let matches: std::collections::HashSet<i64> = rids.iter().copied().collect();
     let mut info = crate::audit::api::AuditInfo::default();
-    let entries = visible_entries(state, principal, &rids, &matches, &shape, &mut info).await?;
+    let entries = visible_entries(
+        state,
+        principal,
+        &rids,
+        Known::default(),
+        &matches,
+        &shape,
+        &mut info,
+    )
+    .await?;
     let links = vec![json!({"relation": "self", "url": link(&state.fhir_base, path, &shape.used)})];
-    let bundle = crate::fhir::respond::bundle("searchset", links, entries);
-    let mut resp = format::resource_value(StatusCode::OK, fmt, &bundle)?;
+    let bundle = crate::fhir::respond::bundle("searchset", links, Vec::new());
+    let mut resp = searchset(fmt, bundle, entries)?;
     info.attach(&mut resp);
     Ok(resp)
 }

@@ -3,7 +3,9 @@
 //! directions, `_sort`, totals, and `_include`/`_revinclude` under the same access rules.
 //!
 //! Search statements are not kept prepared (`persistent(false)`): each is planned with its actual
-//! values, because a generic plan cannot tell one patient's 10,000 rows from the whole table.
+//! values, because a generic plan cannot tell one patient's 10,000 rows from the whole table. The
+//! two per-patient index paths (the code/date page and `$lastn`) are the exception: their plan is
+//! an index order whatever the values, and planning them took as long as running them.
 
 use base64::Engine;
 use fhirgate_fhirpath::ParamType;
@@ -130,6 +132,11 @@ pub struct Page {
     pub has_next: bool,
     /// Whether rows exist before the first one.
     pub has_prev: bool,
+    /// Versions of page rows that the page query fetched along (decrypted), by rid.
+    pub fetched: Vec<(i64, crate::storage::StoredVersion)>,
+    /// For a partner: patients whose grants to it the page query looked up, and whether their
+    /// Consents also name single codes (see [`crate::fhir::consent::code_check`]).
+    pub code_rules: Vec<(String, bool)>,
 }
 
 fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
@@ -552,20 +559,22 @@ fn into_page(mut found: Vec<Found>, plan: &Plan, backwards: bool) -> Page {
             rows: found,
             has_next: true,
             has_prev: more,
+            ..Page::default()
         }
     } else {
         Page {
             rows: found,
             has_next: more,
             has_prev: plan.cursor.is_some(),
+            ..Page::default()
         }
     }
 }
 
-/// The hot wearable search, one patient's Observations by code (and date), unsorted: a page of
-/// `obs_code_date` rows in rid order (their rows exist only for current Observations, with the
-/// data classes consent needs), limited before anything else is read. `None` when the plan is
-/// anything else.
+/// The hot wearable search, one patient's Observations by code (and date) without `_sort`, newest
+/// first: a page of `obs_code_date` rows (they exist only for current Observations, with the data
+/// classes consent needs), limited before anything else is read, with the page's versions in the
+/// same statement. `None` when the plan is anything else.
 async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Result<Option<Page>> {
     let (Some(patient), redundant) = confinement(plan) else {
         return Ok(None);
@@ -592,9 +601,20 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         }
     }
     let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
-    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
-        "select o.rid, r.resource_type, r.id from (select rid from obs_code_date where compartment = ",
-    );
+    // The page's versions come along in the same statement (one round trip for the hot query),
+    // and for a partner whether the patient's Consents name single codes.
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(format!(
+        "select o.rid, {}, o.high::text",
+        crate::storage::RID_VERSION_COLUMNS
+    ));
+    if let Access::Partner { organization, .. } = access {
+        qb.push(", (select exists (select 1 from consent_grant g where g.organization = ");
+        qb.push_bind(organization.clone());
+        qb.push(" and g.patient = ");
+        qb.push_bind(patient.clone());
+        qb.push(" and g.code_rules))");
+    }
+    qb.push(" from (select rid, high from obs_code_date where compartment = ");
     qb.push_bind(patient.clone());
     for c in &rest {
         let Clause::Index { alts, .. } = c else {
@@ -612,32 +632,83 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         qb.push(" and ");
         push_classes_granted(&mut qb, "classes", organization, purpose, Ok(&patient));
     }
+    // Newest first, in the order of the (compartment, code, high desc nulls last) index, so a
+    // page costs about its own rows however many the patient has. Rows without a date come last.
     if let Some(c) = &plan.cursor {
-        if !c.k.is_empty() {
+        let [high] = c.k.as_slice() else {
             return Err(FhirError::bad_request(
                 "_cursor",
                 "the paging cursor does not match the sort; follow the Bundle's links",
             ));
+        };
+        match (high.as_str(), backwards) {
+            ("null", false) => {
+                qb.push(" and high is null and rid < ");
+                qb.push_bind(c.r);
+            }
+            ("null", true) => {
+                qb.push(" and (high is not null or rid > ");
+                qb.push_bind(c.r);
+                qb.push(")");
+            }
+            (h, false) => {
+                qb.push(" and (high is null or (high, rid) < (");
+                qb.push_bind(h.to_owned());
+                qb.push("::timestamptz, ");
+                qb.push_bind(c.r);
+                qb.push("))");
+            }
+            (h, true) => {
+                qb.push(" and (high, rid) > (");
+                qb.push_bind(h.to_owned());
+                qb.push("::timestamptz, ");
+                qb.push_bind(c.r);
+                qb.push(")");
+            }
         }
-        qb.push(if backwards {
-            " and rid < "
-        } else {
-            " and rid > "
-        });
-        qb.push_bind(c.r);
     }
-    let dir = if backwards { "desc" } else { "asc" };
-    qb.push(format!(" group by rid order by rid {dir} limit "));
+    let order = if backwards {
+        "high asc nulls first, rid asc"
+    } else {
+        "high desc nulls last, rid desc"
+    };
+    qb.push(format!(" group by high, rid order by {order} limit "));
     qb.push_bind(plan.count + 1);
     qb.push(format!(
-        ") o join resource r on r.rid = o.rid order by o.rid {dir}"
+        ") o join resource r on r.rid = o.rid join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id order by o.{}",
+        order.replace(", rid", ", o.rid")
     ));
-    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
-    let found: Vec<Found> = rows
+    // Unlike other searches this statement is kept prepared: its plan is the index order
+    // whatever the values, and planning it anew cost as much as running it.
+    let rows = qb.build().fetch_all(&state.db).await?;
+    let code_rules = match (access, rows.first()) {
+        (Access::Partner { .. }, Some(row)) => {
+            vec![(patient.clone(), row.try_get::<bool, _>(10)?)]
+        }
+        _ => Vec::new(),
+    };
+    let highs: Vec<String> = rows
         .iter()
-        .map(|row| found_row(row, Vec::new()))
-        .collect::<Result<_>>()?;
-    Ok(Some(into_page(found, plan, backwards)))
+        .map(|row| {
+            row.try_get::<Option<String>, _>(9)
+                .map(|h| h.unwrap_or_else(|| "null".into()))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let fetched = crate::storage::versions_by_rid(state, &rows).await?;
+    let found: Vec<Found> = fetched
+        .iter()
+        .zip(highs)
+        .map(|((rid, v), high)| Found {
+            rid: *rid,
+            resource_type: v.resource_type.clone(),
+            id: v.id.clone(),
+            keys: vec![high],
+        })
+        .collect();
+    let mut page = into_page(found, plan, backwards);
+    page.fetched = fetched;
+    page.code_rules = code_rules;
+    Ok(Some(page))
 }
 
 /// How many resources `plan` matches for `access` (ignoring paging).
@@ -771,7 +842,7 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
     qb.push(") d on true) y where n <= ");
     qb.push_bind(max);
     qb.push(" order by system, code, high desc nulls last, rid desc");
-    distinct_rids(state, qb).await
+    distinct_rids(state, qb, false).await
 }
 
 /// `$lastn` for one patient: per code of the patient's Observations, an index scan of
@@ -783,30 +854,35 @@ async fn lastn_of_patient(
     max: i64,
     patient: &str,
 ) -> Result<Vec<i64>> {
-    // The patient's codes (an index-only scan), then per code an index scan from the newest
-    // down that stops after `max` rows passing the filters.
+    // The patient's codes, by skipping through the index from one code to the next (a handful
+    // of probes, where `distinct` would read every one of the patient's rows), then per code an
+    // index scan from the newest down that stops after `max` rows passing the filters.
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
-        "select o.rid from (select distinct code from obs_code_date where compartment = ",
+        "with recursive c(code) as ((select code from obs_code_date where compartment = ",
     );
     qb.push_bind(patient.to_owned());
-    qb.push(" and code is not null) c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
+    qb.push(" and code is not null order by code limit 1) union all select (select n.code from obs_code_date n where n.compartment = ");
+    qb.push_bind(patient.to_owned());
+    qb.push(" and n.code > c.code order by n.code limit 1) from c where c.code is not null) select o.rid from c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
     qb.push_bind(patient.to_owned());
     qb.push(" and o.code = c.code and exists (select 1");
     push_filters(&mut qb, plan, access);
-    qb.push(" and r.rid = o.rid) order by o.high desc, o.rid desc limit ");
+    qb.push(" and r.rid = o.rid) order by o.high desc nulls last, o.rid desc limit ");
     qb.push_bind(max);
-    qb.push(") o order by c.code, o.high desc, o.rid desc");
-    distinct_rids(state, qb).await
+    qb.push(") o order by c.code, o.high desc nulls last, o.rid desc");
+    // Kept prepared, as the hot search: index probes whatever the values.
+    distinct_rids(state, qb, true).await
 }
 
 /// The rids a query returns, each once, in order.
 async fn distinct_rids(
     state: &AppState,
     mut qb: QueryBuilder<'static, Postgres>,
+    prepared: bool,
 ) -> Result<Vec<i64>> {
     let rids: Vec<i64> = qb
         .build_query_scalar()
-        .persistent(false)
+        .persistent(prepared)
         .fetch_all(&state.db)
         .await?;
     let mut seen = std::collections::HashSet::new();

@@ -40,7 +40,13 @@ pub enum Row {
     Blind(Pid, Vec<u8>),
     /// `obs_code_date`: an Observation coding (system, code) with the Observation's date range
     /// (for patient-scoped searches by code and date, and `$lastn`).
-    CodeDate(Option<String>, Option<String>, i64, i64, Vec<String>),
+    CodeDate(
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Vec<String>,
+    ),
 }
 
 /// A composite value: the first component is a token; the second is a token or string (in
@@ -112,13 +118,27 @@ pub fn rows(keys: &Keyring, ids: &ParamIds, rt: &str, resource: &Value) -> Vec<R
     out
 }
 
-/// One [`Row::CodeDate`] per (coding of `code`, value of `date`) of an Observation.
+/// One [`Row::CodeDate`] per (coding of `code`, value of `date`) of an Observation, and one
+/// without a date per coding of an Observation that has none (so searches by code alone and
+/// `$lastn` find it).
 fn add_code_dates(ids: &ParamIds, classes: &[String], out: &mut Vec<Row>) {
     let (Some(code), Some(date)) = (
         ids.get("Observation", "code"),
         ids.get("Observation", "date"),
     ) else {
         return;
+    };
+    let dates: Vec<(Option<i64>, Option<i64>)> = out
+        .iter()
+        .filter_map(|d| match d {
+            Row::Date(dp, low, high) if *dp == date => Some((Some(*low), Some(*high))),
+            _ => None,
+        })
+        .collect();
+    let dates = if dates.is_empty() {
+        vec![(None, None)]
+    } else {
+        dates
     };
     let mut extra = Vec::new();
     for t in out.iter() {
@@ -128,18 +148,14 @@ fn add_code_dates(ids: &ParamIds, classes: &[String], out: &mut Vec<Row>) {
         if *p != code {
             continue;
         }
-        for d in out.iter() {
-            if let Row::Date(dp, low, high) = d {
-                if *dp == date {
-                    extra.push(Row::CodeDate(
-                        system.clone(),
-                        c.clone(),
-                        *low,
-                        *high,
-                        classes.to_vec(),
-                    ));
-                }
-            }
+        for (low, high) in &dates {
+            extra.push(Row::CodeDate(
+                system.clone(),
+                c.clone(),
+                *low,
+                *high,
+                classes.to_vec(),
+            ));
         }
     }
     out.extend(extra);

@@ -99,8 +99,9 @@ struct CodeDateCols<'a> {
     comp: Vec<&'a str>,
     system: Vec<Option<&'a str>>,
     code: Vec<Option<&'a str>>,
-    low: Vec<i64>,
-    high: Vec<i64>,
+    /// Date range (none for an Observation without a date).
+    low: Vec<Option<i64>>,
+    high: Vec<Option<i64>>,
     /// Data classes, newline-joined (arrays of arrays do not bind).
     classes: Vec<String>,
 }

@@ -46,19 +46,6 @@ type VersionRow = (
     Option<Vec<u8>>,
 );
 
-/// A [`VersionRow`] after the resource's surrogate key.
-type RidVersionRow = (
-    i64,
-    String,
-    String,
-    i32,
-    bool,
-    DateTime<Utc>,
-    Option<String>,
-    Option<i64>,
-    Option<Vec<u8>>,
-);
-
 async fn decrypt_rows(state: &AppState, rows: Vec<VersionRow>) -> Result<Vec<StoredVersion>> {
     let mut out = Vec::with_capacity(rows.len());
     for (resource_type, id, version_id, deleted, last_updated, compartment, key_id, body) in rows {
@@ -130,33 +117,59 @@ pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
+/// The columns a query selects for [`versions_by_rid`], after the surrogate key, from
+/// `resource_version` aliased `v`.
+pub const RID_VERSION_COLUMNS: &str =
+    "v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.compartment, v.key_id, v.body";
+
 /// The current, non-deleted versions of resources by surrogate key, in the order of `rids`.
 pub async fn read_rids(state: &AppState, rids: &[i64]) -> Result<Vec<(i64, StoredVersion)>> {
     if rids.is_empty() {
         return Ok(Vec::new());
     }
     // language=PostgreSQL
-    let rows: Vec<RidVersionRow> =
-        sqlx::query_as(
-            r#"select r.rid, v.resource_type, v.id, v.version_id, v.deleted, v.last_updated, v.compartment, v.key_id, v.body
-               from resource r
-               join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id
-               where r.rid = any($1) and not r.deleted"#,
-        )
-        .bind(rids)
-        .fetch_all(&state.db)
-        .await?;
-    let (keys, rows): (Vec<i64>, Vec<VersionRow>) = rows
-        .into_iter()
-        .map(|(rid, t, i, v, d, lu, c, k, b)| (rid, (t, i, v, d, lu, c, k, b)))
-        .unzip();
-    let mut found: HashMap<i64, StoredVersion> = keys
-        .into_iter()
-        .zip(decrypt_rows(state, rows).await?)
-        .collect();
+    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(&format!(
+        r#"select r.rid, {RID_VERSION_COLUMNS}
+           from resource r
+           join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id
+           where r.rid = any($1) and not r.deleted"#
+    ))
+    .bind(rids)
+    .fetch_all(&state.db)
+    .await?;
+    let mut found: HashMap<i64, StoredVersion> =
+        versions_by_rid(state, &rows).await?.into_iter().collect();
     Ok(rids
         .iter()
         .filter_map(|r| found.remove(r).map(|v| (*r, v)))
+        .collect())
+}
+
+/// Decrypts rows whose first nine columns are the surrogate key and [`RID_VERSION_COLUMNS`]
+/// (a search query may fetch the bodies of its page itself), in row order.
+pub async fn versions_by_rid(
+    state: &AppState,
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<Vec<(i64, StoredVersion)>> {
+    use sqlx::Row;
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut versions: Vec<VersionRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        keys.push(row.try_get::<i64, _>(0)?);
+        versions.push((
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+            row.try_get(8)?,
+        ));
+    }
+    Ok(keys
+        .into_iter()
+        .zip(decrypt_rows(state, versions).await?)
         .collect())
 }
 

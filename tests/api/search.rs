@@ -487,17 +487,82 @@ async fn one_patients_observations_by_code_and_date_page_both_ways() {
                     .to_owned()
             })
     };
-    // 2 + 5 heart rates of p1, pages of 3, in write order.
+    // 2 + 5 heart rates of p1, pages of 3, newest first.
     let q = "Observation?patient=p1&code=http://loinc.org|8867-4&date=ge2024-01-01&_count=3";
     let first = json(app.get(q).await).await;
-    assert_eq!(entries(&first, "match"), ["o1", "o2", "m0"]);
+    assert_eq!(entries(&first, "match"), ["m4", "m3", "m2"]);
+    // A newer heart rate written while paging shows on a new first page, and moves no page.
+    assert!(app
+        .put(
+            "Observation/m9",
+            &hr("m9", "p1", 71.0, "2024-06-01T00:00:00Z")
+        )
+        .await
+        .status()
+        .is_success());
     let second = json(app.get(&url(&first, "next").expect("next")).await).await;
-    assert_eq!(entries(&second, "match"), ["m1", "m2", "m3"]);
+    assert_eq!(entries(&second, "match"), ["m1", "m0", "o2"]);
     let third = json(app.get(&url(&second, "next").expect("next")).await).await;
-    assert_eq!(entries(&third, "match"), ["m4"]);
+    assert_eq!(entries(&third, "match"), ["o1"]);
     assert!(url(&third, "next").is_none());
     let back = json(app.get(&url(&third, "previous").expect("previous")).await).await;
-    assert_eq!(entries(&back, "match"), ["m1", "m2", "m3"]);
+    assert_eq!(entries(&back, "match"), ["m1", "m0", "o2"]);
+    let front = json(app.get(&url(&back, "previous").expect("previous")).await).await;
+    assert_eq!(entries(&front, "match"), ["m4", "m3", "m2"]);
+    let newest = json(app.get(&url(&front, "previous").expect("previous")).await).await;
+    assert_eq!(entries(&newest, "match"), ["m9"]);
+    assert!(url(&newest, "previous").is_none());
+    // Observations without a date are found by code alone (after the dated ones) and by no
+    // date range; paging crosses them both ways.
+    for u in ["u0", "u1"] {
+        let mut undated = hr(u, "p1", 72.0, "");
+        undated.as_object_mut().unwrap().remove("effectiveDateTime");
+        assert!(app
+            .put(&format!("Observation/{u}"), &undated)
+            .await
+            .status()
+            .is_success());
+    }
+    let q = "Observation?patient=p1&code=http://loinc.org|8867-4&_count=3";
+    let mut pages = vec![json(app.get(q).await).await];
+    while let Some(next) = url(pages.last().unwrap(), "next") {
+        pages.push(json(app.get(&next).await).await);
+    }
+    let got: Vec<Vec<String>> = pages.iter().map(|p| entries(p, "match")).collect();
+    assert_eq!(
+        got,
+        [
+            vec!["m9", "m4", "m3"],
+            vec!["m2", "m1", "m0"],
+            vec!["o2", "o1", "u1"],
+            vec!["u0"]
+        ]
+    );
+    let back = json(
+        app.get(&url(&pages[3], "previous").expect("previous"))
+            .await,
+    )
+    .await;
+    assert_eq!(entries(&back, "match"), ["o2", "o1", "u1"]);
+    let back = json(app.get(&url(&back, "previous").expect("previous")).await).await;
+    assert_eq!(entries(&back, "match"), ["m2", "m1", "m0"]);
+    assert!(
+        !ids(&app, "Observation?patient=p1&code=8867-4&date=ge1900-01-01")
+            .await
+            .contains(&"u0".to_owned())
+    );
+    assert!(
+        !ids(&app, "Observation?patient=p1&code=8867-4&date=lt2100-01-01")
+            .await
+            .contains(&"u0".to_owned())
+    );
+    // $lastn: the newest dated one first; undated ones only after every dated one.
+    let last = ordered(&app, "Observation/$lastn?patient=p1&code=8867-4&max=20").await;
+    assert_eq!(last.first().map(String::as_str), Some("m9"));
+    assert_eq!(&last[last.len() - 2..], ["u1", "u0"]);
+    assert!(app.delete("Observation/u1").await.status().is_success());
+    assert!(app.delete("Observation/u0").await.status().is_success());
+    assert!(app.delete("Observation/m9").await.status().is_success());
     // Dates narrow it; other patients and codes stay out; OR lists of codes work.
     assert_eq!(
         ids(
