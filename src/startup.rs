@@ -51,11 +51,7 @@ impl Database {
         };
         // JIT compilation costs PostgreSQL hundreds of milliseconds on queries whose estimated
         // cost is high but which stop after a page of rows (a search with LIMIT): off.
-        // Statements kept prepared are the fixed-shape ones (reads by key, the per-patient search
-        // paths) whose plan is an index order whatever the values: plan them once per connection
-        // rather than anew on each run. (Other searches are sent unprepared and always planned
-        // with their values.)
-        let options = options.options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
+        let options = options.options([("jit", "off")]);
         // No ping before each acquire: it doubles the round trips of a read. A dead connection
         // fails its query instead, which maps to 503 and is retried by the client.
         let pool = PgPoolOptions::new()
@@ -132,8 +128,22 @@ pub async fn open_state(
     let issuer = public.trim_end_matches('/').to_owned();
     let auditor = crate::audit::Auditor::start(pool.clone(), audit_reads);
     let search_params = crate::search::ParamIds::load(&pool).await?;
+    // The per-patient search paths run statements whose plan is an index order whatever the
+    // values; on these connections they are planned once (a generic plan) rather than on every
+    // run, which cost as much as running them. Every other statement, searches above all, is
+    // planned with its values on the main pool.
+    let generic_options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    let db_generic = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(pool.options().get_max_connections())
+        .test_before_acquire(false)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .idle_timeout(std::time::Duration::from_secs(60))
+        .connect_lazy_with(generic_options);
     Ok(AppState(Arc::new(AppInner {
         db: pool,
+        db_generic,
         keys,
         fhir_base: format!("{issuer}/fhir"),
         max_body_bytes,

@@ -17,6 +17,9 @@ pub struct AppState(pub Arc<AppInner>);
 pub struct AppInner {
     /// The PostgreSQL pool.
     pub db: PgPool,
+    /// Connections to the same database that plan prepared statements once (generic plans), for
+    /// the fixed-shape per-patient search statements only.
+    pub db_generic: PgPool,
     /// Data keys and the blind-index key.
     pub keys: Keyring,
     /// Public base URL of the FHIR endpoint, e.g. `http://127.0.0.1:8080/fhir` (no trailing slash).

@@ -569,6 +569,7 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
         println!(
             "consent: {consented} of {patients} patients consent to Organization/bench-partner"
         );
+        analyze(cli).await?;
     }
     let partner_cli = Cli {
         organization: Some("Organization/bench-partner".into()),

@@ -678,9 +678,9 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         ") o join resource r on r.rid = o.rid join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id order by o.{}",
         order.replace(", rid", ", o.rid")
     ));
-    // Unlike other searches this statement is kept prepared: its plan is the index order
-    // whatever the values, and planning it anew cost as much as running it.
-    let rows = qb.build().fetch_all(&state.db).await?;
+    // Unlike other searches this statement is kept prepared, with a generic plan: its plan is
+    // the index order whatever the values, and planning it anew cost as much as running it.
+    let rows = qb.build().fetch_all(&state.db_generic).await?;
     let code_rules = match (access, rows.first()) {
         (Access::Partner { .. }, Some(row)) => {
             vec![(patient.clone(), row.try_get::<bool, _>(10)?)]
@@ -870,7 +870,7 @@ async fn lastn_of_patient(
     qb.push(" and r.rid = o.rid) order by o.high desc nulls last, o.rid desc limit ");
     qb.push_bind(max);
     qb.push(") o order by c.code, o.high desc nulls last, o.rid desc");
-    // Kept prepared, as the hot search: index probes whatever the values.
+    // Kept prepared with a generic plan, as the hot search: index probes whatever the values.
     distinct_rids(state, qb, true).await
 }
 
@@ -880,10 +880,15 @@ async fn distinct_rids(
     mut qb: QueryBuilder<'static, Postgres>,
     prepared: bool,
 ) -> Result<Vec<i64>> {
+    let pool = if prepared {
+        &state.db_generic
+    } else {
+        &state.db
+    };
     let rids: Vec<i64> = qb
         .build_query_scalar()
         .persistent(prepared)
-        .fetch_all(&state.db)
+        .fetch_all(pool)
         .await?;
     let mut seen = std::collections::HashSet::new();
     Ok(rids.into_iter().filter(|r| seen.insert(*r)).collect())
