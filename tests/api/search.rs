@@ -336,6 +336,23 @@ async fn sort_include_revinclude_total_summary_and_elements() {
     assert_eq!(p["gender"], "female");
     assert!(p.get("name").is_none() && p.get("birthDate").is_none());
     assert_eq!(p["meta"]["tag"][0]["code"], "SUBSETTED");
+    // _summary=true: the summary elements of the R4 definition, tagged SUBSETTED.
+    let b = json(app.get("Patient?_id=p1&_summary=true").await).await;
+    let p = &b["entry"][0]["resource"];
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1970-01-02");
+    assert!(p.get("name").is_some() && p.get("managingOrganization").is_some());
+    let b = json(app.get("Observation?_id=o1&_summary=true").await).await;
+    let o = &b["entry"][0]["resource"];
+    assert!(o.get("code").is_some() && o.get("effectiveDateTime").is_some());
+    assert!(o.get("valueQuantity").is_some() && o.get("subject").is_some());
+    assert!(
+        o.get("category").is_none(),
+        "category is not a summary element in R4"
+    );
+    assert_eq!(o["meta"]["tag"][0]["code"], "SUBSETTED");
+    let b = json(app.get("Observation?_id=o1&_summary=data").await).await;
+    assert!(b["entry"][0]["resource"].get("category").is_some());
 
     // POST _search, compartment search and system search.
     let resp = app
