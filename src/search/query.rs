@@ -984,7 +984,7 @@ pub fn push_clause(
                 return;
             }
             qb.push(format!(
-                "{r}.rid {}in (select i2.rid from resource_identifier i join resource i2 on i2.resource_type = i.resource_type and i2.id = i.id and i2.version_id = i.version_id where i.resource_type = ",
+                "({r}.resource_type, {r}.id, {r}.version_id) {}in (select i.resource_type, i.id, i.version_id from resource_identifier i where i.resource_type = ",
                 if *negate { "not " } else { "" }
             ));
             qb.push_bind(rt.clone());
