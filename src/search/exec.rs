@@ -641,42 +641,33 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
                 "the paging cursor does not match the sort; follow the Bundle's links",
             ));
         };
-        match (high.as_str(), backwards) {
-            ("null", false) => {
-                qb.push(" and high is null and rid < ");
-                qb.push_bind(c.r);
-            }
-            ("null", true) => {
-                qb.push(" and (high is not null or rid > ");
-                qb.push_bind(c.r);
-                qb.push(")");
-            }
-            (h, false) => {
-                qb.push(" and (high is null or (high, rid) < (");
-                qb.push_bind(h.to_owned());
-                qb.push("::timestamptz, ");
-                qb.push_bind(c.r);
-                qb.push("))");
-            }
-            (h, true) => {
-                qb.push(" and (high, rid) > (");
-                qb.push_bind(h.to_owned());
-                qb.push("::timestamptz, ");
-                qb.push_bind(c.r);
-                qb.push(")");
-            }
+        // The SQL around the row's (date, rid), in the page's direction; a row without a date
+        // binds only its rid.
+        let (head, tail) = match (high.as_str(), backwards) {
+            ("null", false) => (" and high is null and rid < ", ""),
+            ("null", true) => (" and (high is not null or rid > ", ")"),
+            (_, false) => (" and (high is null or (high, rid) < (", "))"),
+            (_, true) => (" and (high, rid) > (", ")"),
+        };
+        qb.push(head);
+        if high != "null" {
+            qb.push_bind(high.clone());
+            qb.push("::timestamptz, ");
         }
+        qb.push_bind(c.r);
+        qb.push(tail);
     }
-    let order = if backwards {
-        "high asc nulls first, rid asc"
+    let (dir, nulls) = if backwards {
+        ("asc", "first")
     } else {
-        "high desc nulls last, rid desc"
+        ("desc", "last")
     };
-    qb.push(format!(" group by high, rid order by {order} limit "));
+    qb.push(format!(
+        " group by high, rid order by high {dir} nulls {nulls}, rid {dir} limit "
+    ));
     qb.push_bind(plan.count + 1);
     qb.push(format!(
-        ") o join resource r on r.rid = o.rid join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id order by o.{}",
-        order.replace(", rid", ", o.rid")
+        ") o join resource r on r.rid = o.rid join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id order by o.high {dir} nulls {nulls}, o.rid {dir}"
     ));
     // Unlike other searches this statement is kept prepared, with a generic plan: its plan is
     // the index order whatever the values, and planning it anew cost as much as running it.
