@@ -10,8 +10,17 @@ use fhirgate::startup::{self, Application, Database};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Bodies are bounded in depth before anything recurses into them (codec), and the workers get
+    // a stack well above what those bounds need, so a hostile body cannot abort the process.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     fhirgate::telemetry::init();
     let cli = Cli::parse();
     match cli.command {

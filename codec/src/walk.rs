@@ -11,13 +11,19 @@ use crate::model::{Child, MODEL};
 use crate::primitive;
 use crate::{is_resource_type, Issue, IssueKind};
 
-/// Deepest nesting of contained resources and extensions we accept (security-test-plan B5).
+/// Deepest nesting of elements we accept (security-test-plan B5).
 const MAX_DEPTH: usize = 64;
+/// Deepest nesting of extensions within extensions (security-test-plan B5).
+pub(crate) const MAX_EXTENSION_DEPTH: usize = 10;
+/// Deepest nesting of resources within resources (a Bundle in a Bundle entry, a contained
+/// resource, a Parameters resource): the typed parse recurses through each with a large stack
+/// frame, so thirty nested Bundles overflowed a worker thread's stack.
+pub(crate) const MAX_RESOURCE_DEPTH: usize = 4;
 
 pub(crate) fn validate_resource(v: &Value) -> Vec<Issue> {
     let mut issues = Vec::new();
     if let Some(obj) = v.as_object() {
-        resource(obj, String::new(), 0, &mut issues);
+        resource(obj, String::new(), 0, 0, &mut issues);
     }
     issues
 }
@@ -33,7 +39,22 @@ fn push(issues: &mut Vec<Issue>, kind: IssueKind, expression: &str, message: Str
     }
 }
 
-fn resource(obj: &Map<String, Value>, prefix: String, depth: usize, issues: &mut Vec<Issue>) {
+fn resource(
+    obj: &Map<String, Value>,
+    prefix: String,
+    depth: usize,
+    nest: usize,
+    issues: &mut Vec<Issue>,
+) {
+    if nest > MAX_RESOURCE_DEPTH {
+        push(
+            issues,
+            IssueKind::Structure,
+            &prefix,
+            format!("{prefix}: resources are nested more than {MAX_RESOURCE_DEPTH} levels deep"),
+        );
+        return;
+    }
     let Some(rt) = obj.get("resourceType").and_then(Value::as_str) else {
         push(
             issues,
@@ -68,10 +89,17 @@ fn resource(obj: &Map<String, Value>, prefix: String, depth: usize, issues: &mut
             );
         }
     }
-    element(rt, obj, &base, depth, issues);
+    element(rt, obj, &base, depth, nest, issues);
 }
 
-fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues: &mut Vec<Issue>) {
+fn element(
+    ctx: &str,
+    obj: &Map<String, Value>,
+    expr: &str,
+    depth: usize,
+    nest: usize,
+    issues: &mut Vec<Issue>,
+) {
     if depth > MAX_DEPTH {
         push(
             issues,
@@ -96,6 +124,31 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
             None => (key.as_str(), false),
         };
         let here = format!("{expr}.{name}");
+        if name == "extension" || name == "modifierExtension" {
+            let levels =
+                here.matches(".extension").count() + here.matches(".modifierExtension").count();
+            if levels > MAX_EXTENSION_DEPTH {
+                push(
+                    issues,
+                    IssueKind::Structure,
+                    &here,
+                    format!(
+                        "{here}: extensions are nested more than {MAX_EXTENSION_DEPTH} levels deep"
+                    ),
+                );
+                continue;
+            }
+        }
+        if name == "contained" && expr.contains(".contained[") {
+            // dom-2: a contained resource SHALL NOT contain additional contained resources.
+            push(
+                issues,
+                IssueKind::Structure,
+                &here,
+                format!("{here}: a contained resource cannot contain resources itself"),
+            );
+            continue;
+        }
         let Some(Child(ty, many, vs)) = children.get(name) else {
             push(
                 issues,
@@ -146,7 +199,9 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
             if is_ext || (primitive && item.is_null() && idx.is_some()) {
                 // `_given: [null, {...}]` pairs with `given: ["a", null]`.
                 match item {
-                    Value::Object(o) if is_ext => element("Element", o, &at, depth + 1, issues),
+                    Value::Object(o) if is_ext => {
+                        element("Element", o, &at, depth + 1, nest, issues)
+                    }
                     Value::Null => {}
                     _ => push(
                         issues,
@@ -175,10 +230,10 @@ fn element(ctx: &str, obj: &Map<String, Value>, expr: &str, depth: usize, issues
                 continue;
             };
             if ty == "Resource" {
-                resource(o, at, depth + 1, issues);
+                resource(o, at, depth + 1, nest + 1, issues);
             } else {
                 let sub = ty.strip_prefix('@').unwrap_or(ty);
-                element(sub, o, &at, depth + 1, issues);
+                element(sub, o, &at, depth + 1, nest, issues);
                 if sub == "Reference" {
                     check_reference(o, &at, issues);
                 }

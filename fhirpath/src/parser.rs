@@ -155,10 +155,19 @@ impl TypeSpec {
     }
 }
 
+/// Deepest expression tree accepted: nested parentheses and calls, and chains of members,
+/// indexers and operators all add a level. Parsing, evaluating and dropping the tree recurse once
+/// per level, so an expression from a request must not be able to nest without bound.
+pub(crate) const MAX_NESTING: usize = 128;
+
 /// Parses a whole expression.
 pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
     let tokens = tokenize(src)?;
-    let mut p = Parser { tokens, at: 0 };
+    let mut p = Parser {
+        tokens,
+        at: 0,
+        depth: 0,
+    };
     let e = p.expr(0)?;
     match p.peek() {
         Tok::End => Ok(e),
@@ -172,6 +181,8 @@ pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Levels of the tree above the term being parsed.
+    depth: usize,
 }
 
 fn describe(t: &Tok) -> String {
@@ -242,7 +253,28 @@ impl Parser {
         }
     }
 
+    /// Adds `n` levels of nesting, refusing the expression past [`MAX_NESTING`].
+    fn descend(&mut self, n: usize) -> Result<(), ParseError> {
+        self.depth += n;
+        if self.depth > MAX_NESTING {
+            Err(ParseError::new(
+                format!("the expression nests more than {MAX_NESTING} levels deep"),
+                self.pos(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn expr(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
+        let outer = self.depth;
+        let result = self.expr_inner(min_bp);
+        self.depth = outer;
+        result
+    }
+
+    fn expr_inner(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
+        self.descend(1)?;
         let mut lhs = self.postfix()?;
         loop {
             let pos = self.pos();
@@ -254,6 +286,10 @@ impl Parser {
             }
             let op = op.to_owned();
             self.next();
+            // A union is one flat list; every other operator nests the tree one level deeper.
+            if op != "|" {
+                self.descend(1)?;
+            }
             if op == "is" || op == "as" {
                 let spec = self.type_spec()?;
                 let f = if op == "is" {
@@ -303,6 +339,7 @@ impl Parser {
         loop {
             match self.peek() {
                 Tok::Sym(".") => {
+                    self.descend(1)?;
                     self.next();
                     let pos = self.pos();
                     let name = match self.next() {
@@ -321,6 +358,7 @@ impl Parser {
                     }
                 }
                 Tok::Sym("[") => {
+                    self.descend(1)?;
                     self.next();
                     let idx = self.expr(0)?;
                     self.expect("]")?;
@@ -496,6 +534,23 @@ fn number(text: &str, pos: usize) -> Result<Expr, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_expressions_are_refused_not_recursed_into() {
+        for src in [
+            format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000)),
+            format!("a{}", ".b".repeat(100_000)),
+            format!("a{}", "[0]".repeat(100_000)),
+            format!("a{}", " and a".repeat(100_000)),
+            format!("{}a{}", "where(".repeat(50_000), ")".repeat(50_000)),
+        ] {
+            let err = parse(&src).expect_err("refused");
+            assert!(err.message.contains("nests more than"), "{}", err.message);
+        }
+        // Long flat unions and moderately deep expressions still parse.
+        assert!(parse(&vec!["a.b"; 500].join(" | ")).is_ok());
+        assert!(parse(&format!("{}a{}", "(".repeat(60), ")".repeat(60))).is_ok());
+    }
 
     #[test]
     fn precedence() {

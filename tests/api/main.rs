@@ -8,6 +8,7 @@ mod concurrency;
 mod consent;
 mod crud;
 mod encryption;
+mod hardening;
 mod helpers;
 mod independent;
 mod ingest;
