@@ -55,14 +55,17 @@ pub struct DbArgs {
         global = true
     )]
     pub previous_master_key_files: Vec<PathBuf>,
-    /// `production` refuses to start without a real master key.
+    /// `production` refuses to start without a real master key (`development` or
+    /// `production`, in any case; anything else is refused).
     #[arg(
         long = "env",
         env = "FHIRGATE_ENV",
+        value_enum,
+        ignore_case = true,
         default_value = "development",
         global = true
     )]
-    pub environment: String,
+    pub environment: Environment,
     /// Maximum database connections in the pool.
     #[arg(
         long,
@@ -262,4 +265,20 @@ pub enum KeysCommand {
         #[arg(long)]
         retire_old: bool,
     },
+}
+
+/// Where the server runs: `FHIRGATE_ENV`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Environment {
+    /// A developer's machine: a development key is written when none is configured.
+    Development,
+    /// Real data: a real master key is required, and development conveniences are refused.
+    Production,
+}
+
+impl Environment {
+    /// Whether this is production.
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
 }

@@ -207,6 +207,8 @@ pub struct Keyring {
     by_compartment: RwLock<HashMap<String, Arc<DataKey>>>,
     by_id: RwLock<HashMap<i64, Arc<DataKey>>>,
     index: Hmac<Sha256>,
+    /// Seals paging cursors (derived from the index key, so every server of a store agrees).
+    cursor: Aes256Gcm,
 }
 
 impl Keyring {
@@ -223,10 +225,15 @@ impl Keyring {
             by_id: RwLock::default(),
             index: <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32])
                 .map_err(|_| anyhow!("hmac"))?,
+            cursor: Aes256Gcm::new_from_slice(&[0u8; 32]).map_err(|_| anyhow!("aes key"))?,
         };
         let raw = ring.load_or_create_raw(INDEX_COMPARTMENT).await?;
         ring.index =
             <Hmac<Sha256> as Mac>::new_from_slice(&raw.1).map_err(|_| anyhow!("hmac key"))?;
+        let mut derive = ring.index.clone();
+        derive.update(b"fhirgate paging cursor key v1");
+        ring.cursor = Aes256Gcm::new_from_slice(&derive.finalize().into_bytes())
+            .map_err(|_| anyhow!("cursor key"))?;
         Ok(ring)
     }
 
@@ -333,6 +340,24 @@ impl Keyring {
         }
         tx.commit().await?;
         Ok((key_id, raw))
+    }
+
+    /// Seals a paging cursor: encrypted and authenticated, bound to `binding` (the caller and
+    /// the query), as URL-safe text. It can be neither read nor forged, nor replayed by another
+    /// caller or for another query.
+    pub fn seal_cursor(&self, plaintext: &[u8], binding: &[u8]) -> String {
+        use base64::Engine;
+        let sealed = seal(&self.cursor, plaintext, binding).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed)
+    }
+
+    /// Opens a cursor of [`Keyring::seal_cursor`] made with the same `binding`.
+    pub fn open_cursor(&self, text: &str, binding: &[u8]) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        open(&self.cursor, &sealed, binding).ok()
     }
 
     /// Keyed blind index of a normalised search value (16 bytes of HMAC-SHA256).

@@ -1,6 +1,7 @@
 //! fhirgate: a FHIR R4 server for personal health data, with envelope encryption, consent and
 //! audit built in. See `README.md` and `../shared/docs/DESIGN.md` for the architecture.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod config;

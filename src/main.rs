@@ -25,10 +25,10 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            if args.allow_anonymous_read && cli.db.environment == "production" {
+            if args.allow_anonymous_read && cli.db.environment.is_production() {
                 anyhow::bail!("--allow-anonymous-read is refused with FHIRGATE_ENV=production");
             }
-            if args.no_read_audit && cli.db.environment == "production" {
+            if args.no_read_audit && cli.db.environment.is_production() {
                 anyhow::bail!("--no-read-audit is refused with FHIRGATE_ENV=production");
             }
             // Keys first: a missing production key must fail before anything touches the database.

@@ -84,7 +84,7 @@ pub fn master_keys(args: &DbArgs) -> anyhow::Result<LocalKeyProvider> {
         MasterKey::parse(&secrecy::SecretBox::from(text.clone().into_boxed_str()))?
     } else if let Some(path) = &args.master_key_file {
         MasterKey::from_file(path)?
-    } else if args.environment == "production" {
+    } else if args.environment.is_production() {
         anyhow::bail!("FHIRGATE_ENV=production needs FHIRGATE_MASTER_KEY or FHIRGATE_MASTER_KEY_FILE; refusing to use a development key");
     } else {
         std::fs::create_dir_all(&args.data_dir)?;

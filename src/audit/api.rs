@@ -35,6 +35,8 @@ pub struct AuditInfo {
     pub entities: Vec<String>,
     /// The interaction, when the URL alone does not tell it (`batch` or `transaction`).
     pub subtype: Option<&'static str>,
+    /// The search parameters, when they came in the body (`POST _search`) and not the URL.
+    pub query: Option<String>,
 }
 
 impl AuditInfo {
@@ -125,6 +127,15 @@ pub async fn record_auth(
 
 /// The interaction a FHIR request is, for its event.
 pub fn classify(method: &Method, path: &str) -> (Kind, Action) {
+    if let Some(admin) = path.strip_prefix("/admin/") {
+        let segs: Vec<&str> = admin.split('/').filter(|s| !s.is_empty()).collect();
+        return match (method.clone(), segs.as_slice()) {
+            (Method::POST, _) => (Kind::Admin("client-add"), Action::Create),
+            (Method::DELETE, _) => (Kind::Admin("client-remove"), Action::Delete),
+            (_, [_, _]) => (Kind::Admin("client-read"), Action::Read),
+            _ => (Kind::Admin("client-list"), Action::Read),
+        };
+    }
     let rest = path.strip_prefix("/fhir").unwrap_or(path);
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if rest.starts_with("/ingest/") {
@@ -186,7 +197,8 @@ pub async fn audited(
     let (kind, action) = classify(method, path);
     // A single write and an upload were audited by storage, in their own transactions; a Bundle
     // gets an event of its own besides those of its entries.
-    let audited_by_storage = matches!(action, Action::Create | Action::Update | Action::Delete);
+    let audited_by_storage = matches!(action, Action::Create | Action::Update | Action::Delete)
+        && !matches!(kind, Kind::Admin(_));
     if ctx.wrote() && audited_by_storage && resp.status().is_success() {
         return resp;
     }
@@ -194,10 +206,13 @@ pub async fn audited(
         return resp;
     }
     let mut event = outcome_event(kind, action, &resp, &ctx, query, path);
-    if !resp.status().is_success() && event.patients.is_empty() {
-        // A refused read of a resource is about its patient, who sees it on their page.
+    if !resp.status().is_success() || action == Action::Delete {
+        // A refused (or not-found, or no-op) attempt on a resource is about its patient, who
+        // sees it on their page, besides the requester.
         if let Some(p) = target_compartment(state, &event).await {
-            event = event.patient(&p);
+            if !event.patients.contains(&p) {
+                event = event.patient(&p);
+            }
         }
     }
     match state.auditor.record(&event, Some(&ctx)).await {
@@ -328,12 +343,35 @@ fn outcome_event(
             e = e.patient(me);
         }
     }
+    if let Kind::Admin(_) = kind {
+        // The client touched: in the path, or (for a registration) told by the handler.
+        let named = resp
+            .extensions()
+            .get::<AuditInfo>()
+            .and_then(|i| i.query.clone());
+        let named = named.unwrap_or_else(|| path.trim_start_matches('/').to_owned());
+        e.client = named
+            .strip_prefix("admin/clients/")
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+        e.query = Some(named);
+        return e;
+    }
     if matches!(
         kind,
         Kind::Rest("search-type" | "history-type" | "history-system")
     ) || matches!(kind, Kind::Operation(_))
     {
         let rest = path.strip_prefix("/fhir/").unwrap_or(path);
+        let body_query = resp
+            .extensions()
+            .get::<AuditInfo>()
+            .and_then(|i| i.query.as_deref());
+        let query = match (query, body_query) {
+            (Some(q), Some(b)) => Some(format!("{q}&{b}")),
+            (q, b) => q.or(b).map(str::to_owned),
+        };
+        let query = query.as_deref();
         e.query = Some(match query {
             Some(q) => format!("{rest}?{}", redacted_query(q)),
             None => rest.to_owned(),
@@ -732,12 +770,15 @@ pub(crate) async fn run_query(
                 found.reverse();
             }
             for (id, line) in found {
-                let matched = serde_json::from_str::<Value>(line)
+                let Some(shown) = shown_to(line, patient) else {
+                    continue;
+                };
+                let matched = serde_json::from_str::<Value>(&shown)
                     .ok()
                     .and_then(|v| columns(&v))
                     .is_some_and(|c| q.matches(&c, patient));
                 if matched {
-                    out.push((id, line.to_owned()));
+                    out.push((id, shown));
                     if out.len() >= limit {
                         return Ok(out);
                     }
@@ -757,6 +798,30 @@ pub(crate) async fn run_query(
         });
     }
     Ok(out)
+}
+
+/// An event as `reader` (a patient's `Patient/{id}`, or `None` for an auditor) may see it. A
+/// patient sees the other patients an event names only as far as they are themselves named: an
+/// attempt of theirs on a resource they may not see names its patient for that patient and the
+/// auditors, and must read exactly like an attempt on a missing id to the requester.
+fn shown_to(line: &str, reader: Option<&String>) -> Option<String> {
+    let Some(reader) = reader else {
+        return Some(line.to_owned());
+    };
+    let mut event: Value = serde_json::from_str(line).ok()?;
+    let other_patient = |e: &Value| {
+        e["type"]["code"] == "1"
+            && e["what"]["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Patient/") && r != reader)
+    };
+    if let Some(entities) = event.get_mut("entity").and_then(Value::as_array_mut) {
+        if !entities.iter().any(other_patient) {
+            return Some(line.to_owned());
+        }
+        entities.retain(|e| !other_patient(e));
+    }
+    Some(event.to_string())
 }
 
 /// `GET /fhir/AuditEvent?…` (also `POST /fhir/AuditEvent/_search`).
@@ -829,14 +894,17 @@ pub async fn read(state: &AppState, principal: &Principal, id: &str) -> Result<R
         .flush()
         .await
         .map_err(FhirError::Unavailable)?;
-    let text = event_by_id(state, seq).await?.filter(|line| {
-        patient.as_ref().is_none_or(|p| {
-            serde_json::from_str::<Value>(line)
-                .ok()
-                .and_then(|v| columns(&v))
-                .is_some_and(|c| c.patients.contains(p))
-        })
-    });
+    let text = event_by_id(state, seq)
+        .await?
+        .and_then(|line| shown_to(&line, patient.as_ref()))
+        .filter(|shown| {
+            patient.as_ref().is_none_or(|p| {
+                serde_json::from_str::<Value>(shown)
+                    .ok()
+                    .and_then(|v| columns(&v))
+                    .is_some_and(|c| c.patients.contains(p))
+            })
+        });
     let text = text.ok_or_else(missing)?;
     let mut resp = (
         StatusCode::OK,

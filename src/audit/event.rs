@@ -93,6 +93,9 @@ pub enum Kind {
     Logout,
     /// An OAuth event: `token-issue`, `token-refresh`, `token-revoke`, `assertion-failure`.
     Token(&'static str),
+    /// An administrator's call (`/admin/…`): `client-list`, `client-add`, `client-read`,
+    /// `client-remove`.
+    Admin(&'static str),
 }
 
 impl Kind {
@@ -112,6 +115,10 @@ impl Kind {
             Kind::Login => (auth, (DCM, "110122", "Login")),
             Kind::Logout => (auth, (DCM, "110123", "Logout")),
             Kind::Token(sub) => (auth, (LOCAL_SUBTYPE, sub, sub)),
+            Kind::Admin(sub) => (
+                (DCM, "110100", "Application Activity"),
+                (LOCAL_SUBTYPE, sub, sub),
+            ),
         }
     }
 
@@ -141,6 +148,8 @@ pub struct Event {
     pub entities: Vec<String>,
     /// The query of a search (`Observation?code=…`).
     pub query: Option<String>,
+    /// The client an administrator's call touched (its `client_id`).
+    pub client: Option<String>,
 }
 
 impl Event {
@@ -155,6 +164,7 @@ impl Event {
             patients: Vec::new(),
             entities: Vec::new(),
             query: None,
+            client: None,
         }
     }
 
@@ -229,6 +239,16 @@ impl Event {
             o.push_str("{\"what\":{\"reference\":");
             string(&mut o, r);
             o.push_str("},");
+            entity_kind(&mut o, "2", "4");
+            o.push('}');
+        }
+        if let Some(client) = &self.client {
+            entity(&mut o);
+            o.push_str("{\"what\":{\"identifier\":{\"system\":\"");
+            o.push_str(CLIENT_SYSTEM);
+            o.push_str("\",\"value\":");
+            string(&mut o, client);
+            o.push_str("}},");
             entity_kind(&mut o, "2", "4");
             o.push('}');
         }

@@ -90,6 +90,7 @@ async fn remove(
 ) -> Result<Response> {
     require_admin(&p)?;
     if clients::remove(&state.db, &id).await? {
+        state.revoked.revoke_client(&id);
         tracing::info!(client = %id, "client removed through the admin API");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -160,5 +161,11 @@ async fn add(
     if let Some(s) = secret {
         view["client_secret"] = json!(s);
     }
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let mut resp = (StatusCode::CREATED, Json(view)).into_response();
+    crate::audit::api::AuditInfo {
+        query: Some(format!("admin/clients/{}", client.client_id)),
+        ..Default::default()
+    }
+    .attach(&mut resp);
+    Ok(resp)
 }

@@ -76,13 +76,24 @@ pub async fn list(db: &PgPool) -> sqlx::Result<Vec<Client>> {
     Ok(rows.into_iter().map(from_row).collect())
 }
 
-/// Removes a client; `false` if there was none.
+/// Removes a client and revokes every token it was issued until now; `false` if there was none.
 pub async fn remove(db: &PgPool, client_id: &str) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
     // language=PostgreSQL
     let done = sqlx::query("delete from client where client_id = $1")
         .bind(client_id)
-        .execute(db)
+        .execute(&mut *tx)
         .await?;
+    if done.rows_affected() == 1 {
+        // language=PostgreSQL
+        sqlx::query(
+            "insert into revoked_client (client_id) values ($1) on conflict (client_id) do update set revoked_at = now()",
+        )
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -50,25 +50,6 @@ impl Principal {
         }
     }
 
-    /// Whether this token sees every resource of `rt` it reaches for `p`: no granular scope
-    /// filters them, so [`Principal::sees`] needs no look at their content.
-    pub fn sees_all(&self, rt: &str, p: Permission) -> bool {
-        self.scopes.filters(self.contexts(), rt, p).is_none()
-    }
-
-    /// Whether granular scopes (`Observation.rs?category=vital-signs`) let this token see
-    /// `resource` for `p`. Without a filter on the granting scope, everything of the type is
-    /// visible. Filters on parameters other than token elements of the resource fail closed.
-    pub fn sees(&self, rt: &str, p: Permission, resource: &serde_json::Value) -> bool {
-        match self.scopes.filters(self.contexts(), rt, p) {
-            None => true,
-            Some(alternatives) => alternatives.iter().any(|all| {
-                all.iter()
-                    .all(|(param, value)| token_matches(resource.get(param.as_str()), value))
-            }),
-        }
-    }
-
     /// 403 unless the scopes allow `p` on `rt`.
     pub fn require(&self, rt: &str, p: Permission) -> Result<(), FhirError> {
         if self.scopes.allows(self.contexts(), rt, p) {
@@ -234,7 +215,9 @@ fn authenticate(state: &AppState, token: &str) -> Result<Principal, Box<Response
                 return Err(Box::new(unauthorized("invalid token", true)));
             }
         };
-    if state.revoked.contains(&claims.jti) {
+    if state.revoked.contains(&claims.jti)
+        || state.revoked.client_revoked(&claims.client_id, claims.iat)
+    {
         return Err(Box::new(unauthorized("revoked token", true)));
     }
     Ok(Principal { claims, scopes })
@@ -312,29 +295,4 @@ fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
         principal.require(&rt, p)?;
     }
     Ok(())
-}
-
-/// Token matching of a granular-scope filter (`code`, `system|code`, `|code`) against the
-/// CodeableConcept(s) or Coding(s) at an element.
-fn token_matches(element: Option<&serde_json::Value>, wanted: &str) -> bool {
-    use serde_json::Value;
-    let (system, code) = match wanted.split_once('|') {
-        Some((s, c)) => (Some(s), c),
-        None => (None, wanted),
-    };
-    let items: Vec<&Value> = match element {
-        Some(Value::Array(a)) => a.iter().collect(),
-        Some(v) => vec![v],
-        None => return false,
-    };
-    items.into_iter().any(|item| {
-        let codings: Vec<&Value> = match item.get("coding") {
-            Some(Value::Array(c)) => c.iter().collect(),
-            _ => vec![item],
-        };
-        codings.into_iter().any(|c| {
-            c.get("code").and_then(Value::as_str) == Some(code)
-                && system.is_none_or(|s| c.get("system").and_then(Value::as_str).unwrap_or("") == s)
-        })
-    })
 }

@@ -47,7 +47,9 @@ fn caller(
         .verify(&state.signing, value, &state.issuer, &state.fhir_base)
         .map_err(|_| OAuthError::invalid_client("the caller's token is not valid"))?
         .0;
-    if state.revoked.contains(&claims.jti) {
+    if state.revoked.contains(&claims.jti)
+        || state.revoked.client_revoked(&claims.client_id, claims.iat)
+    {
         return Err(OAuthError::invalid_client("the caller's token was revoked"));
     }
     Ok(claims)
@@ -71,7 +73,10 @@ fn visible(state: &AppState, me: &AccessClaims, token: &str) -> Option<AccessCla
     let claims = jwt::verify(&state.signing, token, &state.issuer, &state.fhir_base).ok()?;
     let first_party = me.organization.is_none() && me.patient.is_none();
     let own = claims.client_id == me.client_id;
-    (!state.revoked.contains(&claims.jti) && (own || first_party)).then_some(claims)
+    (!state.revoked.contains(&claims.jti)
+        && !state.revoked.client_revoked(&claims.client_id, claims.iat)
+        && (own || first_party))
+        .then_some(claims)
 }
 
 /// `POST /auth/introspect`.

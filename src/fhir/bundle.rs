@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::access::Policy;
 use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{outcome, FhirError, Result};
@@ -98,6 +99,8 @@ pub async fn batch_or_transaction(
     if raw_entries.len() > MAX_ENTRIES {
         return Err(FhirError::PayloadTooLarge(MAX_ENTRIES));
     }
+    // Patients that conditional references resolved to: the Bundle's event names them.
+    let mut named: Vec<String> = Vec::new();
     let results: Vec<std::result::Result<EntryResult, FhirError>> = match kind.as_str() {
         "transaction" => {
             let entries = raw_entries
@@ -107,7 +110,7 @@ pub async fn batch_or_transaction(
                 .collect::<Result<Vec<_>>>()?;
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
-            let done = process(&state, &principal, &mut tx, entries, true).await?;
+            let done = process(&state, &principal, &mut tx, entries, true, &mut named).await?;
             tx.commit().await?;
             done.into_iter().map(Ok).collect()
         }
@@ -116,7 +119,7 @@ pub async fn batch_or_transaction(
             for (i, raw) in raw_entries.into_iter().enumerate() {
                 let request = |k: &str| raw["request"][k].as_str().unwrap_or("").to_owned();
                 let (method, url) = (request("method"), request("url"));
-                let mut result = batch_entry(&state, &principal, i, raw).await;
+                let mut result = batch_entry(&state, &principal, i, raw, &mut named).await;
                 if let Err(e) = &result {
                     // Each refused entry is an event of its own; no audit, no answer.
                     if let Err(a) =
@@ -182,6 +185,7 @@ pub async fn batch_or_transaction(
         } else {
             "transaction"
         }),
+        patients: named,
         ..Default::default()
     }
     .attach(&mut resp);
@@ -193,10 +197,11 @@ async fn batch_entry(
     principal: &Principal,
     i: usize,
     raw: Value,
+    named: &mut Vec<String>,
 ) -> Result<EntryResult> {
     let entry = parse_entry(state, i, raw)?;
     let mut tx = state.db.begin().await?;
-    let mut done = process(state, principal, &mut tx, vec![entry], false).await?;
+    let mut done = process(state, principal, &mut tx, vec![entry], false, named).await?;
     tx.commit().await?;
     done.pop()
         .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
@@ -360,7 +365,9 @@ async fn process(
     tx: &mut Transaction<'static, Postgres>,
     mut entries: Vec<Entry>,
     transaction: bool,
+    named: &mut Vec<String>,
 ) -> Result<Vec<EntryResult>> {
+    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     // 0. Every entry must be allowed by the token's scopes; one refusal fails a transaction.
     for e in &entries {
         let p = match e.method {
@@ -386,7 +393,7 @@ async fn process(
                     let criteria =
                         conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
                     match criteria
-                        .matches(tx, &state.keys, &e.resource_type)
+                        .matches(tx, &state.keys, &e.resource_type, &policy)
                         .await?
                         .as_slice()
                     {
@@ -397,6 +404,7 @@ async fn process(
                                 &e.resource_type,
                                 &criteria,
                                 &new_id,
+                                &policy,
                             )
                             .await?
                             {
@@ -429,10 +437,21 @@ async fn process(
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 let target = match criteria
-                    .matches(tx, &state.keys, &e.resource_type)
+                    .matches(tx, &state.keys, &e.resource_type, &policy)
                     .await?
                     .as_slice()
                 {
+                    // As for a single conditional update: a restricted caller cannot pick the
+                    // id of a new resource.
+                    [] if body_id.is_some() && !policy.sees_everything() => {
+                        return Err(in_entry(
+                            i,
+                            FhirError::bad_request(
+                                &format!("{}.id", e.resource_type),
+                                "the criteria match nothing; to create, leave out the id",
+                            ),
+                        ));
+                    }
                     [] => body_id.unwrap_or_else(write::new_id),
                     [one] => one.clone(),
                     _ => {
@@ -445,6 +464,16 @@ async fn process(
                     }
                 };
                 e.id = Some(target);
+            }
+            Method::Put if principal.owner().is_some() => {
+                // A patient token updates only what exists (see `crud::update`).
+                let id = e.id.clone().unwrap_or_default();
+                if storage::read_current_with(state, &mut **tx, &e.resource_type, &id)
+                    .await?
+                    .is_none()
+                {
+                    return Err(in_entry(i, FhirError::not_found(&e.resource_type, &id)));
+                }
             }
             _ => {}
         }
@@ -463,9 +492,18 @@ async fn process(
         rewrite_references(resource, &ids, &mut conditional_refs);
         for reference in conditional_refs {
             if !resolved.contains_key(&reference) {
-                let target = resolve_conditional_reference(state, tx, &reference)
+                let target = resolve_conditional_reference(state, tx, &reference, &policy)
                     .await
                     .map_err(|x| in_entry(i, x))?;
+                if let Some((rt, id)) = target.split_once('/') {
+                    if let Some(v) = storage::read_current_with(state, &mut **tx, rt, id).await? {
+                        if let Some(p) = v.compartment {
+                            if !named.contains(&p) {
+                                named.push(p);
+                            }
+                        }
+                    }
+                }
                 resolved.insert(reference.clone(), target);
             }
         }
@@ -491,7 +529,7 @@ async fn process(
             } else {
                 Permission::Create
             };
-            if !principal.sees(&e.resource_type, p, resource) {
+            if !policy.scopes_allow(&e.resource_type, p, resource) {
                 let msg = format!("the token's scopes do not cover this {}", e.resource_type);
                 return Err(in_entry(i, FhirError::Forbidden(msg)));
             }
@@ -557,20 +595,25 @@ async fn process(
             let reference = format!("{}/{id}/_history/{}", e.resource_type, v.version_id);
             (reference, v.compartment.clone())
         });
+        let hidden = match &v {
+            Some(v) => match &v.body {
+                Some(b) => {
+                    !policy
+                        .sees(
+                            state,
+                            &e.resource_type,
+                            v.compartment.as_deref(),
+                            b,
+                            Permission::Read,
+                        )
+                        .await?
+                }
+                None => !policy.reaches(&e.resource_type, v.compartment.as_deref()),
+            },
+            None => false,
+        };
         results[k] = Some(match (e.method, v) {
-            (_, Some(v)) if !principal.reaches(v.compartment.as_deref()) => {
-                return Err(in_entry(
-                    e.index,
-                    FhirError::not_found(&e.resource_type, &id),
-                ))
-            }
-            (Method::Get, Some(v))
-                if v.body
-                    .as_deref()
-                    .map(|b| crate::fhir::crud::hidden(principal, &e.resource_type, b))
-                    .transpose()?
-                    .unwrap_or(false) =>
-            {
+            (_, Some(_)) if hidden => {
                 return Err(in_entry(
                     e.index,
                     FhirError::not_found(&e.resource_type, &id),
@@ -651,11 +694,16 @@ async fn resolve_conditional_reference(
     state: &AppState,
     tx: &mut Transaction<'static, Postgres>,
     reference: &str,
+    policy: &Policy,
 ) -> Result<String> {
     let (rt, query) = reference.split_once('?').unwrap_or((reference, ""));
     let rt = resource_type(rt)?;
     let criteria = conditional::Criteria::parse(query)?;
-    match criteria.matches(tx, &state.keys, rt).await?.as_slice() {
+    match criteria
+        .matches(tx, &state.keys, rt, policy)
+        .await?
+        .as_slice()
+    {
         [one] => Ok(format!("{rt}/{one}")),
         [] => Err(FhirError::PreconditionFailed(format!(
             "the conditional reference to {rt} matches no resource"

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
+use crate::access::Policy;
 use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
@@ -45,9 +46,7 @@ pub async fn read(
     let mut v = storage::read_current(&state, rt, id)
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
-    let body = readable_body(&principal, rt, id, &mut v)?;
-    crate::fhir::consent::check_read(&state, &principal, rt, v.compartment.as_deref(), &body)
-        .await?;
+    let body = readable_body(&state, &principal, rt, id, &mut v).await?;
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -80,9 +79,13 @@ pub async fn vread(
     let mut v = storage::read_version(&state, rt, id, n)
         .await?
         .ok_or_else(missing)?;
-    let body = readable_body(&principal, rt, id, &mut v)?;
-    crate::fhir::consent::check_read(&state, &principal, rt, v.compartment.as_deref(), &body)
-        .await?;
+    // Hidden reads exactly as missing.
+    let body = readable_body(&state, &principal, rt, id, &mut v)
+        .await
+        .map_err(|e| match e {
+            FhirError::NotFound(_) => missing(),
+            e => e,
+        })?;
     let mut resp = format::resource_bytes(StatusCode::OK, fmt, body)?;
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     audit_read(&mut resp, rt, id, &v);
@@ -113,7 +116,7 @@ pub async fn create(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
     let resource = check_resource(resource, rt, None)?;
-    check_write_scope(&principal, rt, Permission::Create, &resource)?;
+    check_write_scope(&state, &principal, rt, Permission::Create, &resource)?;
     let id = write::new_id();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
@@ -121,9 +124,16 @@ pub async fn create(
             .to_str()
             .map_err(|_| FhirError::bad_request("If-None-Exist", "If-None-Exist is not ASCII"))?;
         let criteria = conditional::Criteria::parse(criteria.trim_start_matches('?'))?;
-        let existing = match criteria.matches(&mut tx, &state.keys, rt).await?.as_slice() {
+        let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
+        let existing = match criteria
+            .matches(&mut tx, &state.keys, rt, &policy)
+            .await?
+            .as_slice()
+        {
             [] => {
-                match conditional::claim_create(&mut tx, &state.keys, rt, &criteria, &id).await? {
+                match conditional::claim_create(&mut tx, &state.keys, rt, &criteria, &id, &policy)
+                    .await?
+                {
                     conditional::Claim::Create => None,
                     conditional::Claim::Existing(other) => Some(other),
                 }
@@ -137,7 +147,7 @@ pub async fn create(
         };
         if let Some(existing) = existing {
             tx.rollback().await?;
-            return existing_response(&state, &principal, rt, &existing, fmt, ret).await;
+            return existing_response(&state, rt, &existing, fmt, ret).await;
         }
     }
     let op = WriteOp {
@@ -150,10 +160,10 @@ pub async fn create(
     write_one(&state, tx, op, fmt, ret, principal.owner()).await
 }
 
-/// The 200 answer of a conditional create that found its resource.
+/// The 200 answer of a conditional create that found its resource (one the caller sees: matching
+/// saw nothing else).
 async fn existing_response(
     state: &AppState,
-    principal: &Principal,
     rt: &str,
     id: &str,
     fmt: format::Format,
@@ -162,11 +172,6 @@ async fn existing_response(
     let v = storage::read_current(state, rt, id)
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
-    if !principal.reaches(v.compartment.as_deref()) {
-        return Err(FhirError::Forbidden(
-            "the If-None-Exist criteria match a resource outside this token's patient".into(),
-        ));
-    }
     respond::written(
         StatusCode::OK,
         fmt,
@@ -212,7 +217,12 @@ pub async fn update(
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let resource = check_resource(resource, rt, Some(id))?;
-    check_write_scope(&principal, rt, Permission::Update, &resource)?;
+    check_write_scope(&state, &principal, rt, Permission::Update, &resource)?;
+    // A patient token updates only what exists in its compartment: creating at an id of its
+    // choosing would tell an id held by another patient (404) from a free one (201).
+    if principal.owner().is_some() && storage::read_current(&state, rt, id).await?.is_none() {
+        return Err(FhirError::not_found(rt, id));
+    }
     let op = update_op(rt, id.to_owned(), resource, if_match(&headers)?);
     let tx = state.db.begin().await?;
     write_one(
@@ -285,10 +295,21 @@ pub async fn conditional_update(
         .get("id")
         .and_then(|v| v.as_str())
         .map(str::to_owned);
+    let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
     let mut conn = state.db.acquire().await?;
-    let matches = criteria.matches(&mut conn, &state.keys, rt).await?;
+    let matches = criteria
+        .matches(&mut conn, &state.keys, rt, &policy)
+        .await?;
     drop(conn);
     let id = match matches.as_slice() {
+        // A caller who does not see everything cannot pick the id of a new resource: the answer
+        // would tell an id held by a resource it may not see from a free one.
+        [] if body_id.is_some() && !policy.sees_everything() => {
+            return Err(FhirError::bad_request(
+                &format!("{rt}.id"),
+                "the criteria match nothing; to create, leave out the id (the server assigns one)",
+            ));
+        }
         [] => body_id.clone().unwrap_or_else(write::new_id),
         [one] => {
             if body_id.as_deref().is_some_and(|b| b != one) {
@@ -308,7 +329,7 @@ pub async fn conditional_update(
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
     let resource = check_resource(resource, rt, Some(&id))?;
-    check_write_scope(&principal, rt, Permission::Update, &resource)?;
+    check_write_scope(&state, &principal, rt, Permission::Update, &resource)?;
     let op = update_op(rt, id, resource, if_match(&headers)?);
     let tx = state.db.begin().await?;
     write_one(
@@ -352,51 +373,45 @@ pub async fn delete(
     Ok(resp)
 }
 
-/// The body of a stored version as this token may see it: 410 for a tombstone, 404 when
-/// granular scopes hide it or it lies in another patient's compartment (the same 404 as for a
-/// resource that does not exist, so a patient token learns nothing about other patients).
-fn readable_body(
+/// The body of a stored version as the caller's policy lets it see it: 410 for a tombstone it
+/// reaches, and for anything it may not see the same 404 as for a resource that does not exist.
+pub async fn readable_body(
+    state: &AppState,
     principal: &Principal,
     rt: &str,
     id: &str,
     v: &mut storage::StoredVersion,
 ) -> Result<Vec<u8>> {
-    if !principal.reaches(v.compartment.as_deref()) {
-        return Err(FhirError::not_found(rt, id));
-    }
+    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     let Some(body) = v.body.take() else {
+        if !policy.reaches(rt, v.compartment.as_deref()) {
+            return Err(FhirError::not_found(rt, id));
+        }
         return Err(FhirError::Gone {
             resource_type: rt.to_owned(),
             id: id.to_owned(),
             version: v.version_id,
         });
     };
-    if hidden(principal, rt, &body)? {
+    if !policy
+        .sees(state, rt, v.compartment.as_deref(), &body, Permission::Read)
+        .await?
+    {
         return Err(FhirError::not_found(rt, id));
     }
     Ok(body)
 }
 
-/// Whether a stored body is outside the token's granular scopes (then it reads as not found).
-pub fn hidden(principal: &Principal, rt: &str, body: &[u8]) -> Result<bool> {
-    if principal
-        .scopes
-        .filters(principal.contexts(), rt, Permission::Read)
-        .is_none()
-    {
-        return Ok(false);
-    }
-    Ok(!principal.sees(rt, Permission::Read, &fhirgate_codec::parse_json(body)?))
-}
-
 /// 403 when a granular write scope does not cover the resource being written.
 fn check_write_scope(
+    state: &AppState,
     principal: &Principal,
     rt: &str,
     p: Permission,
     resource: &serde_json::Value,
 ) -> Result<()> {
-    if principal.sees(rt, p, resource) {
+    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
+    if policy.scopes_allow(rt, p, resource) {
         Ok(())
     } else {
         Err(FhirError::Forbidden(format!(

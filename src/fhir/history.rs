@@ -6,10 +6,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use crate::access::Policy;
 use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
@@ -74,7 +74,13 @@ pub async fn history_instance(
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
-    if storage::read_current(&state, rt, id).await?.is_none() {
+    // A resource the caller may not see has no history it can read: 404, as for none at all.
+    let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
+    let visible = match storage::read_current(&state, rt, id).await? {
+        None => false,
+        Some(v) => visible(&state, &policy, &v).await?,
+    };
+    if !visible {
         return Err(FhirError::not_found(rt, id));
     }
     run(
@@ -122,7 +128,7 @@ pub fn parse_instant(name: &str, v: &str) -> Result<DateTime<Utc>> {
         .map_err(|_| bad())
 }
 
-fn encode_cursor(v: &StoredVersion) -> String {
+fn encode_cursor(keys: &crate::crypto::Keyring, v: &StoredVersion, binding: &[u8]) -> String {
     let raw = format!(
         "{}|{}|{}|{}",
         v.last_updated.timestamp_micros(),
@@ -130,14 +136,12 @@ fn encode_cursor(v: &StoredVersion) -> String {
         v.id,
         v.version_id
     );
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    keys.seal_cursor(raw.as_bytes(), binding)
 }
 
-fn decode_cursor(s: &str) -> Result<HistoryCursor> {
+fn decode_cursor(keys: &crate::crypto::Keyring, s: &str, binding: &[u8]) -> Result<HistoryCursor> {
     let bad = || FhirError::bad_request("_cursor", "_cursor is not a cursor this server issued");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| bad())?;
+    let raw = keys.open_cursor(s, binding).ok_or_else(bad)?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let parts: Vec<&str> = text.split('|').collect();
     let [ts, rt, id, v] = parts.as_slice() else {
@@ -152,6 +156,30 @@ fn decode_cursor(s: &str) -> Result<HistoryCursor> {
     })
 }
 
+/// Whether the caller's policy lets it see a version: a body by every rule, a tombstone when the
+/// caller reaches its compartment and no granular filter needs content to decide.
+async fn visible(state: &AppState, policy: &Policy, v: &StoredVersion) -> Result<bool> {
+    match &v.body {
+        Some(b) => {
+            policy
+                .sees(
+                    state,
+                    &v.resource_type,
+                    v.compartment.as_deref(),
+                    b,
+                    Permission::Read,
+                )
+                .await
+        }
+        None => Ok(policy.reaches(&v.resource_type, v.compartment.as_deref())
+            && policy.partner().is_none()
+            && !policy.filters_content(&v.resource_type, Permission::Read)),
+    }
+}
+
+/// Versions read per round while a page of visible ones fills.
+const SCAN_BATCH: i64 = 200;
+
 async fn run(
     state: &AppState,
     principal: &Principal,
@@ -163,17 +191,28 @@ async fn run(
 ) -> Result<Response> {
     let pairs = query_pairs(raw);
     let fmt = negotiate(headers, &pairs)?;
+    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
+    let keep: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "_cursor")
+        .cloned()
+        .collect();
+    let mut binding = format!("{}\u{1f}{path}", policy.caller_key());
+    for (k, v) in &keep {
+        binding.push_str(&format!("\u{1f}{k}={v}"));
+    }
+    let binding = binding.into_bytes();
+    let mut count = DEFAULT_COUNT;
     let mut q = HistoryQuery {
         resource_type: rt.map(str::to_owned),
         id: id.map(str::to_owned),
-        count: DEFAULT_COUNT,
         ..Default::default()
     };
     for (k, v) in &pairs {
         match k.as_str() {
-            "_count" => q.count = parse_count(v)?,
+            "_count" => count = parse_count(v)?,
             "_since" => q.since = Some(parse_instant("_since", v)?),
-            "_cursor" => q.cursor = Some(decode_cursor(v)?),
+            "_cursor" => q.cursor = Some(decode_cursor(&state.keys, v, &binding)?),
             "_at" | "_list" | "_sort" => {
                 return Err(FhirError::bad_request(
                     k,
@@ -183,36 +222,62 @@ async fn run(
             _ => {}
         }
     }
-    let (versions, more) = storage::history(state, &q).await?;
+    // Versions the caller may not see are skipped, and reading goes on until the page is full
+    // (and one more visible version says whether there is a next page), so neither the entries
+    // nor the links depend on what it may not see.
+    let mut shown: Vec<StoredVersion> = Vec::new();
+    let mut more = false;
+    q.count = if policy.sees_everything() {
+        count
+    } else {
+        SCAN_BATCH.max(count)
+    };
+    loop {
+        let (batch, rest) = storage::history(state, &q).await?;
+        let last = batch.last().map(|v| HistoryCursor {
+            last_updated: v.last_updated,
+            resource_type: v.resource_type.clone(),
+            id: v.id.clone(),
+            version_id: v.version_id,
+        });
+        for v in batch {
+            if shown.len() as i64 == count {
+                if visible(state, &policy, &v).await? {
+                    more = true;
+                    break;
+                }
+                continue;
+            }
+            if visible(state, &policy, &v).await? {
+                shown.push(v);
+            }
+        }
+        if more || !rest {
+            break;
+        }
+        if shown.len() as i64 == count && policy.sees_everything() {
+            // Everything is visible: the next stored version is the next page.
+            more = true;
+            break;
+        }
+        match last {
+            Some(c) => q.cursor = Some(c),
+            None => break,
+        }
+    }
     let base = &state.fhir_base;
-    let mut keep: Vec<(String, String)> = pairs
-        .iter()
-        .filter(|(k, _)| k != "_cursor")
-        .cloned()
-        .collect();
     let self_url = link(base, path, &pairs);
     let mut links = vec![json!({"relation": "self", "url": self_url})];
     if more {
-        if let Some(last) = versions.last() {
-            keep.push(("_cursor".into(), encode_cursor(last)));
-            links.push(json!({"relation": "next", "url": link(base, path, &keep)}));
+        if let Some(last) = shown.last() {
+            let mut next = keep.clone();
+            next.push(("_cursor".into(), encode_cursor(&state.keys, last, &binding)));
+            links.push(json!({"relation": "next", "url": link(base, path, &next)}));
         }
     }
-    let mut entries = Vec::with_capacity(versions.len());
-    for v in &versions {
-        // Granular scopes: versions the token may not see are left out (tombstones too, when
-        // the token is filtered, since they carry no content to check).
-        let visible = principal.reaches(v.compartment.as_deref())
-            && match &v.body {
-                Some(b) => !crate::fhir::crud::hidden(principal, &v.resource_type, b)?,
-                None => principal
-                    .scopes
-                    .filters(principal.contexts(), &v.resource_type, Permission::Read)
-                    .is_none(),
-            };
-        if visible {
-            entries.push(history_entry(base, v)?);
-        }
+    let mut entries = Vec::with_capacity(shown.len());
+    for v in &shown {
+        entries.push(history_entry(base, v)?);
     }
     let bundle = crate::fhir::respond::bundle("history", links, entries);
     format::resource_value(StatusCode::OK, fmt, &bundle)

@@ -12,6 +12,7 @@ use axum::Extension;
 use fhirgate_fhirpath::ParamType;
 use serde_json::{json, Value};
 
+use crate::access::Policy;
 use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
@@ -20,7 +21,7 @@ use crate::fhir::format::{self, negotiate, query_pairs};
 use crate::fhir::history::{link, parse_count, DEFAULT_COUNT};
 use crate::fhir::resource_type;
 use crate::fhir::respond::prefer_strict;
-use crate::search::exec::{self, Access, Cursor, Found, Include, Plan, SortKey};
+use crate::search::exec::{self, Cursor, Found, Include, Plan, SortKey};
 use crate::search::query;
 use crate::state::AppState;
 use crate::storage;
@@ -36,6 +37,8 @@ struct Shape {
     ignored: Vec<String>,
     /// Parameters echoed in links (without `_cursor`).
     used: Vec<(String, String)>,
+    /// The sealed `_cursor` asked for, opened once the caller and query are known.
+    cursor: Option<String>,
 }
 
 /// `GET [base]/{type}?params`.
@@ -69,9 +72,18 @@ pub async fn search_type_post(
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
     let form = read_limited(body, state.max_body_bytes).await?;
+    let form = String::from_utf8_lossy(&form).into_owned();
     let mut pairs = query_pairs(q.as_deref());
-    pairs.extend(query_pairs(Some(&String::from_utf8_lossy(&form))));
-    type_search(&state, &principal, rt, None, pairs, &headers).await
+    pairs.extend(query_pairs(Some(&form)));
+    let mut resp = type_search(&state, &principal, rt, None, pairs, &headers).await?;
+    // The parameters came in the body: the audit event records them as if in the URL.
+    let mut info = resp
+        .extensions_mut()
+        .remove::<crate::audit::api::AuditInfo>()
+        .unwrap_or_default();
+    info.query = Some(form);
+    info.attach(&mut resp);
+    Ok(resp)
 }
 
 /// `GET [base]?_type=A,B&…`: search across types with the common parameters.
@@ -171,6 +183,11 @@ async fn type_search(
     headers: &HeaderMap,
 ) -> Result<Response> {
     if rt == "AuditEvent" {
+        // `Patient/{id}/AuditEvent`: the events about that patient only.
+        let mut pairs = pairs;
+        if let Some(p) = &compartment {
+            pairs.push(("patient".into(), format!("Patient/{p}")));
+        }
         return crate::audit::api::search(state, principal, pairs, headers).await;
     }
     let mut plan = Plan {
@@ -205,7 +222,7 @@ fn parse(
         let keep = !matches!(k.as_str(), "_cursor" | "_format" | "_pretty");
         match k.as_str() {
             "_count" => plan.count = parse_count(&v)?,
-            "_cursor" => plan.cursor = Some(Cursor::decode(&v)?),
+            "_cursor" => shape.cursor = Some(v.clone()),
             "_format" | "_pretty" => {}
             "_sort" => plan.sort = parse_sort(rt, &ctx, &v)?,
             "_total" => match v.as_str() {
@@ -364,35 +381,21 @@ fn parse_include(ctx: &query::Ctx<'_>, k: &str, v: &str, iterate: bool) -> Resul
     })
 }
 
-/// The access filter of a caller.
-fn access(principal: &Principal) -> Access {
-    if let Some(organization) = crate::fhir::consent::partner(principal) {
-        return Access::Partner {
-            organization,
-            purpose: crate::fhir::consent::purpose_key(),
-        };
+/// What a search's cursors are bound to: the caller, the path and the parameters.
+fn cursor_binding(policy: &Policy, path: &str, used: &[(String, String)]) -> Vec<u8> {
+    let mut b = format!("{}\u{1f}{path}", policy.caller_key());
+    for (k, v) in used {
+        b.push('\u{1f}');
+        b.push_str(k);
+        b.push('=');
+        b.push_str(v);
     }
-    match principal.owner() {
-        Some(me) => Access::Patient(me.to_owned()),
-        None => Access::All,
-    }
+    b.into_bytes()
 }
 
-/// Whether a total may be given to this caller: never one counting what a partner's code-level
-/// consent rules would hide.
-async fn total_allowed(state: &AppState, access: &Access) -> Result<bool> {
-    Ok(match access {
-        Access::Partner { organization, .. } => {
-            // language=PostgreSQL
-            !sqlx::query_scalar::<_, bool>(
-                "select exists (select 1 from consent_grant where organization = $1 and code_rules)",
-            )
-            .bind(organization)
-            .fetch_one(&state.db)
-            .await?
-        }
-        _ => true,
-    })
+/// The access policy of a caller.
+fn policy(state: &AppState, principal: &Principal) -> Policy {
+    Policy::of(principal, &exec::ctx(state))
 }
 
 /// Runs `plan` and answers with a searchset Bundle.
@@ -406,13 +409,19 @@ async fn respond(
     headers: &HeaderMap,
 ) -> Result<Response> {
     let fmt = negotiate(headers, pairs)?;
-    let access = access(principal);
+    let policy = policy(state, principal);
     let base = &state.fhir_base;
     let mut info = crate::audit::api::AuditInfo::default();
+    // Cursors are sealed to the caller and the query: they name rows of this search only.
+    let binding = cursor_binding(&policy, path, &shape.used);
+    let mut plan = plan;
+    if let Some(text) = &shape.cursor {
+        plan.cursor = Some(Cursor::open(&state.keys, text, &binding)?);
+    }
     let self_link = |cursor: Option<&Cursor>| {
         let mut p = shape.used.clone();
         if let Some(c) = cursor {
-            p.push(("_cursor".into(), c.encode()));
+            p.push(("_cursor".into(), c.seal(&state.keys, &binding)));
         }
         link(base, path, &p)
     };
@@ -422,12 +431,10 @@ async fn respond(
             vec![json!({"relation": "self", "url": self_link(None)})],
             Vec::new(),
         );
-        if total_allowed(state, &access).await? {
-            bundle["total"] = json!(exec::count(state, &plan, &access).await?);
-        }
+        bundle["total"] = json!(exec::count(state, &plan, &policy).await?);
         return format::resource_value(StatusCode::OK, fmt, &bundle);
     }
-    let page = exec::page(state, &plan, &access).await?;
+    let page = exec::page(state, &plan, &policy).await?;
     let mut links = vec![json!({"relation": "self", "url": self_link(plan.cursor.as_ref())})];
     for (relation, more, row, direction) in [
         ("next", page.has_next, page.rows.last(), "n"),
@@ -458,7 +465,7 @@ async fn respond(
                 if round > 0 && !inc.iterate {
                     continue;
                 }
-                for f in exec::include(state, &frontier, inc, rev, &access).await? {
+                for f in exec::include(state, &frontier, inc, rev, &policy).await? {
                     if seen.insert(f.rid) {
                         next.push(f);
                     }
@@ -475,20 +482,8 @@ async fn respond(
     let matched = rids.len();
     rids.extend(included.iter().map(|f| f.rid));
     let match_rids: std::collections::HashSet<i64> = rids[..matched].iter().copied().collect();
-    let known = Known {
-        versions: page.fetched,
-        code_rules: page.code_rules,
-    };
-    let mut entries = visible_entries(
-        state,
-        principal,
-        &rids,
-        known,
-        &match_rids,
-        &shape,
-        &mut info,
-    )
-    .await?;
+    let mut entries =
+        visible_entries(state, &rids, page.fetched, &match_rids, &shape, &mut info).await?;
     if !shape.ignored.is_empty() {
         let oo = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "not-supported",
             "diagnostics": format!("ignored unknown search parameters: {}", shape.ignored.join(", ")), "expression": shape.ignored}]});
@@ -497,36 +492,27 @@ async fn respond(
         ));
     }
     let mut bundle = crate::fhir::respond::bundle("searchset", links, Vec::new());
-    if shape.total.is_some() && total_allowed(state, &access).await? {
-        bundle["total"] = json!(exec::count(state, &plan, &access).await?);
+    if shape.total.is_some() {
+        bundle["total"] = json!(exec::count(state, &plan, &policy).await?);
     }
     let mut resp = searchset(fmt, bundle, entries)?;
     info.attach(&mut resp);
     Ok(resp)
 }
 
-/// What a page query already read: versions of some rows, and partner consent flags of some
-/// patients.
-#[derive(Debug, Default)]
-struct Known {
-    versions: Vec<(i64, storage::StoredVersion)>,
-    code_rules: Vec<(String, bool)>,
-}
-
-/// The Bundle entries of `rids` the caller may see, in order: decrypted (unless `known`),
-/// checked against a partner's code-level consent rules, the token's reach and granular scopes,
-/// and shaped by `_summary`/`_elements`; `matches` are `match` entries, the rest `include`.
+/// The Bundle entries of `rids`, in order: decrypted (unless `known`), and shaped by
+/// `_summary`/`_elements`; `matches` are `match` entries, the rest `include`. Every rid comes
+/// from a query that carried the caller's policy, so all of them are the caller's to see.
 async fn visible_entries(
     state: &AppState,
-    principal: &Principal,
     rids: &[i64],
-    known: Known,
+    known: Vec<(i64, storage::StoredVersion)>,
     matches: &std::collections::HashSet<i64>,
     shape: &Shape,
     info: &mut crate::audit::api::AuditInfo,
 ) -> Result<Vec<Entry>> {
     let mut have: std::collections::HashMap<i64, storage::StoredVersion> =
-        known.versions.into_iter().collect();
+        known.into_iter().collect();
     let missing: Vec<i64> = rids
         .iter()
         .copied()
@@ -537,12 +523,6 @@ async fn visible_entries(
         .iter()
         .filter_map(|r| have.remove(r).map(|v| (*r, v)))
         .collect();
-    let patients: Vec<String> = versions
-        .iter()
-        .filter_map(|(_, v)| v.compartment.clone())
-        .collect();
-    let check =
-        crate::fhir::consent::code_check(state, principal, &patients, &known.code_rules).await?;
     let mut entries = Vec::with_capacity(versions.len() + 1);
     let as_stored = shape.summary.is_none() && shape.elements.is_none();
     for (rid, v) in versions {
@@ -553,17 +533,9 @@ async fn visible_entries(
             "include"
         };
         let full_url = format!("{}/{}/{}", state.fhir_base, v.resource_type, v.id);
-        if !principal.reaches(v.compartment.as_deref()) {
-            continue;
-        }
-        // Nothing to look at or change: the stored body goes out as it is (as a read sends it).
-        if as_stored
-            && principal.sees_all(&v.resource_type, Permission::Search)
-            && check
-                .as_ref()
-                .is_none_or(|c| !c.applies(v.compartment.as_deref()))
-        {
-            info.patient(v.compartment.as_deref());
+        info.patient(v.compartment.as_deref());
+        // Nothing to change: the stored body goes out as it is (as a read sends it).
+        if as_stored {
             entries.push(Entry::Stored {
                 full_url,
                 body,
@@ -572,14 +544,6 @@ async fn visible_entries(
             continue;
         }
         let mut resource: Value = fhirgate_codec::parse_json(&body)?;
-        let consented = check
-            .as_ref()
-            .is_none_or(|c| c.permits(&v.resource_type, v.compartment.as_deref(), &resource));
-        // Granular scopes: what the token may not see is simply not in the results.
-        if !consented || !principal.sees(&v.resource_type, Permission::Search, &resource) {
-            continue;
-        }
-        info.patient(v.compartment.as_deref());
         shape_resource(
             &mut resource,
             shape.summary.as_deref(),
@@ -769,7 +733,7 @@ async fn everything(
     for (k, v) in &pairs {
         match k.as_str() {
             "_count" => plan.count = parse_count(v)?,
-            "_cursor" => plan.cursor = Some(Cursor::decode(v)?),
+            "_cursor" => shape.cursor = Some(v.clone()),
             "_since" => {
                 let t = chrono::DateTime::parse_from_rfc3339(v).map_err(|_| {
                     bad(
@@ -802,10 +766,13 @@ async fn everything(
             shape.used.push((k.clone(), v.clone()));
         }
     }
-    if principal.owner().is_some_and(|me| me != id) {
-        return Err(FhirError::Forbidden(
-            "a patient token reaches only its own record".into(),
-        ));
+    // A patient the caller reaches nothing of answers as one that does not exist.
+    let exists = storage::read_current(state, "Patient", &id)
+        .await?
+        .is_some_and(|v| v.body.is_some());
+    let visible = exists && policy(state, principal).reaches_patient(state, &id).await?;
+    if !visible {
+        return Err(FhirError::not_found("Patient", &id));
     }
     let path = format!("Patient/{id}/$everything");
     respond(state, principal, plan, shape, &path, &pairs, headers).await
@@ -858,7 +825,7 @@ async fn lastn(
         }
     }
     let plan = observation_plan(state, &pairs, &["max"])?;
-    let rids = exec::lastn(state, &plan, &access(principal), max).await?;
+    let rids = exec::lastn(state, &plan, &policy(state, principal), max).await?;
     let plan_rows: Vec<Found> = rids
         .into_iter()
         .map(|rid| Found {
@@ -878,7 +845,6 @@ async fn lastn(
     };
     rows_bundle(
         state,
-        principal,
         plan_rows,
         shape,
         "Observation/$lastn",
@@ -891,7 +857,6 @@ async fn lastn(
 /// A searchset Bundle of given rows (no paging).
 async fn rows_bundle(
     state: &AppState,
-    principal: &Principal,
     rows: Vec<Found>,
     shape: Shape,
     path: &str,
@@ -902,16 +867,7 @@ async fn rows_bundle(
     let rids: Vec<i64> = rows.iter().map(|f| f.rid).collect();
     let matches: std::collections::HashSet<i64> = rids.iter().copied().collect();
     let mut info = crate::audit::api::AuditInfo::default();
-    let entries = visible_entries(
-        state,
-        principal,
-        &rids,
-        Known::default(),
-        &matches,
-        &shape,
-        &mut info,
-    )
-    .await?;
+    let entries = visible_entries(state, &rids, Vec::new(), &matches, &shape, &mut info).await?;
     let links = vec![json!({"relation": "self", "url": link(&state.fhir_base, path, &shape.used)})];
     let bundle = crate::fhir::respond::bundle("searchset", links, Vec::new());
     let mut resp = searchset(fmt, bundle, entries)?;
@@ -972,7 +928,7 @@ async fn stats(
         .collect();
     all.extend(extra);
     let plan = observation_plan(state, &all, &[])?;
-    let rows = exec::stats(state, &plan, &access(principal)).await?;
+    let rows = exec::stats(state, &plan, &policy(state, principal)).await?;
     let mut params = Vec::new();
     for r in rows {
         let mut components = Vec::new();

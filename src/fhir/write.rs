@@ -80,23 +80,6 @@ pub fn instant(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-/// The patient a resource belongs to: itself for a Patient, else the first of `subject`,
-/// `patient`, `beneficiary` or `individual` that references a Patient.
-pub fn compartment(rt: &str, id: &str, resource: Option<&Value>) -> Option<String> {
-    if rt == "Patient" {
-        return Some(id.to_owned());
-    }
-    let r = resource?;
-    ["subject", "patient", "beneficiary", "individual"]
-        .iter()
-        .find_map(|k| {
-            let reference = r.get(*k)?.get("reference")?.as_str()?;
-            let rest = reference.strip_prefix("Patient/")?;
-            let pid = rest.split('/').next()?;
-            fhirgate_codec::is_valid_id(pid).then(|| pid.to_owned())
-        })
-}
-
 /// Puts `resourceType`, `id` and `meta` first, with the server's `versionId` and `lastUpdated`.
 fn stamp(resource: Value, id: &str, version: i32, at: &DateTime<Utc>) -> Result<Vec<u8>> {
     let Value::Object(mut obj) = resource else {
@@ -148,20 +131,31 @@ pub async fn apply(
     let mut results = Vec::with_capacity(ops.len());
     let mut bumped: HashMap<(String, String), storage::Current> = HashMap::new();
     let mut stored_at = Vec::with_capacity(ops.len());
-    for op in ops {
+    for mut op in ops {
+        if let Some(r) = op.resource.as_mut() {
+            crate::access::compartment::relativise(r, &state.fhir_base);
+        }
         let key = (op.resource_type.clone(), op.id.clone());
-        let cur = bumped.get(&key).or_else(|| current.get(&key)).cloned();
+        let mut cur = bumped.get(&key).or_else(|| current.get(&key)).cloned();
         // A tombstone stays in the compartment of the version it deletes.
         let compartment = match &op.resource {
-            Some(r) => compartment(&op.resource_type, &op.id, Some(r)),
+            Some(r) => crate::access::compartment::patient_of(&op.resource_type, &op.id, r),
             None => cur.as_ref().and_then(|c| c.compartment.clone()),
         };
         if let Some(me) = owner {
-            let old_outside = cur
+            // Another patient's resource answers as one that does not exist: its delete is the
+            // delete of nothing (204, or 412 with If-Match), anything else 404.
+            if cur
                 .as_ref()
-                .is_some_and(|c| c.compartment.as_deref() != Some(me));
-            let new_outside = op.resource.is_some() && compartment.as_deref() != Some(me);
-            if old_outside || new_outside {
+                .is_some_and(|c| c.compartment.as_deref() != Some(me))
+            {
+                if op.kind == WriteKind::Delete {
+                    cur = None;
+                } else {
+                    return Err(FhirError::not_found(&op.resource_type, &op.id));
+                }
+            }
+            if op.resource.is_some() && compartment.as_deref() != Some(me) {
                 return Err(FhirError::Forbidden(format!(
                     "{}/{} is outside the patient compartment of this token",
                     op.resource_type, op.id

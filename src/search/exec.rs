@@ -7,30 +7,24 @@
 //! two per-patient index paths (the code/date page and `$lastn`) are the exception: their plan is
 //! an index order whatever the values, and planning them took as long as running them.
 
-use base64::Engine;
 use fhirgate_fhirpath::ParamType;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use crate::access::{Decided, Policy};
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::search::query::{push_clause, Clause, Ctx};
 use crate::search::Pid;
 use crate::state::AppState;
 
-/// Who is asking, as a filter every query carries.
-#[derive(Debug, Clone)]
-pub enum Access {
-    /// Everything.
-    All,
-    /// A patient token: its own compartment and resources of no patient.
-    Patient(String),
-    /// A partner: only what patients' Consents grant it now, for this purpose key.
-    Partner {
-        /// `Organization/<id>`.
-        organization: String,
-        /// The request's purpose of use (`""` for none).
-        purpose: String,
-    },
+/// Which rows a query's filters select.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    /// What the caller sees, with a partner's code-rule decisions for this query.
+    Visible(Option<&'a Decided>),
+    /// A partner's candidates of these patients (whose Consents name codes), by class grants.
+    Candidates(&'a [String]),
 }
 
 /// One `_sort` key.
@@ -69,17 +63,16 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// Opaque text for a link.
-    pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(self).unwrap_or_default())
+    /// Sealed text for a link, bound to `binding` (the caller and the query): see
+    /// [`crate::crypto::Keyring::seal_cursor`].
+    pub fn seal(&self, keys: &crate::crypto::Keyring, binding: &[u8]) -> String {
+        keys.seal_cursor(&serde_json::to_vec(self).unwrap_or_default(), binding)
     }
 
-    /// Reads [`Cursor::encode`]'s text.
-    pub fn decode(text: &str) -> Result<Cursor> {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()
+    /// Opens [`Cursor::seal`]'s text; 400 when it was not sealed by this server for this caller
+    /// and query.
+    pub fn open(keys: &crate::crypto::Keyring, text: &str, binding: &[u8]) -> Result<Cursor> {
+        keys.open_cursor(text, binding)
             .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
             .filter(|c| c.d == "n" || c.d == "p")
             .ok_or_else(|| {
@@ -134,9 +127,6 @@ pub struct Page {
     pub has_prev: bool,
     /// Versions of page rows that the page query fetched along (decrypted), by rid.
     pub fetched: Vec<(i64, crate::storage::StoredVersion)>,
-    /// For a partner: patients whose grants to it the page query looked up, and whether their
-    /// Consents also name single codes (see [`crate::fhir::consent::code_check`]).
-    pub code_rules: Vec<(String, bool)>,
 }
 
 fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
@@ -173,97 +163,14 @@ fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
     )
 }
 
-/// Appends the access filter for rows aliased `r`. With `patient` (every row is known to be in
-/// that compartment) a partner's grants are looked up once rather than per row.
-pub fn push_access(
+/// The `where` part shared by a page query and its count: type, compartment, clauses, and the
+/// caller's policy.
+fn push_filters(
     qb: &mut QueryBuilder<'static, Postgres>,
-    access: &Access,
-    r: &str,
-    patient: Option<&str>,
+    plan: &Plan,
+    policy: &Policy,
+    rows: Rows<'_>,
 ) {
-    match access {
-        Access::All => {}
-        Access::Patient(me) => {
-            qb.push(format!(
-                " and ({r}.compartment is null or {r}.compartment = "
-            ));
-            qb.push_bind(me.clone());
-            qb.push(")");
-        }
-        Access::Partner {
-            organization,
-            purpose,
-        } => {
-            qb.push(format!(" and (({r}.resource_type = 'Consent' and {r}.id in (select consent_id from consent_party where organizations @> array["));
-            qb.push_bind(organization.clone());
-            qb.push(format!(
-                "::text])) or ({r}.resource_type <> 'Consent' and {r}.compartment is not null and "
-            ));
-            if patient.is_none() {
-                // Across patients: first the (hashed) set of patients granting this partner
-                // anything now, so rows of everyone else cost one lookup.
-                qb.push(format!(
-                    "{r}.compartment in (select g.patient from consent_grant g where g.organization = "
-                ));
-                qb.push_bind(organization.clone());
-                qb.push(format!(
-                    " and g.class <> '{}' and g.valid_from <= now() and now() < g.valid_to) and ",
-                    fhirgate_consent::COMPUTED
-                ));
-            }
-            push_classes_granted(
-                qb,
-                &format!("{r}.classes"),
-                organization,
-                purpose,
-                patient.ok_or(r),
-            );
-            qb.push("))");
-        }
-    }
-}
-
-/// `classes <@ (what the partner's grants for the patient allow now)`, where a resource without
-/// a class needs the grant of [`fhirgate_consent::CLASSLESS`]. The patient is a bound value, or
-/// the `compartment` column of alias `Err(alias)` (looked up per row).
-fn push_classes_granted(
-    qb: &mut QueryBuilder<'static, Postgres>,
-    classes: &str,
-    organization: &str,
-    purpose: &str,
-    patient: std::result::Result<&str, &str>,
-) {
-    let push_patient = |qb: &mut QueryBuilder<'static, Postgres>| match patient {
-        Ok(p) => {
-            qb.push_bind(p.to_owned());
-        }
-        Err(alias) => {
-            qb.push(format!("{alias}.compartment"));
-        }
-    };
-    qb.push(format!(
-        "coalesce(nullif({classes}, '{{}}'::text[]), array['{}']) <@ array(select g.class from consent_grant g where g.organization = ",
-        fhirgate_consent::CLASSLESS
-    ));
-    qb.push_bind(organization.to_owned());
-    qb.push(" and g.patient = ");
-    push_patient(qb);
-    qb.push(" and g.valid_from <= now() and now() < g.valid_to and g.purpose = (case when exists (select 1 from consent_grant m where m.organization = ");
-    qb.push_bind(organization.to_owned());
-    qb.push(" and m.patient = ");
-    push_patient(qb);
-    qb.push(" and m.purpose = ");
-    qb.push_bind(purpose.to_owned());
-    qb.push(format!(
-        " and m.class = '{}') then ",
-        fhirgate_consent::COMPUTED
-    ));
-    qb.push_bind(purpose.to_owned());
-    qb.push(format!(" else '{}' end))", fhirgate_consent::OTHER_PURPOSE));
-}
-
-/// The `where` part shared by a page query and its count: type, compartment, clauses, access.
-fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &Access) {
     qb.push(" from resource r where not r.deleted");
     if !plan.types.is_empty() {
         qb.push(" and r.resource_type = any(");
@@ -291,9 +198,67 @@ fn push_filters(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, access: &
     }
     for c in clauses {
         qb.push(" and ");
-        push_clause(qb, c, "r", hint.as_deref(), 0);
+        push_clause(qb, c, "r", hint.as_deref(), 0, Some(policy));
     }
-    push_access(qb, access, "r", hint.as_deref());
+    match rows {
+        Rows::Visible(decided) => {
+            policy.restrict(qb, "r", Permission::Search, hint.as_deref(), decided);
+        }
+        Rows::Candidates(patients) => {
+            policy.restrict_classes(qb, "r", Permission::Search, hint.as_deref());
+            qb.push(" and r.compartment = any(");
+            qb.push_bind(patients.to_vec());
+            qb.push(")");
+        }
+    }
+}
+
+/// For a partner: the decisions of the consent engine on the rows of `plan` that belong to
+/// patients whose Consents name single codes (class grants alone cannot say), so that every
+/// query of the plan (page, count, statistics) sees exactly the permitted rows. `None` for
+/// other callers.
+async fn decide(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Option<Decided>> {
+    let Some(organization) = policy.partner() else {
+        return Ok(None);
+    };
+    let (hint, _) = confinement(plan);
+    // language=PostgreSQL
+    let patients: Vec<String> = sqlx::query_scalar(
+        "select distinct patient from consent_grant where organization = $1 and code_rules and ($2::text is null or patient = $2)",
+    )
+    .bind(organization)
+    .bind(&hint)
+    .fetch_all(&state.db)
+    .await?;
+    if patients.is_empty() {
+        return Ok(Some(Decided::default()));
+    }
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("select r.rid");
+    push_filters(&mut qb, plan, policy, Rows::Candidates(&patients));
+    let rids: Vec<i64> = qb
+        .build_query_scalar()
+        .persistent(false)
+        .fetch_all(&state.db)
+        .await?;
+    let mut consents: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        std::collections::HashMap::new();
+    let mut allowed = Vec::new();
+    for chunk in rids.chunks(500) {
+        for (rid, v) in crate::storage::read_rids(state, chunk).await? {
+            let (Some(body), Some(patient)) = (&v.body, &v.compartment) else {
+                continue;
+            };
+            if !consents.contains_key(patient) {
+                let c = crate::fhir::consent::consents_of(state, patient).await?;
+                consents.insert(patient.clone(), c);
+            }
+            let resource = fhirgate_codec::parse_json(body)?;
+            if policy.consents_permit(&consents[patient], &v.resource_type, &resource) {
+                allowed.push(rid);
+            }
+        }
+    }
+    Ok(Some(Decided { patients, allowed }))
 }
 
 /// One patient's Observations by `code` (and `date`): answered by one range scan of
@@ -389,7 +354,7 @@ fn confinement(plan: &Plan) -> (Option<String>, Option<usize>) {
 /// chain is looked up first and becomes a plain reference test on the targets found, which the
 /// planner (and the per-patient paths) then serve directly. Chains matching more than
 /// [`CHAIN_LOOKUP_LIMIT`] targets stay nested.
-async fn resolve_chains(state: &AppState, plan: &Plan) -> Result<Plan> {
+async fn resolve_chains(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Plan> {
     let mut out = plan.clone();
     for clause in out.clauses.iter_mut() {
         let Clause::Chain { pid, code, targets } = clause else {
@@ -405,10 +370,13 @@ async fn resolve_chains(state: &AppState, plan: &Plan) -> Result<Plan> {
             qb.push("(c0.resource_type = ");
             qb.push_bind(t.clone());
             qb.push(" and ");
-            push_clause(&mut qb, inner, "c0", None, 1);
+            push_clause(&mut qb, inner, "c0", None, 1, Some(policy));
             qb.push(")");
         }
-        qb.push(") limit ");
+        // Targets the caller may not see match nothing: a chain is no window onto them.
+        qb.push(")");
+        policy.restrict(&mut qb, "c0", Permission::Search, None, None);
+        qb.push(" limit ");
         qb.push_bind(CHAIN_LOOKUP_LIMIT + 1);
         let found: Vec<String> = qb
             .build_query_scalar()
@@ -437,10 +405,11 @@ async fn resolve_chains(state: &AppState, plan: &Plan) -> Result<Plan> {
 const CHAIN_LOOKUP_LIMIT: i64 = 1000;
 
 /// One page of `plan` for `access`.
-pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page> {
-    let resolved = resolve_chains(state, plan).await?;
+pub async fn page(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Page> {
+    let resolved = resolve_chains(state, plan, policy).await?;
     let plan = &resolved;
-    if let Some(page) = code_date_page(state, plan, access).await? {
+    let decided = decide(state, plan, policy).await?;
+    if let Some(page) = code_date_page(state, plan, policy, decided.as_ref()).await? {
         return Ok(page);
     }
     let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
@@ -457,7 +426,7 @@ pub async fn page(state: &AppState, plan: &Plan, access: &Access) -> Result<Page
     for (i, (e, _, _)) in exprs.iter().enumerate() {
         qb.push(format!(", {e} as k{i}"));
     }
-    push_filters(&mut qb, plan, access);
+    push_filters(&mut qb, plan, policy, Rows::Visible(decided.as_ref()));
     qb.push(") s where true");
     if let Some(c) = &plan.cursor {
         if c.k.len() != exprs.len() {
@@ -575,7 +544,12 @@ fn into_page(mut found: Vec<Found>, plan: &Plan, backwards: bool) -> Page {
 /// first: a page of `obs_code_date` rows (they exist only for current Observations, with the data
 /// classes consent needs), limited before anything else is read, with the page's versions in the
 /// same statement. `None` when the plan is anything else.
-async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Result<Option<Page>> {
+async fn code_date_page(
+    state: &AppState,
+    plan: &Plan,
+    policy: &Policy,
+    decided: Option<&Decided>,
+) -> Result<Option<Page>> {
     let (Some(patient), redundant) = confinement(plan) else {
         return Ok(None);
     };
@@ -592,13 +566,12 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
     let is = |c: &Clause, table: &str, name: &str| matches!(c, Clause::Index { table: t, code, negate: false, also: None, .. } if *t == table && code == name);
     let codes = rest.iter().filter(|c| is(c, "idx_token", "code")).count();
     let dates = rest.iter().filter(|c| is(c, "idx_date", "date")).count();
-    if codes != 1 || codes + dates != rest.len() {
+    // Granular scope filters need the resource row: the general path applies them.
+    if codes != 1 || codes + dates != rest.len() || policy.filters_rows("Observation") {
         return Ok(None);
     }
-    if let Access::Patient(me) = access {
-        if *me != patient {
-            return Ok(Some(Page::default()));
-        }
+    if policy.patient().is_some_and(|me| me != patient) {
+        return Ok(Some(Page::default()));
     }
     let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
     // The page's versions come along in the same statement (one round trip for the hot query),
@@ -607,13 +580,6 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         "select o.rid, {}, o.high::text",
         crate::storage::RID_VERSION_COLUMNS
     ));
-    if let Access::Partner { organization, .. } = access {
-        qb.push(", (select exists (select 1 from consent_grant g where g.organization = ");
-        qb.push_bind(organization.clone());
-        qb.push(" and g.patient = ");
-        qb.push_bind(patient.clone());
-        qb.push(" and g.code_rules))");
-    }
     qb.push(" from (select rid, high from obs_code_date where compartment = ");
     qb.push_bind(patient.clone());
     for c in &rest {
@@ -624,13 +590,11 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         crate::search::query::push_alts(&mut qb, alts);
         qb.push(")");
     }
-    if let Access::Partner {
-        organization,
-        purpose,
-    } = access
-    {
-        qb.push(" and ");
-        push_classes_granted(&mut qb, "classes", organization, purpose, Ok(&patient));
+    policy.push_classes_granted(&mut qb, "classes", &patient);
+    if let Some(d) = decided.filter(|d| d.patients.contains(&patient)) {
+        qb.push(" and rid = any(");
+        qb.push_bind(d.allowed.clone());
+        qb.push(")");
     }
     // Newest first, in the order of the (compartment, code, high desc nulls last) index, so a
     // page costs about its own rows however many the patient has. Rows without a date come last.
@@ -672,12 +636,6 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
     // Unlike other searches this statement is kept prepared, with a generic plan: its plan is
     // the index order whatever the values, and planning it anew cost as much as running it.
     let rows = qb.build().fetch_all(&state.db_generic).await?;
-    let code_rules = match (access, rows.first()) {
-        (Access::Partner { .. }, Some(row)) => {
-            vec![(patient.clone(), row.try_get::<bool, _>(10)?)]
-        }
-        _ => Vec::new(),
-    };
     let highs: Vec<String> = rows
         .iter()
         .map(|row| {
@@ -698,18 +656,18 @@ async fn code_date_page(state: &AppState, plan: &Plan, access: &Access) -> Resul
         .collect();
     let mut page = into_page(found, plan, backwards);
     page.fetched = fetched;
-    page.code_rules = code_rules;
     Ok(Some(page))
 }
 
-/// How many resources `plan` matches for `access` (ignoring paging).
-pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64> {
-    let resolved = resolve_chains(state, plan).await?;
+/// How many resources `plan` matches that the caller sees (ignoring paging).
+pub async fn count(state: &AppState, plan: &Plan, policy: &Policy) -> Result<i64> {
+    let resolved = resolve_chains(state, plan, policy).await?;
     let plan = &resolved;
+    let decided = decide(state, plan, policy).await?;
     // One value test over every resource of a type: index rows exist only for current versions,
     // so the index table alone answers (an index-only scan rather than a join per row).
     if let (
-        Access::All,
+        true,
         [rt],
         [Clause::Index {
             table,
@@ -722,7 +680,7 @@ pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64
         None,
         None,
     ) = (
-        access,
+        policy.sees_everything(),
         plan.types.as_slice(),
         plan.clauses.as_slice(),
         &plan.compartment,
@@ -753,7 +711,7 @@ pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64
         }
     }
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("select count(*)");
-    push_filters(&mut qb, plan, access);
+    push_filters(&mut qb, plan, policy, Rows::Visible(decided.as_ref()));
     Ok(qb
         .build_query_scalar::<i64>()
         .persistent(false)
@@ -761,14 +719,15 @@ pub async fn count(state: &AppState, plan: &Plan, access: &Access) -> Result<i64
         .await?)
 }
 
-/// Resources that `rows` refer to through `inc` (or, for `rev`, that refer to `rows`), visible
-/// to `access`.
+/// Resources that `rows` refer to through `inc` (or, for `rev`, that refer to `rows`), that the
+/// caller sees. For a partner, resources of patients whose Consents name single codes are not
+/// included (only their searches' matches are decided one by one).
 pub async fn include(
     state: &AppState,
     rows: &[Found],
     inc: &Include,
     rev: bool,
-    access: &Access,
+    policy: &Policy,
 ) -> Result<Vec<Found>> {
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new("");
     if rev {
@@ -798,7 +757,7 @@ pub async fn include(
             qb.push_bind(t.clone());
         }
     }
-    push_access(&mut qb, access, "r", None);
+    policy.restrict(&mut qb, "r", Permission::Search, None, None);
     qb.push(" order by r.rid limit 1000");
     let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
     rows.iter().map(|row| found_row(row, Vec::new())).collect()
@@ -815,17 +774,19 @@ pub fn ctx(state: &AppState) -> Ctx<'_> {
 
 /// `$lastn`: the rids of the `max` most recent Observations per code (by `date`) among those
 /// `plan` matches, newest first within each code.
-pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> Result<Vec<i64>> {
-    let resolved = resolve_chains(state, plan).await?;
+pub async fn lastn(state: &AppState, plan: &Plan, policy: &Policy, max: i64) -> Result<Vec<i64>> {
+    let resolved = resolve_chains(state, plan, policy).await?;
     let plan = &resolved;
+    let decided = decide(state, plan, policy).await?;
+    let rows = Rows::Visible(decided.as_ref());
     if let (Some(patient), _) = confinement(plan) {
-        return lastn_of_patient(state, plan, access, max, &patient).await;
+        return lastn_of_patient(state, plan, policy, rows, max, &patient).await;
     }
     let (code, date) = observation_pids(state)?;
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
         "select rid from (select x.rid, t.system, t.code, d.high, row_number() over (partition by t.system, t.code order by d.high desc, x.rid desc) as n from (select r.rid",
     );
-    push_filters(&mut qb, plan, access);
+    push_filters(&mut qb, plan, policy, rows);
     qb.push(") x join idx_token t on t.rid = x.rid and t.pid = ");
     qb.push_bind(code);
     qb.push(" join lateral (select max(high) as high from idx_date where rid = x.rid and pid = ");
@@ -841,7 +802,8 @@ pub async fn lastn(state: &AppState, plan: &Plan, access: &Access, max: i64) -> 
 async fn lastn_of_patient(
     state: &AppState,
     plan: &Plan,
-    access: &Access,
+    policy: &Policy,
+    rows: Rows<'_>,
     max: i64,
     patient: &str,
 ) -> Result<Vec<i64>> {
@@ -857,7 +819,7 @@ async fn lastn_of_patient(
     qb.push(" and n.code > c.code order by n.code limit 1) from c where c.code is not null) select o.rid from c cross join lateral (select rid, high from obs_code_date o where o.compartment = ");
     qb.push_bind(patient.to_owned());
     qb.push(" and o.code = c.code and exists (select 1");
-    push_filters(&mut qb, plan, access);
+    push_filters(&mut qb, plan, policy, rows);
     qb.push(" and r.rid = o.rid) order by o.high desc nulls last, o.rid desc limit ");
     qb.push_bind(max);
     qb.push(") o order by c.code, o.high desc nulls last, o.rid desc");
@@ -905,9 +867,10 @@ pub struct CodeStats {
 }
 
 /// `$stats`: count, minimum, maximum and average of `value-quantity` per code over `plan`.
-pub async fn stats(state: &AppState, plan: &Plan, access: &Access) -> Result<Vec<CodeStats>> {
-    let resolved = resolve_chains(state, plan).await?;
+pub async fn stats(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Vec<CodeStats>> {
+    let resolved = resolve_chains(state, plan, policy).await?;
     let plan = &resolved;
+    let decided = decide(state, plan, policy).await?;
     let (code, _) = observation_pids(state)?;
     let value = state
         .search_params
@@ -916,7 +879,7 @@ pub async fn stats(state: &AppState, plan: &Plan, access: &Access) -> Result<Vec
     let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
         "select t.system, t.code, case when count(distinct v.code) = 1 then min(v.code) end, count(*), min(v.low), max(v.high), avg(v.low) from (select r.rid",
     );
-    push_filters(&mut qb, plan, access);
+    push_filters(&mut qb, plan, policy, Rows::Visible(decided.as_ref()));
     qb.push(") x join idx_token t on t.rid = x.rid and t.pid = ");
     qb.push_bind(code);
     qb.push(" join idx_number v on v.rid = x.rid and v.pid = ");

@@ -954,12 +954,16 @@ fn parse_has(
 
 /// Appends `clause` as a predicate on the resource row aliased `r` (with type `rt`), using
 /// `compartment` as a redundant filter on index rows when known.
+///
+/// The targets of a chain and the sources of `_has` are rows like any other: with a `policy`,
+/// only those the caller sees can match, so neither is a window onto what it may not see.
 pub fn push_clause(
     qb: &mut QueryBuilder<'static, Postgres>,
     clause: &Clause,
     r: &str,
     compartment: Option<&str>,
     depth: usize,
+    policy: Option<&crate::access::Policy>,
 ) {
     match clause {
         Clause::Id(ids, negate) => {
@@ -1054,10 +1058,14 @@ pub fn push_clause(
                 qb.push(format!("({a}.resource_type = "));
                 qb.push_bind(t.clone());
                 qb.push(" and ");
-                push_clause(qb, inner, &a, None, depth + 1);
+                push_clause(qb, inner, &a, None, depth + 1, policy);
                 qb.push(")");
             }
-            qb.push(")))");
+            qb.push(")");
+            if let Some(p) = policy {
+                p.restrict(qb, &a, crate::auth::scopes::Permission::Search, None, None);
+            }
+            qb.push("))");
         }
         Clause::Has { rt, pid, inner } => {
             let a = format!("h{depth}");
@@ -1068,7 +1076,10 @@ pub fn push_clause(
             ));
             qb.push_bind(rt.clone());
             qb.push(format!(" and not {a}.deleted and "));
-            push_clause(qb, inner, &a, None, depth + 1);
+            push_clause(qb, inner, &a, None, depth + 1, policy);
+            if let Some(p) = policy {
+                p.restrict(qb, &a, crate::auth::scopes::Permission::Search, None, None);
+            }
             qb.push("))");
         }
     }

@@ -3,7 +3,10 @@
 //! blind index and ids. The full search engine extends this set of parameters.
 
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use crate::access::Policy;
+use crate::auth::scopes::Permission;
 
 use crate::crypto::Keyring;
 use crate::error::{FhirError, Result};
@@ -126,9 +129,15 @@ impl Criteria {
         Ok(Self { params })
     }
 
-    /// A blind, canonical fingerprint of the criteria (the identifiers inside are PHI).
-    pub fn fingerprint(&self, keys: &Keyring, rt: &str) -> Vec<u8> {
-        let mut parts: Vec<&[u8]> = vec![b"criteria", rt.as_bytes()];
+    /// A blind, canonical fingerprint of the criteria (the identifiers inside are PHI), for
+    /// the caller: callers who see different rows hold different guards.
+    pub fn fingerprint(&self, keys: &Keyring, rt: &str, policy: &Policy) -> Vec<u8> {
+        let caller = if policy.sees_everything() {
+            ""
+        } else {
+            policy.caller_key()
+        };
+        let mut parts: Vec<&[u8]> = vec![b"criteria", rt.as_bytes(), caller.as_bytes()];
         for (k, v) in &self.params {
             parts.push(k.as_bytes());
             parts.push(v.as_bytes());
@@ -136,12 +145,14 @@ impl Criteria {
         keys.blind(&parts)
     }
 
-    /// Ids of current, non-deleted `rt` resources matching every parameter (OR within commas).
+    /// Ids of current, non-deleted `rt` resources that the caller sees and that match every
+    /// parameter (OR within commas). What the caller may not see matches nothing.
     pub async fn matches(
         &self,
         conn: &mut PgConnection,
         keys: &Keyring,
         rt: &str,
+        policy: &Policy,
     ) -> Result<Vec<String>> {
         let mut result: Option<Vec<String>> = None;
         for (name, value) in &self.params {
@@ -150,10 +161,17 @@ impl Criteria {
                 "_id" => {
                     let wanted: Vec<String> =
                         alternatives.iter().map(|s| (*s).to_owned()).collect();
-                    // language=PostgreSQL
-                    sqlx::query_scalar("select id from resource where resource_type = $1 and id = any($2) and not deleted order by id")
-                        .bind(rt)
-                        .bind(&wanted)
+                    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+                        "select r.id from resource r where not r.deleted and r.resource_type = ",
+                    );
+                    qb.push_bind(rt.to_owned());
+                    qb.push(" and r.id = any(");
+                    qb.push_bind(wanted);
+                    qb.push(")");
+                    policy.restrict(&mut qb, "r", Permission::Search, None, None);
+                    qb.push(" order by r.id");
+                    qb.build_query_scalar()
+                        .persistent(false)
                         .fetch_all(&mut *conn)
                         .await?
                 }
@@ -161,7 +179,8 @@ impl Criteria {
                     let mut ids = Vec::new();
                     for alt in &alternatives {
                         ids.extend(
-                            identifier_matches(conn, rt, &Token::parse(keys, rt, alt)).await?,
+                            identifier_matches(conn, rt, &Token::parse(keys, rt, alt), policy)
+                                .await?,
                         );
                     }
                     ids.sort();
@@ -178,26 +197,36 @@ impl Criteria {
     }
 }
 
-/// Current, non-deleted resources with an identifier matching `t`. The index rows of old versions
-/// stay behind; the join on the current version ignores them.
-async fn identifier_matches(conn: &mut PgConnection, rt: &str, t: &Token) -> Result<Vec<String>> {
-    // language=PostgreSQL
-    let by_value = r#"select distinct i.id from resource_identifier i
-        join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id
-        where i.value_hash = $1 and ($2::bytea is null or i.system_hash = $2) and i.resource_type = $3"#;
-    // language=PostgreSQL
-    let by_system = r#"select distinct i.id from resource_identifier i
-        join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id
-        where i.system_hash = $2 and ($1::bytea is null) and i.resource_type = $3"#;
-    let sql = if t.value.is_some() {
-        by_value
-    } else {
-        by_system
-    };
-    Ok(sqlx::query_scalar(sql)
-        .bind(&t.value)
-        .bind(&t.system)
-        .bind(rt)
+/// Current, non-deleted resources the caller sees with an identifier matching `t`. The index
+/// rows of old versions stay behind; the join on the current version ignores them.
+async fn identifier_matches(
+    conn: &mut PgConnection,
+    rt: &str,
+    t: &Token,
+    policy: &Policy,
+) -> Result<Vec<String>> {
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select distinct i.id from resource_identifier i join resource r on r.resource_type = i.resource_type and r.id = i.id and r.version_id = i.version_id where not r.deleted and i.resource_type = ",
+    );
+    qb.push_bind(rt.to_owned());
+    match &t.value {
+        Some(v) => {
+            qb.push(" and i.value_hash = ");
+            qb.push_bind(v.clone());
+            if let Some(sys) = &t.system {
+                qb.push(" and i.system_hash = ");
+                qb.push_bind(sys.clone());
+            }
+        }
+        None => {
+            qb.push(" and i.system_hash = ");
+            qb.push_bind(t.system.clone().unwrap_or_default());
+        }
+    }
+    policy.restrict(&mut qb, "r", Permission::Search, None, None);
+    Ok(qb
+        .build_query_scalar()
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await?)
 }
@@ -220,8 +249,9 @@ pub async fn claim_create(
     rt: &str,
     criteria: &Criteria,
     id: &str,
+    policy: &Policy,
 ) -> Result<Claim> {
-    let fp = criteria.fingerprint(keys, rt);
+    let fp = criteria.fingerprint(keys, rt, policy);
     // language=PostgreSQL
     let won: Option<String> = sqlx::query_scalar(
         "insert into conditional_create (resource_type, criteria, id) values ($1, $2, $3) on conflict do nothing returning id",
@@ -244,7 +274,11 @@ pub async fn claim_create(
     .await?;
     // The holder may since have been deleted or changed so that it no longer matches: then the
     // guard is stale and we take it over (compare-and-set on the old holder).
-    if criteria.matches(conn, keys, rt).await?.contains(&holder) {
+    if criteria
+        .matches(conn, keys, rt, policy)
+        .await?
+        .contains(&holder)
+    {
         return Ok(Claim::Existing(holder));
     }
     // language=PostgreSQL

@@ -133,9 +133,9 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
         async move { partner_read(app, org, &path).await.status().as_u16() }
     };
 
-    // No consent: 403 that says nothing about the data.
+    // No consent: exactly like a missing id, and nothing about the data.
     let resp = partner_read(&app, "acme", &format!("Observation/{vital}")).await;
-    let oo = assert_outcome(resp, 403, "forbidden").await;
+    let oo = assert_outcome(resp, 404, "not-found").await;
     assert!(!oo.to_string().contains("8867-4"));
 
     // The patient grants acme vital signs: vital signs yes, sleep no, globex nothing.
@@ -144,8 +144,8 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
     assert_eq!(resp.status(), 201);
     let granted = crate::helpers::json(resp).await;
     assert_eq!(read("acme", &vital).await, 200);
-    assert_eq!(read("acme", &sleep).await, 403);
-    assert_eq!(read("globex", &vital).await, 403);
+    assert_eq!(read("acme", &sleep).await, 404);
+    assert_eq!(read("globex", &vital).await, 404);
     // Without the purpose it was granted for: refused.
     let t = token(
         &app,
@@ -160,7 +160,7 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
         .send()
         .await
         .expect("read");
-    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.status(), 404);
     // A search finds only the permitted resources of consenting patients, filtered in SQL.
     let other_patient = observation_of(&app, "p2", "vital-signs").await;
     assert_eq!(
@@ -207,7 +207,7 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
         "class": [{"system": "https://fhirgate.org/CodeSystem/data-class", "code": "sleep"}]}]);
     assert_eq!(put(everything_but_sleep.clone()).await, 200);
     assert_eq!(read("acme", &vital).await, 200);
-    assert_eq!(read("acme", &sleep).await, 403);
+    assert_eq!(read("acme", &sleep).await, 404);
     assert_eq!(
         search_ids(&app, "acme", "Observation").await,
         std::slice::from_ref(&vital)
@@ -219,14 +219,14 @@ async fn a_partner_reads_only_what_the_patient_consented_to() {
         .to_string();
     expired["provision"]["period"] = json!({"start": "2020-01-01", "end": yesterday});
     assert_eq!(put(expired).await, 200);
-    assert_eq!(read("acme", &vital).await, 403);
+    assert_eq!(read("acme", &vital).await, 404);
 
     assert_eq!(put(everything_but_sleep.clone()).await, 200);
     assert_eq!(read("acme", &vital).await, 200);
     let mut revoked = everything_but_sleep;
     revoked["status"] = json!("inactive");
     assert_eq!(put(revoked).await, 200);
-    assert_eq!(read("acme", &vital).await, 403);
+    assert_eq!(read("acme", &vital).await, 404);
     assert!(search_ids(&app, "acme", "Observation").await.is_empty());
 }
 
@@ -250,8 +250,8 @@ async fn two_partners_with_different_consents_on_one_patient() {
         }
     };
     assert_eq!(status("acme", vital.clone()).await, 200);
-    assert_eq!(status("acme", sleep.clone()).await, 403);
-    assert_eq!(status("globex", vital.clone()).await, 403);
+    assert_eq!(status("acme", sleep.clone()).await, 404);
+    assert_eq!(status("globex", vital.clone()).await, 404);
     assert_eq!(status("globex", sleep.clone()).await, 200);
     assert_eq!(
         search_ids(&app, "acme", "Observation").await,
@@ -267,7 +267,7 @@ async fn two_partners_with_different_consents_on_one_patient() {
     let found = search_ids(&app, "initech", "Observation").await;
     assert!(!found.contains(&vital), "{found:?}");
     assert_eq!(found.len(), 1, "the sleep Observation only");
-    assert_eq!(status("initech", vital).await, 403);
+    assert_eq!(status("initech", vital).await, 404);
 }
 
 #[tokio::test]
@@ -313,13 +313,13 @@ async fn headless_chromium_grants_and_revokes_a_partner_on_the_sharing_page() {
         std::slice::from_ref(&vital)
     );
     let read = partner_read(&app, "acme", &format!("Observation/{sleep}")).await;
-    assert_eq!(read.status(), 403);
+    assert_eq!(read.status(), 404);
 
     let revoked = run("revoke").await;
     assert_eq!(revoked["checked"], json!([]));
     assert!(search_ids(&app, "acme", "Observation").await.is_empty());
     let read = partner_read(&app, "acme", &format!("Observation/{vital}")).await;
-    assert_eq!(read.status(), 403);
+    assert_eq!(read.status(), 404);
     let history: Vec<&str> = revoked["history"]
         .as_array()
         .expect("history")
@@ -374,15 +374,15 @@ async fn includes_everything_lastn_stats_and_totals_never_leak_to_a_partner() {
         search_ids(&app, "acme", "Observation?code=8867-4").await,
         ["vital"]
     );
-    assert_eq!(
-        search_ids(
-            &app,
-            "acme",
-            "Observation?subject:Patient.identifier=urn:mrn|M-1"
-        )
-        .await,
-        ["vital"]
-    );
+    // A chain is evaluated over what the partner may see: the Patient's demographics were not
+    // shared, so they select nothing (else they could be read back through the chain).
+    assert!(search_ids(
+        &app,
+        "acme",
+        "Observation?subject:Patient.identifier=urn:mrn|M-1"
+    )
+    .await
+    .is_empty());
     let b = bundle(
         "Observation?code=8867-4&_include=Observation:patient&_include=Observation:derived-from",
     )
@@ -406,7 +406,13 @@ async fn includes_everything_lastn_stats_and_totals_never_leak_to_a_partner() {
         all_ids(&bundle("Patient/p1/$everything").await),
         with_consent(&["vital"])
     );
-    assert!(all_ids(&bundle("Patient/p2/$everything").await).is_empty());
+    // A patient who shares nothing with the partner answers like one that does not exist.
+    assert_eq!(
+        partner_read(&app, "acme", "Patient/p2/$everything")
+            .await
+            .status(),
+        404
+    );
     assert_eq!(
         all_ids(&bundle("Observation/$lastn?patient=p1").await),
         ["vital"]

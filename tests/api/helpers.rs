@@ -90,7 +90,7 @@ pub(crate) fn db_args(master_key: &str) -> DbArgs {
         master_key: Some(master_key.to_owned()),
         master_key_file: None,
         previous_master_key_files: Vec::new(),
-        environment: "test".into(),
+        environment: fhirgate::config::Environment::Development,
         db_pool_size: 40,
     }
 }

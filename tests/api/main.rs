@@ -1,5 +1,6 @@
 //! API integration tests against a real PostgreSQL and the real server over HTTP.
 
+mod access;
 mod audit;
 mod auth;
 mod bundles;
@@ -12,6 +13,7 @@ mod hardening;
 mod helpers;
 mod independent;
 mod ingest;
+mod noninterference;
 mod search;
 mod smart_app;
 mod smart_clients;

@@ -1138,7 +1138,7 @@ async fn a_patient_token_sees_and_writes_only_its_own_compartment() {
         );
     }
 
-    // Writes: into another compartment, or moving a resource across, is 403.
+    // Writes: into another compartment or moving a resource across is 403; B's resource is not found.
     let put = |id: String, subject: String| {
         let body = json!({"resourceType": "Observation", "id": id, "status": "final",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
@@ -1159,7 +1159,7 @@ async fn a_patient_token_sees_and_writes_only_its_own_compartment() {
     };
     assert_eq!(
         put(theirs.clone(), pa.clone()).await,
-        StatusCode::FORBIDDEN,
+        StatusCode::NOT_FOUND,
         "taking B's resource"
     );
     assert_eq!(
