@@ -2,5 +2,7 @@
 
 pub mod compartment;
 mod policy;
+pub mod route;
 
 pub use policy::{organization_reference, Decided, Policy, Reach, SHARED_TYPES};
+pub use route::{Interaction, Kind as InteractionKind};

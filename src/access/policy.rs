@@ -115,11 +115,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy of a verified caller, for the request's purpose of use.
-    pub fn of(principal: &Principal, ctx: &Ctx<'_>) -> Policy {
-        let purpose = crate::audit::current()
-            .and_then(|c| c.purpose.clone())
-            .unwrap_or_default();
+    /// The policy of a verified caller for one interaction (whose purpose of use keys a
+    /// partner's grants).
+    pub fn of(principal: &Principal, interaction: &super::Interaction, ctx: &Ctx<'_>) -> Policy {
+        let purpose = interaction.purpose.clone().unwrap_or_default();
         let reach = if let Some(org) = principal.claims.organization.as_deref() {
             Reach::Partner {
                 organization: organization_reference(org),
@@ -168,6 +167,16 @@ impl Policy {
             scopes: std::sync::Arc::new(ScopeSet::default()),
             contexts: &[Context::System],
             caller: "fhirgate".to_owned(),
+        }
+    }
+
+    /// The policy of a signed-in patient acting on their own data through the server's pages
+    /// (the sharing page writes their Consents): their compartment only.
+    pub fn patient_self(id: &str) -> Policy {
+        Policy {
+            reach: Reach::Patient(id.to_owned()),
+            caller: format!("patient:{id}"),
+            ..Policy::server()
         }
     }
 
@@ -393,6 +402,18 @@ impl Policy {
         qb.push(format!(" else '{}' end))", fhirgate_consent::OTHER_PURPOSE));
     }
 
+    /// 403 unless the scopes allow `p` on resources of `rt` at all (before any content or
+    /// consent rule).
+    pub fn require(&self, rt: &str, p: Permission) -> crate::error::Result<()> {
+        if self.scopes.allows(self.contexts, rt, p) {
+            Ok(())
+        } else {
+            Err(crate::error::FhirError::Forbidden(format!(
+                "the token's scopes do not allow '{p}' on {rt}"
+            )))
+        }
+    }
+
     /// Whether a patient or first-party caller reaches a resource of `rt` in `compartment` (a
     /// partner's reach depends on Consents: see [`Policy::partner_sees`]).
     pub fn reaches(&self, rt: &str, compartment: Option<&str>) -> bool {
@@ -518,7 +539,7 @@ impl Policy {
                     }
                 }
                 Some(patient) => {
-                    let consents = crate::fhir::consent::consents_of(state, patient).await?;
+                    let consents = crate::storage::consents_of(state, patient).await?;
                     if !self.consents_permit(&consents, rt, &resource()?) {
                         return Ok(false);
                     }

@@ -524,6 +524,57 @@ pub fn columns(e: &Value) -> Option<Columns> {
     })
 }
 
+/// Events of a write, one per stored version (or one for a whole ingest batch), for the inbox.
+pub fn write_events(
+    ctx: Option<&RequestContext>,
+    versions: &[crate::storage::NewVersion],
+) -> Vec<super::chain::Prepared> {
+    let event = |v: &crate::storage::NewVersion| {
+        let (sub, action) = match (&v.body, v.version_id) {
+            (None, _) => ("delete", Action::Delete),
+            (Some(_), 1) => ("create", Action::Create),
+            _ => ("update", Action::Update),
+        };
+        let mut e = Event::new(Kind::Rest(sub), action).entity(format!(
+            "{}/{}/_history/{}",
+            v.resource_type, v.id, v.version_id
+        ));
+        if let Some(p) = &v.compartment {
+            e = e.patient(p);
+        }
+        e
+    };
+    if ctx.is_some_and(|c| c.batched) {
+        let mut e = Event::new(Kind::Ingest, Action::Create);
+        for v in versions {
+            if let Some(p) = &v.compartment {
+                e = e.patient(p);
+            }
+            if v.resource_type == "Provenance" {
+                e = e.entity(format!("Provenance/{}", v.id));
+            }
+        }
+        return vec![super::chain::Prepared::new(&e, ctx)];
+    }
+    versions
+        .iter()
+        .map(|v| super::chain::Prepared::new(&event(v), ctx))
+        .collect()
+}
+
+/// The event of a read inside a Bundle (`GET` entry), stored with the Bundle's transaction.
+pub fn read_event(
+    ctx: Option<&RequestContext>,
+    reference: String,
+    compartment: Option<&str>,
+) -> super::chain::Prepared {
+    let mut e = Event::new(Kind::Rest("read"), Action::Read).entity(reference);
+    if let Some(p) = compartment {
+        e = e.patient(p);
+    }
+    super::chain::Prepared::new(&e, ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod chain;
 pub mod event;
+pub mod trail;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

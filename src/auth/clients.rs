@@ -196,7 +196,7 @@ pub async fn ensure_organization(
     organization: &str,
     client_id: &str,
 ) -> crate::error::Result<()> {
-    use crate::fhir::write::{self, WriteKind, WriteOp};
+    use crate::storage::write::{self, WriteKind, WriteOp};
     let Some(id) = organization.strip_prefix("Organization/") else {
         return Ok(());
     };
@@ -217,7 +217,7 @@ pub async fn ensure_organization(
         if_match: None,
     };
     let mut tx = state.db.begin().await?;
-    let written = write::apply(state, &mut tx, vec![op], None).await;
+    let written = write::apply(state, &mut tx, vec![op], &crate::access::Policy::server()).await;
     match written {
         Ok(_) => {
             tx.commit().await?;

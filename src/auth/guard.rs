@@ -7,8 +7,10 @@ use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::route::{Interaction, Unrouted};
+use crate::access::Policy;
 use crate::auth::jwt::AccessClaims;
-use crate::auth::scopes::{Context, Permission, ScopeSet};
+use crate::auth::scopes::{Context, ScopeSet};
 use crate::error::FhirError;
 use crate::state::AppState;
 
@@ -38,27 +40,6 @@ impl Principal {
     /// The patient whose compartment bounds this token, for patient tokens.
     pub fn owner(&self) -> Option<&str> {
         self.claims.patient.as_deref()
-    }
-
-    /// Whether a resource in `compartment` (the patient it belongs to, if any) is within this
-    /// token's reach: a patient token reaches its own compartment and resources of no patient
-    /// (an Organization, a Device without a patient); other tokens reach everything.
-    pub fn reaches(&self, compartment: Option<&str>) -> bool {
-        match (self.owner(), compartment) {
-            (Some(me), Some(c)) => me == c,
-            _ => true,
-        }
-    }
-
-    /// 403 unless the scopes allow `p` on `rt`.
-    pub fn require(&self, rt: &str, p: Permission) -> Result<(), FhirError> {
-        if self.scopes.allows(self.contexts(), rt, p) {
-            Ok(())
-        } else {
-            Err(FhirError::Forbidden(format!(
-                "the token's scopes do not allow '{p}' on {rt}"
-            )))
-        }
     }
 }
 
@@ -133,75 +114,6 @@ fn bearer(req: &Request) -> Result<&str, NoToken> {
     }
 }
 
-/// What an HTTP request asks to do, from its method and path below `/fhir`: the resource type
-/// and the SMART permission. `None` for the base (Bundles check each entry themselves).
-pub fn interaction(method: &Method, path: &str) -> Option<(String, Permission)> {
-    let rest = path.strip_prefix("/fhir/")?;
-    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let rt = (*segs.first()?).to_owned();
-    let rt = if rt == "_history" { "*".to_owned() } else { rt };
-    // Compartment searches check the searched type; `$everything` checks each type it returns.
-    if let (&Method::GET | &Method::HEAD, [_, _, op]) = (method, segs.as_slice()) {
-        if *op == "$everything" {
-            return None;
-        }
-        if *op != "_history" {
-            return Some(((*op).to_owned(), Permission::Search));
-        }
-    }
-    let p = match (method, segs.as_slice()) {
-        (&Method::GET | &Method::HEAD, [_]) => Permission::Search,
-        (&Method::GET | &Method::HEAD, [_, op]) if op.starts_with('$') => Permission::Search,
-        (&Method::GET | &Method::HEAD, [_, "_history"]) => Permission::Search,
-        (&Method::GET | &Method::HEAD, _) => Permission::Read,
-        (&Method::POST, [_, "_search"]) => Permission::Search,
-        (&Method::POST, [_]) => Permission::Create,
-        (&Method::PUT, _) => Permission::Update,
-        (&Method::DELETE, _) => Permission::Delete,
-        _ => return None,
-    };
-    Some((rt, p))
-}
-
-/// A search or search-based operation, all of which filter by consent in their SQL:
-/// `GET [base]/{type}?…`, `POST [base]/{type}/_search`, `GET [base]?_type=…`,
-/// `GET [base]/Patient/{id}/{type}`, `GET [base]/Patient/{id}/$everything`,
-/// `GET [base]/Observation/$lastn` and `GET [base]/Observation/$stats`.
-fn is_type_search(method: &Method, path: &str) -> bool {
-    if matches!(*method, Method::GET | Method::HEAD) && (path == "/fhir" || path == "/fhir/") {
-        return true;
-    }
-    let Some(rest) = path.strip_prefix("/fhir/") else {
-        return false;
-    };
-    let segs: Vec<&str> = rest.split('/').collect();
-    match (method, segs.as_slice()) {
-        (&Method::GET | &Method::HEAD, [rt]) => !rt.is_empty() && !rt.starts_with('_'),
-        (&Method::GET | &Method::HEAD, ["Observation", "$lastn" | "$stats"]) => true,
-        (&Method::GET | &Method::HEAD, ["Patient", id, op]) => {
-            !id.starts_with('_') && (*op == "$everything" || fhirgate_codec::is_resource_type(op))
-        }
-        (&Method::POST, [rt, "_search"]) => !rt.starts_with('_'),
-        _ => false,
-    }
-}
-
-/// `GET [base]/{type}/{id}` or `GET [base]/{type}/{id}/_history/{vid}`.
-fn is_instance_read(method: &Method, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/fhir/") else {
-        return false;
-    };
-    let segs: Vec<&str> = rest.split('/').collect();
-    matches!(*method, Method::GET | Method::HEAD)
-        && match segs.as_slice() {
-            [rt, id] => !rt.starts_with('_') && !id.starts_with('_') && !id.starts_with('$'),
-            [rt, id, "_history", vid] => {
-                !rt.starts_with('_') && !id.starts_with('_') && !vid.is_empty()
-            }
-            _ => false,
-        }
-}
-
 /// Verifies a bearer token (signature, claims, revocation) into the caller.
 fn authenticate(state: &AppState, token: &str) -> Result<Principal, Box<Response>> {
     let (claims, scopes) =
@@ -244,55 +156,65 @@ fn anonymous_reader() -> Principal {
     .clone()
 }
 
-/// The middleware: authenticate, then authorise the interaction by type and permission, then
-/// run it; every outcome, refusals included, is audited (`audit::api::audited`).
+/// The middleware: classify the request once ([`Interaction`]), authenticate, authorise the
+/// interaction by type and permission, build the request's access [`Policy`], then run it;
+/// every outcome, refusals included, is audited (`audit::api::audited`). The handlers find the
+/// principal, the interaction and the policy in the request extensions.
 pub async fn require_token(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let interaction = match Interaction::of_request(&req) {
+        Ok(i) => i,
+        Err(Unrouted::NotFound) => return crate::fhir::fallback().await.into_response(),
+        Err(Unrouted::MethodNotAllowed) => {
+            return FhirError::MethodNotAllowed("this method is not allowed on this URL".into())
+                .into_response()
+        }
+    };
     let principal = match bearer(&req) {
         Ok(token) => authenticate(&state, token),
         Err(NoToken::Missing)
             if state.anonymous_read
                 && matches!(*req.method(), Method::GET | Method::HEAD)
-                && req.uri().path().starts_with("/fhir/") =>
+                && interaction.reads_only() =>
         {
             Ok(anonymous_reader())
         }
         Err(no) => Err(Box::new(no.into_response())),
     };
-    let ctx = crate::audit::api::context(principal.as_ref().ok(), &req);
-    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let ctx = crate::audit::api::context(principal.as_ref().ok(), &req, &interaction);
+    let uri = req.uri().clone();
+    let audited_as = interaction.clone();
+    let auditing = state.clone();
     let work = async move {
         let principal = match principal {
             Ok(p) => p,
             Err(resp) => return *resp,
         };
-        if let Err(e) = authorise(&principal, &req) {
+        let policy = Policy::of(&principal, &interaction, &crate::search::exec::ctx(&state));
+        if let Err(e) = authorise(&policy, &interaction) {
             return e.into_response();
         }
+        req.extensions_mut().insert(std::sync::Arc::new(policy));
+        req.extensions_mut().insert(interaction);
         req.extensions_mut().insert(principal);
         next.run(req).await
     };
-    crate::audit::api::audited(&state, ctx, &method, &uri, work).await
+    crate::audit::api::audited(&auditing, ctx, &audited_as, &uri, work).await
 }
 
-/// 403 unless the token may do what the request asks.
-fn authorise(principal: &Principal, req: &Request) -> Result<(), FhirError> {
-    // Partner tokens see only what patients consented to. Reads by id and type searches are
-    // checked against the patients' Consents by the handlers (`fhir::consent`); everything else a
-    // partner could ask for (history, Bundles, operations, writes) stays refused until it is
-    // filtered by consent too.
-    let (method, path) = (req.method(), req.uri().path());
-    if principal.claims.organization.is_some()
-        && !is_instance_read(method, path)
-        && !is_type_search(method, path)
-    {
+/// 403 unless the token may do what the interaction asks.
+fn authorise(policy: &Policy, interaction: &Interaction) -> Result<(), FhirError> {
+    // Partner tokens see only what patients consented to: reads and searches, each filtered by
+    // the access policy; history, Bundles, operations other than the search-based ones and
+    // writes stay refused.
+    if policy.partner().is_some() && !interaction.open_to_partners() {
         return Err(crate::fhir::consent::refused());
     }
-    if let Some((rt, p)) = interaction(req.method(), req.uri().path()) {
-        principal.require(&rt, p)?;
+    if let Some((rt, p)) = interaction.permission() {
+        policy.require(rt, p)?;
     }
     Ok(())
 }

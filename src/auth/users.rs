@@ -13,8 +13,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::error::{FhirError, Result};
-use crate::fhir::write::{self, WriteKind, WriteOp};
 use crate::state::AppState;
+use crate::storage::write::{self, WriteKind, WriteOp};
 
 /// How long a browser session lasts.
 pub const SESSION_SECS: i64 = 60 * 60;
@@ -172,7 +172,7 @@ pub async fn sign_up(state: &AppState, form: SignUp) -> std::result::Result<User
         resource: Some(patient),
         if_match: None,
     };
-    write::apply(state, &mut tx, vec![op], None).await?;
+    write::apply(state, &mut tx, vec![op], &crate::access::Policy::server()).await?;
     tx.commit().await.map_err(FhirError::from)?;
     tracing::info!(user = %user_id, "account created");
     Ok(User {

@@ -6,6 +6,7 @@
 //! and `ifMatch` are honoured. A batch runs each entry on its own and answers each separately.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,8 +16,7 @@ use serde_json::{json, Value};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::access::Policy;
-use crate::auth::guard::Principal;
+use crate::access::{Interaction, InteractionKind, Policy};
 use crate::auth::scopes::Permission;
 use crate::error::{outcome, FhirError, Result};
 use crate::fhir::body::FhirBody;
@@ -42,6 +42,8 @@ enum Method {
 struct Entry {
     index: usize,
     method: Method,
+    /// How the route table classified the entry's request.
+    interaction: Interaction,
     resource_type: String,
     /// `Some` for `Type/id` URLs.
     id: Option<String>,
@@ -67,7 +69,7 @@ struct EntryResult {
 /// `POST [base]` with a Bundle of type `batch` or `transaction`.
 pub async fn batch_or_transaction(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
     FhirBody(mut bundle): FhirBody,
@@ -110,7 +112,7 @@ pub async fn batch_or_transaction(
                 .collect::<Result<Vec<_>>>()?;
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
-            let done = process(&state, &principal, &mut tx, entries, true, &mut named).await?;
+            let done = process(&state, &policy, &mut tx, entries, true, &mut named).await?;
             tx.commit().await?;
             done.into_iter().map(Ok).collect()
         }
@@ -118,12 +120,19 @@ pub async fn batch_or_transaction(
             let mut out = Vec::with_capacity(raw_entries.len());
             for (i, raw) in raw_entries.into_iter().enumerate() {
                 let request = |k: &str| raw["request"][k].as_str().unwrap_or("").to_owned();
-                let (method, url) = (request("method"), request("url"));
-                let mut result = batch_entry(&state, &principal, i, raw, &mut named).await;
+                let classified = axum::http::Method::from_bytes(request("method").as_bytes())
+                    .ok()
+                    .and_then(|m| {
+                        let url = request("url");
+                        let base = format!("{}/", state.fhir_base);
+                        Interaction::of_entry(&m, url.strip_prefix(&base).unwrap_or(&url)).ok()
+                    });
+                let mut result = batch_entry(&state, &policy, i, raw, &mut named).await;
                 if let Err(e) = &result {
                     // Each refused entry is an event of its own; no audit, no answer.
                     if let Err(a) =
-                        crate::audit::api::record_entry_failure(&state, &method, &url, e).await
+                        crate::audit::api::record_entry_failure(&state, classified.as_ref(), e)
+                            .await
                     {
                         result = Err(FhirError::Unavailable(a));
                     }
@@ -194,14 +203,14 @@ pub async fn batch_or_transaction(
 
 async fn batch_entry(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     i: usize,
     raw: Value,
     named: &mut Vec<String>,
 ) -> Result<EntryResult> {
     let entry = parse_entry(state, i, raw)?;
     let mut tx = state.db.begin().await?;
-    let mut done = process(state, principal, &mut tx, vec![entry], false, named).await?;
+    let mut done = process(state, policy, &mut tx, vec![entry], false, named).await?;
     tx.commit().await?;
     done.pop()
         .ok_or_else(|| FhirError::Internal(anyhow::anyhow!("batch entry produced no result")))
@@ -265,54 +274,61 @@ fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
         .strip_prefix(&format!("{}/", state.fhir_base))
         .unwrap_or(url)
         .trim_start_matches('/');
-    let (path, query) = match url.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
-        None => (url, None),
+    let query = url.split_once('?').map(|(_, q)| q.to_owned());
+    let http_method = match method {
+        Method::Get => axum::http::Method::GET,
+        Method::Post => axum::http::Method::POST,
+        Method::Put => axum::http::Method::PUT,
+        Method::Delete => axum::http::Method::DELETE,
     };
-    let mut parts = path.split('/');
-    let rt = resource_type(parts.next().unwrap_or_default())
+    // The same route table as HTTP requests; a Bundle carries reads and writes only.
+    let interaction = Interaction::of_entry(&http_method, url).map_err(|_| {
+        FhirError::bad_request(
+            &at("request.url"),
+            "only Type, Type/id and Type?criteria URLs are supported in bundles",
+        )
+    })?;
+    let rt = resource_type(interaction.resource_type.as_deref().unwrap_or_default())
         .map_err(|e| in_entry(i, e))?
         .to_owned();
-    let id = match parts.next() {
+    let id = match interaction.id.as_deref() {
         Some(id) => Some(logical_id(id).map_err(|e| in_entry(i, e))?.to_owned()),
         None => None,
     };
-    if parts.next().is_some() {
-        return Err(FhirError::bad_request(
-            &at("request.url"),
-            "only Type, Type/id and Type?criteria URLs are supported in bundles",
-        ));
-    }
-    match method {
-        Method::Post | Method::Put if resource.is_none() => {
-            return Err(FhirError::bad_request(
-                &at("resource"),
-                "POST and PUT entries need a resource",
-            ));
-        }
-        Method::Post if id.is_some() => {
-            return Err(FhirError::bad_request(
-                &at("request.url"),
-                "POST goes to the type, not an id",
-            ))
-        }
-        Method::Put | Method::Delete if id.is_none() && query.is_none() => {
-            return Err(FhirError::bad_request(
-                &at("request.url"),
-                "PUT and DELETE need Type/id or Type?criteria",
-            ));
-        }
-        Method::Delete if id.is_none() => {
+    match interaction.kind {
+        InteractionKind::Read
+        | InteractionKind::Create
+        | InteractionKind::Update
+        | InteractionKind::ConditionalUpdate
+        | InteractionKind::Delete => {}
+        InteractionKind::ConditionalDelete => {
             return Err(FhirError::NotSupported(format!(
                 "conditional delete (Bundle.entry[{i}])"
-            )));
+            )))
         }
-        Method::Get if id.is_none() => {
+        InteractionKind::SearchType => {
             return Err(FhirError::NotSupported(format!(
                 "search inside a bundle (Bundle.entry[{i}])"
             )))
         }
-        _ => {}
+        _ => {
+            return Err(FhirError::bad_request(
+                &at("request.url"),
+                "only Type, Type/id and Type?criteria URLs are supported in bundles",
+            ))
+        }
+    }
+    if matches!(method, Method::Post | Method::Put) && resource.is_none() {
+        return Err(FhirError::bad_request(
+            &at("resource"),
+            "POST and PUT entries need a resource",
+        ));
+    }
+    if interaction.kind == InteractionKind::ConditionalUpdate && query.is_none() {
+        return Err(FhirError::bad_request(
+            &at("request.url"),
+            "PUT and DELETE need Type/id or Type?criteria",
+        ));
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(v) => Some(parse_etag(v).ok_or_else(|| {
@@ -323,6 +339,7 @@ fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
     Ok(Entry {
         index: i,
         method,
+        interaction,
         resource_type: rt,
         id,
         criteria: if method == Method::Put { query } else { None },
@@ -361,24 +378,17 @@ fn check_distinct_targets(entries: &[Entry]) -> Result<()> {
 /// Resolves, validates and writes `entries` in `tx`; results in entry order.
 async fn process(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     tx: &mut Transaction<'static, Postgres>,
     mut entries: Vec<Entry>,
     transaction: bool,
     named: &mut Vec<String>,
 ) -> Result<Vec<EntryResult>> {
-    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     // 0. Every entry must be allowed by the token's scopes; one refusal fails a transaction.
     for e in &entries {
-        let p = match e.method {
-            Method::Get => Permission::Read,
-            Method::Post => Permission::Create,
-            Method::Put => Permission::Update,
-            Method::Delete => Permission::Delete,
-        };
-        principal
-            .require(&e.resource_type, p)
-            .map_err(|x| in_entry(e.index, x))?;
+        if let Some((rt, p)) = e.interaction.permission() {
+            policy.require(rt, p).map_err(|x| in_entry(e.index, x))?;
+        }
     }
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut existing: HashMap<usize, String> = HashMap::new();
@@ -393,7 +403,7 @@ async fn process(
                     let criteria =
                         conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
                     match criteria
-                        .matches(tx, &state.keys, &e.resource_type, &policy)
+                        .matches(tx, &state.keys, &e.resource_type, policy)
                         .await?
                         .as_slice()
                     {
@@ -404,7 +414,7 @@ async fn process(
                                 &e.resource_type,
                                 &criteria,
                                 &new_id,
-                                &policy,
+                                policy,
                             )
                             .await?
                             {
@@ -437,7 +447,7 @@ async fn process(
                     .and_then(Value::as_str)
                     .map(str::to_owned);
                 let target = match criteria
-                    .matches(tx, &state.keys, &e.resource_type, &policy)
+                    .matches(tx, &state.keys, &e.resource_type, policy)
                     .await?
                     .as_slice()
                 {
@@ -465,7 +475,7 @@ async fn process(
                 };
                 e.id = Some(target);
             }
-            Method::Put if principal.owner().is_some() => {
+            Method::Put if policy.patient().is_some() => {
                 // A patient token updates only what exists (see `crud::update`).
                 let id = e.id.clone().unwrap_or_default();
                 if storage::read_current_with(state, &mut **tx, &e.resource_type, &id)
@@ -492,7 +502,7 @@ async fn process(
         rewrite_references(resource, &ids, &mut conditional_refs);
         for reference in conditional_refs {
             if !resolved.contains_key(&reference) {
-                let target = resolve_conditional_reference(state, tx, &reference, &policy)
+                let target = resolve_conditional_reference(state, tx, &reference, policy)
                     .await
                     .map_err(|x| in_entry(i, x))?;
                 if let Some((rt, id)) = target.split_once('/') {
@@ -563,16 +573,17 @@ async fn process(
         });
         op_entry.push(k);
     }
-    let written = write::apply(state, tx, ops, principal.owner())
-        .await
-        .map_err(|x| match op_entry.first() {
-            Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
-            _ => x,
-        })?;
+    let written =
+        write::apply(state, tx, ops, policy)
+            .await
+            .map_err(|x| match op_entry.first() {
+                Some(&k) if op_entry.len() == 1 => in_entry(entries[k].index, x),
+                _ => x,
+            })?;
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
     for (w, k) in written.into_iter().zip(op_entry) {
         results[k] = Some(EntryResult {
-            status: w.status,
+            status: write::status(w.written),
             resource_type: w.resource_type,
             id: w.id,
             version_id: w.version_id,
@@ -645,7 +656,7 @@ async fn process(
             }
         });
         if let Some((reference, compartment)) = read {
-            reads.push(crate::audit::api::read_event(
+            reads.push(crate::audit::event::read_event(
                 crate::audit::current().as_deref(),
                 reference,
                 compartment.as_deref(),

@@ -7,8 +7,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
+use std::sync::Arc;
+
 use crate::access::Policy;
-use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::body::FhirBody;
@@ -24,7 +25,7 @@ use crate::storage::{self, conditional};
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -33,7 +34,7 @@ pub async fn read(
     if id.starts_with('$') {
         return crate::fhir::search::type_operation(
             &state,
-            &principal,
+            &policy,
             rt,
             &id,
             q.as_deref(),
@@ -46,7 +47,7 @@ pub async fn read(
     let mut v = storage::read_current(&state, rt, id)
         .await?
         .ok_or_else(|| FhirError::not_found(rt, id))?;
-    let body = readable_body(&state, &principal, rt, id, &mut v).await?;
+    let body = readable_body(&state, &policy, rt, id, &mut v).await?;
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -66,7 +67,7 @@ pub async fn read(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn vread(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id, vid)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -80,7 +81,7 @@ pub async fn vread(
         .await?
         .ok_or_else(missing)?;
     // Hidden reads exactly as missing.
-    let body = readable_body(&state, &principal, rt, id, &mut v)
+    let body = readable_body(&state, &policy, rt, id, &mut v)
         .await
         .map_err(|e| match e {
             FhirError::NotFound(_) => missing(),
@@ -106,7 +107,7 @@ fn audit_read(resp: &mut Response, rt: &str, id: &str, v: &storage::StoredVersio
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn create(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -116,7 +117,7 @@ pub async fn create(
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
     let resource = check_resource(resource, rt, None)?;
-    check_write_scope(&state, &principal, rt, Permission::Create, &resource)?;
+    check_write_scope(&policy, rt, Permission::Create, &resource)?;
     let id = write::new_id();
     let mut tx = state.db.begin().await?;
     if let Some(criteria) = headers.get("if-none-exist") {
@@ -124,7 +125,6 @@ pub async fn create(
             .to_str()
             .map_err(|_| FhirError::bad_request("If-None-Exist", "If-None-Exist is not ASCII"))?;
         let criteria = conditional::Criteria::parse(criteria.trim_start_matches('?'))?;
-        let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
         let existing = match criteria
             .matches(&mut tx, &state.keys, rt, &policy)
             .await?
@@ -157,7 +157,7 @@ pub async fn create(
         resource: Some(resource),
         if_match: None,
     };
-    write_one(&state, tx, op, fmt, ret, principal.owner()).await
+    write_one(&state, tx, op, fmt, ret, &policy).await
 }
 
 /// The 200 answer of a conditional create that found its resource (one the caller sees: matching
@@ -207,7 +207,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i32>> {
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -217,23 +217,15 @@ pub async fn update(
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let resource = check_resource(resource, rt, Some(id))?;
-    check_write_scope(&state, &principal, rt, Permission::Update, &resource)?;
+    check_write_scope(&policy, rt, Permission::Update, &resource)?;
     // A patient token updates only what exists in its compartment: creating at an id of its
     // choosing would tell an id held by another patient (404) from a free one (201).
-    if principal.owner().is_some() && storage::read_current(&state, rt, id).await?.is_none() {
+    if policy.patient().is_some() && storage::read_current(&state, rt, id).await?.is_none() {
         return Err(FhirError::not_found(rt, id));
     }
     let op = update_op(rt, id.to_owned(), resource, if_match(&headers)?);
     let tx = state.db.begin().await?;
-    write_one(
-        &state,
-        tx,
-        op,
-        fmt,
-        prefer_return(&headers),
-        principal.owner(),
-    )
-    .await
+    write_one(&state, tx, op, fmt, prefer_return(&headers), &policy).await
 }
 
 /// The write of an update (PUT) of `rt/id`.
@@ -254,14 +246,14 @@ async fn write_one(
     op: WriteOp,
     fmt: format::Format,
     ret: Return,
-    owner: Option<&str>,
+    policy: &Policy,
 ) -> Result<Response> {
-    let r = write::apply(state, &mut tx, vec![op], owner)
+    let r = write::apply(state, &mut tx, vec![op], policy)
         .await?
         .remove(0);
     tx.commit().await?;
     respond::written(
-        r.status,
+        write::status(r.written),
         fmt,
         ret,
         &state.fhir_base,
@@ -278,7 +270,7 @@ async fn write_one(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt))]
 pub async fn conditional_update(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -295,7 +287,6 @@ pub async fn conditional_update(
         .get("id")
         .and_then(|v| v.as_str())
         .map(str::to_owned);
-    let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
     let mut conn = state.db.acquire().await?;
     let matches = criteria
         .matches(&mut conn, &state.keys, rt, &policy)
@@ -329,18 +320,10 @@ pub async fn conditional_update(
     let mut resource = resource;
     resource["id"] = serde_json::Value::String(id.clone());
     let resource = check_resource(resource, rt, Some(&id))?;
-    check_write_scope(&state, &principal, rt, Permission::Update, &resource)?;
+    check_write_scope(&policy, rt, Permission::Update, &resource)?;
     let op = update_op(rt, id, resource, if_match(&headers)?);
     let tx = state.db.begin().await?;
-    write_one(
-        &state,
-        tx,
-        op,
-        fmt,
-        prefer_return(&headers),
-        principal.owner(),
-    )
-    .await
+    write_one(&state, tx, op, fmt, prefer_return(&headers), &policy).await
 }
 
 /// `DELETE [base]/{type}/{id}`: 204; a tombstone version is written, later reads give 410.
@@ -348,7 +331,7 @@ pub async fn conditional_update(
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -362,7 +345,7 @@ pub async fn delete(
         resource: None,
         if_match: if_match(&headers)?,
     };
-    let r = write::apply(&state, &mut tx, vec![op], principal.owner())
+    let r = write::apply(&state, &mut tx, vec![op], &policy)
         .await?
         .remove(0);
     tx.commit().await?;
@@ -377,12 +360,11 @@ pub async fn delete(
 /// reaches, and for anything it may not see the same 404 as for a resource that does not exist.
 pub async fn readable_body(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     rt: &str,
     id: &str,
     v: &mut storage::StoredVersion,
 ) -> Result<Vec<u8>> {
-    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     let Some(body) = v.body.take() else {
         if !policy.reaches(rt, v.compartment.as_deref()) {
             return Err(FhirError::not_found(rt, id));
@@ -404,13 +386,11 @@ pub async fn readable_body(
 
 /// 403 when a granular write scope does not cover the resource being written.
 fn check_write_scope(
-    state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     rt: &str,
     p: Permission,
     resource: &serde_json::Value,
 ) -> Result<()> {
-    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     if policy.scopes_allow(rt, p, resource) {
         Ok(())
     } else {

@@ -9,8 +9,9 @@ use axum::Extension;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::access::Policy;
-use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::format::{self, negotiate, query_pairs};
@@ -27,13 +28,13 @@ pub const MAX_COUNT: i64 = 1000;
 /// `GET [base]/_history`.
 pub async fn history_system(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
     run(
         &state,
-        &principal,
+        &policy,
         None,
         None,
         q.as_deref(),
@@ -46,7 +47,7 @@ pub async fn history_system(
 /// `GET [base]/{type}/_history`.
 pub async fn history_type(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -54,7 +55,7 @@ pub async fn history_type(
     let rt = resource_type(&rt)?;
     run(
         &state,
-        &principal,
+        &policy,
         Some(rt),
         None,
         q.as_deref(),
@@ -67,7 +68,7 @@ pub async fn history_type(
 /// `GET [base]/{type}/{id}/_history`: 404 when the resource never existed.
 pub async fn history_instance(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -75,7 +76,6 @@ pub async fn history_instance(
     let rt = resource_type(&rt)?;
     let id = logical_id(&id)?;
     // A resource the caller may not see has no history it can read: 404, as for none at all.
-    let policy = Policy::of(&principal, &crate::search::exec::ctx(&state));
     let visible = match storage::read_current(&state, rt, id).await? {
         None => false,
         Some(v) => visible(&state, &policy, &v).await?,
@@ -85,7 +85,7 @@ pub async fn history_instance(
     }
     run(
         &state,
-        &principal,
+        &policy,
         Some(rt),
         Some(id),
         q.as_deref(),
@@ -182,7 +182,7 @@ const SCAN_BATCH: i64 = 200;
 
 async fn run(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     rt: Option<&str>,
     id: Option<&str>,
     raw: Option<&str>,
@@ -191,7 +191,6 @@ async fn run(
 ) -> Result<Response> {
     let pairs = query_pairs(raw);
     let fmt = negotiate(headers, &pairs)?;
-    let policy = Policy::of(principal, &crate::search::exec::ctx(state));
     let keep: Vec<(String, String)> = pairs
         .iter()
         .filter(|(k, _)| k != "_cursor")
@@ -242,13 +241,13 @@ async fn run(
         });
         for v in batch {
             if shown.len() as i64 == count {
-                if visible(state, &policy, &v).await? {
+                if visible(state, policy, &v).await? {
                     more = true;
                     break;
                 }
                 continue;
             }
-            if visible(state, &policy, &v).await? {
+            if visible(state, policy, &v).await? {
                 shown.push(v);
             }
         }

@@ -1,6 +1,7 @@
 //! The FHIR REST API (<https://hl7.org/fhir/R4/http.html>): routes, content negotiation, the
 //! instance/type/system interactions and batch/transaction Bundles.
 
+pub mod audit_event;
 pub mod body;
 pub mod bundle;
 pub mod capabilities;
@@ -24,19 +25,19 @@ use crate::state::AppState;
 pub fn router(state: &AppState) -> Router<AppState> {
     let guarded = Router::new()
         // The audit trail: read-only, and exported by period.
-        .route("/fhir/AuditEvent/$export", get(crate::audit::api::export))
+        .route("/fhir/AuditEvent/$export", get(audit_event::export))
         .route(
             "/fhir/AuditEvent/{id}",
-            get(audit_read)
-                .put(crate::audit::api::refuse_write)
-                .delete(crate::audit::api::refuse_write),
+            get(audit_event::read_route)
+                .put(audit_event::refuse_write)
+                .delete(audit_event::refuse_write),
         )
         .route(
             "/fhir/AuditEvent",
-            get(audit_search)
-                .post(crate::audit::api::refuse_write)
-                .put(crate::audit::api::refuse_write)
-                .delete(crate::audit::api::refuse_write),
+            get(audit_event::search_route)
+                .post(audit_event::refuse_write)
+                .put(audit_event::refuse_write)
+                .delete(audit_event::refuse_write),
         )
         .route(
             "/fhir",
@@ -70,24 +71,6 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/fhir/metadata", get(capabilities::metadata))
         .merge(guarded)
         .method_not_allowed_fallback(method_not_allowed)
-}
-
-async fn audit_search(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
-    axum::extract::RawQuery(q): axum::extract::RawQuery,
-    headers: axum::http::HeaderMap,
-) -> Result<Response, FhirError> {
-    let pairs = format::query_pairs(q.as_deref());
-    crate::audit::api::search(&state, &principal, pairs, &headers).await
-}
-
-async fn audit_read(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    axum::Extension(principal): axum::Extension<crate::auth::guard::Principal>,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Response, FhirError> {
-    crate::audit::api::read(&state, &principal, &id).await
 }
 
 /// Unknown URL: a 404 OperationOutcome.

@@ -12,8 +12,9 @@ use axum::Extension;
 use fhirgate_fhirpath::ParamType;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::access::Policy;
-use crate::auth::guard::Principal;
 use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::body::read_limited;
@@ -44,7 +45,7 @@ struct Shape {
 /// `GET [base]/{type}?params`.
 pub async fn search_type(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -52,7 +53,7 @@ pub async fn search_type(
     let rt = resource_type(&rt)?;
     type_search(
         &state,
-        &principal,
+        &policy,
         rt,
         None,
         query_pairs(q.as_deref()),
@@ -64,7 +65,7 @@ pub async fn search_type(
 /// `POST [base]/{type}/_search` with an `application/x-www-form-urlencoded` body.
 pub async fn search_type_post(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path(rt): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -75,7 +76,7 @@ pub async fn search_type_post(
     let form = String::from_utf8_lossy(&form).into_owned();
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(query_pairs(Some(&form)));
-    let mut resp = type_search(&state, &principal, rt, None, pairs, &headers).await?;
+    let mut resp = type_search(&state, &policy, rt, None, pairs, &headers).await?;
     // The parameters came in the body: the audit event records them as if in the URL.
     let mut info = resp
         .extensions_mut()
@@ -89,7 +90,7 @@ pub async fn search_type_post(
 /// `GET [base]?_type=A,B&…`: search across types with the common parameters.
 pub async fn search_system(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response> {
@@ -100,7 +101,7 @@ pub async fn search_system(
             let t = resource_type(t).map_err(|_| {
                 FhirError::bad_request(k, format!("'{t}' in _type is not a resource type"))
             })?;
-            principal.require(t, Permission::Search)?;
+            policy.require(t, Permission::Search)?;
             types.push(t.to_owned());
         }
     }
@@ -127,14 +128,14 @@ pub async fn search_system(
         .collect();
     let mut shape = parse(&state, "Resource", rest, prefer_strict(&headers), &mut plan)?;
     shape.used.insert(0, ("_type".into(), plan.types.join(",")));
-    respond(&state, &principal, plan, shape, "", &pairs, &headers).await
+    respond(&state, &policy, plan, shape, "", &pairs, &headers).await
 }
 
 /// `GET [base]/{type}/{id}/{op}`: `Patient/{id}/$everything`, or a compartment search
 /// `Patient/{id}/{type}`.
 pub async fn instance_operation(
     State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Extension(policy): Extension<Arc<Policy>>,
     Path((rt, id, op)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -148,17 +149,17 @@ pub async fn instance_operation(
     }
     let pairs = query_pairs(q.as_deref());
     if op == "$everything" {
-        return everything(&state, &principal, id, pairs, &headers).await;
+        return everything(&state, &policy, id, pairs, &headers).await;
     }
     let target = resource_type(&op)?;
-    principal.require(target, Permission::Search)?;
-    type_search(&state, &principal, target, Some(id), pairs, &headers).await
+    policy.require(target, Permission::Search)?;
+    type_search(&state, &policy, target, Some(id), pairs, &headers).await
 }
 
 /// `GET [base]/{type}/{op}` for type-level operations (`Observation/$lastn`, `Observation/$stats`).
 pub async fn type_operation(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     rt: &str,
     op: &str,
     q: Option<&str>,
@@ -166,8 +167,8 @@ pub async fn type_operation(
 ) -> Result<Response> {
     let pairs = query_pairs(q);
     match (rt, op) {
-        ("Observation", "$lastn") => lastn(state, principal, pairs, headers).await,
-        ("Observation", "$stats") => stats(state, principal, pairs, headers).await,
+        ("Observation", "$lastn") => lastn(state, policy, pairs, headers).await,
+        ("Observation", "$stats") => stats(state, policy, pairs, headers).await,
         _ => Err(FhirError::NotFound(format!(
             "operation {op} is not defined on {rt}"
         ))),
@@ -176,7 +177,7 @@ pub async fn type_operation(
 
 async fn type_search(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     rt: &str,
     compartment: Option<String>,
     pairs: Vec<(String, String)>,
@@ -188,7 +189,7 @@ async fn type_search(
         if let Some(p) = &compartment {
             pairs.push(("patient".into(), format!("Patient/{p}")));
         }
-        return crate::audit::api::search(state, principal, pairs, headers).await;
+        return crate::fhir::audit_event::search(state, policy, pairs, headers).await;
     }
     let mut plan = Plan {
         types: vec![rt.to_owned()],
@@ -200,7 +201,7 @@ async fn type_search(
         Some(p) => format!("Patient/{p}/{rt}"),
         None => rt.to_owned(),
     };
-    respond(state, principal, plan, shape, &path, &pairs, headers).await
+    respond(state, policy, plan, shape, &path, &pairs, headers).await
 }
 
 fn bad(param: &str, msg: impl Into<String>) -> FhirError {
@@ -393,15 +394,10 @@ fn cursor_binding(policy: &Policy, path: &str, used: &[(String, String)]) -> Vec
     b.into_bytes()
 }
 
-/// The access policy of a caller.
-fn policy(state: &AppState, principal: &Principal) -> Policy {
-    Policy::of(principal, &exec::ctx(state))
-}
-
 /// Runs `plan` and answers with a searchset Bundle.
 async fn respond(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     plan: Plan,
     shape: Shape,
     path: &str,
@@ -409,11 +405,10 @@ async fn respond(
     headers: &HeaderMap,
 ) -> Result<Response> {
     let fmt = negotiate(headers, pairs)?;
-    let policy = policy(state, principal);
     let base = &state.fhir_base;
     let mut info = crate::audit::api::AuditInfo::default();
     // Cursors are sealed to the caller and the query: they name rows of this search only.
-    let binding = cursor_binding(&policy, path, &shape.used);
+    let binding = cursor_binding(policy, path, &shape.used);
     let mut plan = plan;
     if let Some(text) = &shape.cursor {
         plan.cursor = Some(Cursor::open(&state.keys, text, &binding)?);
@@ -431,10 +426,10 @@ async fn respond(
             vec![json!({"relation": "self", "url": self_link(None)})],
             Vec::new(),
         );
-        bundle["total"] = json!(exec::count(state, &plan, &policy).await?);
+        bundle["total"] = json!(exec::count(state, &plan, policy).await?);
         return format::resource_value(StatusCode::OK, fmt, &bundle);
     }
-    let page = exec::page(state, &plan, &policy).await?;
+    let page = exec::page(state, &plan, policy).await?;
     let mut links = vec![json!({"relation": "self", "url": self_link(plan.cursor.as_ref())})];
     for (relation, more, row, direction) in [
         ("next", page.has_next, page.rows.last(), "n"),
@@ -465,7 +460,7 @@ async fn respond(
                 if round > 0 && !inc.iterate {
                     continue;
                 }
-                for f in exec::include(state, &frontier, inc, rev, &policy).await? {
+                for f in exec::include(state, &frontier, inc, rev, policy).await? {
                     if seen.insert(f.rid) {
                         next.push(f);
                     }
@@ -493,7 +488,7 @@ async fn respond(
     }
     let mut bundle = crate::fhir::respond::bundle("searchset", links, Vec::new());
     if shape.total.is_some() {
-        bundle["total"] = json!(exec::count(state, &plan, &policy).await?);
+        bundle["total"] = json!(exec::count(state, &plan, policy).await?);
     }
     let mut resp = searchset(fmt, bundle, entries)?;
     info.attach(&mut resp);
@@ -719,7 +714,7 @@ fn summary_elements(rt: &str) -> Option<&'static [&'static str]> {
 /// `Patient/{id}/$everything` with `_since`, `_type` and `_count`, paged.
 async fn everything(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     id: String,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
@@ -770,12 +765,12 @@ async fn everything(
     let exists = storage::read_current(state, "Patient", &id)
         .await?
         .is_some_and(|v| v.body.is_some());
-    let visible = exists && policy(state, principal).reaches_patient(state, &id).await?;
+    let visible = exists && policy.reaches_patient(state, &id).await?;
     if !visible {
         return Err(FhirError::not_found("Patient", &id));
     }
     let path = format!("Patient/{id}/$everything");
-    respond(state, principal, plan, shape, &path, &pairs, headers).await
+    respond(state, policy, plan, shape, &path, &pairs, headers).await
 }
 
 /// The Observation search part of an operation's parameters (everything but `skip`).
@@ -805,7 +800,7 @@ fn observation_plan(state: &AppState, pairs: &[(String, String)], skip: &[&str])
 /// `Observation/$lastn?patient=…&category=…&code=…&max=N`: the N most recent Observations per code.
 async fn lastn(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response> {
@@ -825,7 +820,7 @@ async fn lastn(
         }
     }
     let plan = observation_plan(state, &pairs, &["max"])?;
-    let rids = exec::lastn(state, &plan, &policy(state, principal), max).await?;
+    let rids = exec::lastn(state, &plan, policy, max).await?;
     let plan_rows: Vec<Found> = rids
         .into_iter()
         .map(|rid| Found {
@@ -880,7 +875,7 @@ async fn rows_bundle(
 /// `period=start/end`.
 async fn stats(
     state: &AppState,
-    principal: &Principal,
+    policy: &Policy,
     pairs: Vec<(String, String)>,
     headers: &HeaderMap,
 ) -> Result<Response> {
@@ -928,7 +923,7 @@ async fn stats(
         .collect();
     all.extend(extra);
     let plan = observation_plan(state, &all, &[])?;
-    let rows = exec::stats(state, &plan, &policy(state, principal)).await?;
+    let rows = exec::stats(state, &plan, policy).await?;
     let mut params = Vec::new();
     for r in rows {
         let mut components = Vec::new();

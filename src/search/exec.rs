@@ -249,7 +249,7 @@ async fn decide(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Option
                 continue;
             };
             if !consents.contains_key(patient) {
-                let c = crate::fhir::consent::consents_of(state, patient).await?;
+                let c = crate::storage::consents_of(state, patient).await?;
                 consents.insert(patient.clone(), c);
             }
             let resource = fhirgate_codec::parse_json(body)?;

@@ -6,6 +6,7 @@
 
 pub mod conditional;
 pub(crate) mod index;
+pub mod write;
 
 use std::collections::HashMap;
 
@@ -470,7 +471,7 @@ pub async fn write_versions(
     write_consent_parties(tx, versions).await?;
     // No audit, no change: the events of these versions commit or roll back with them.
     let ctx = crate::audit::current();
-    let events = crate::audit::api::write_events(ctx.as_deref(), versions);
+    let events = crate::audit::event::write_events(ctx.as_deref(), versions);
     crate::audit::chain::enqueue(tx, &events).await?;
     state.auditor.note_inbox();
     if let Some(c) = ctx {
@@ -538,4 +539,22 @@ fn conflict_on_duplicate(e: sqlx::Error) -> FhirError {
     } else {
         FhirError::Database(e)
     }
+}
+
+/// The active and inactive Consents of a patient, as stored now.
+pub async fn consents_of(state: &AppState, patient: &str) -> Result<Vec<serde_json::Value>> {
+    // language=PostgreSQL
+    let ids: Vec<String> = sqlx::query_scalar(
+        "select id from resource where resource_type = 'Consent' and compartment = $1 and not deleted",
+    )
+    .bind(patient)
+    .fetch_all(&state.db)
+    .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for v in read_many(state, "Consent", &ids).await? {
+        if let Some(body) = v.body {
+            out.push(fhirgate_codec::parse_json(&body)?);
+        }
+    }
+    Ok(out)
 }

@@ -9,8 +9,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::audit::api::{run_query, to_csv, Query as AuditQuery};
 use crate::audit::event::{columns, Kind};
+use crate::audit::trail::{run_query, to_csv, Query as AuditQuery};
 use crate::audit::{Action, Event};
 use crate::auth::limit::ClientAddr;
 use crate::auth::users::{self, User};
@@ -294,7 +294,7 @@ pub async fn event_page(
             &[],
         );
     };
-    let text = match crate::audit::api::event_by_id(&state, seq).await {
+    let text = match crate::audit::trail::event_by_id(&state, seq).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "audit event lookup failed");

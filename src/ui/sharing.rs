@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use crate::auth::limit::ClientAddr;
 use crate::auth::users::User;
-use crate::fhir::write::{self, WriteKind, WriteOp};
 use crate::state::AppState;
+use crate::storage::write::{self, WriteKind, WriteOp};
 use crate::ui::{csrf, csrf_ok, csrf_refused, current_user, esc, failure_page, page, see_other};
 
 /// The purpose partners are granted access for on this page.
@@ -28,7 +28,7 @@ async fn partners(state: &AppState) -> crate::error::Result<Vec<String>> {
     .await?;
     Ok(orgs
         .iter()
-        .map(|o| crate::fhir::consent::organization_reference(o))
+        .map(|o| crate::access::organization_reference(o))
         .collect())
 }
 
@@ -76,7 +76,7 @@ async fn render(
     user: &User,
 ) -> crate::error::Result<Response> {
     let c = csrf(state, headers);
-    let all = crate::fhir::consent::consents_of(state, &user.patient_id).await?;
+    let all = crate::storage::consents_of(state, &user.patient_id).await?;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut body = String::from(
         "<h1>Sharing</h1><p class=\"muted\">Choose what each partner may see. A change applies to the partner's next request.</p>",
@@ -228,7 +228,7 @@ async fn change(
     if !partners(state).await?.iter().any(|p| p == org) {
         return Ok(false);
     }
-    let all = crate::fhir::consent::consents_of(state, &user.patient_id).await?;
+    let all = crate::storage::consents_of(state, &user.patient_id).await?;
     let existing = managed(&all, org);
     let id = existing
         .and_then(|c| c["id"].as_str())
@@ -282,7 +282,13 @@ async fn change(
         resource: Some(consent),
         if_match: None,
     };
-    write::apply(state, &mut tx, vec![op], Some(&user.patient_id)).await?;
+    write::apply(
+        state,
+        &mut tx,
+        vec![op],
+        &crate::access::Policy::patient_self(&user.patient_id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
