@@ -60,6 +60,7 @@ pub struct DbArgs {
     #[arg(
         long = "env",
         env = "FHIRGATE_ENV",
+        value_name = "FHIRGATE_ENV",
         value_enum,
         ignore_case = true,
         default_value = "development",

@@ -139,6 +139,9 @@ pub enum FhirError {
     /// 413: the body is larger than the configured limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 413: a Bundle has more entries than the server takes in one request.
+    #[error("the Bundle has more than {0} entries; split it into Bundles of at most {0}")]
+    TooManyEntries(usize),
     /// 415: a content type we do not read.
     #[error("unsupported content type {0}")]
     UnsupportedMediaType(String),
@@ -192,7 +195,7 @@ impl FhirError {
             Self::PreconditionFailed(m) => {
                 (StatusCode::PRECONDITION_FAILED, one(T::Conflict, m.clone()))
             }
-            Self::PayloadTooLarge(_) => (
+            Self::PayloadTooLarge(_) | Self::TooManyEntries(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 one(T::TooCostly, self.to_string()),
             ),

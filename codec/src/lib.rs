@@ -25,7 +25,9 @@ use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
 pub use model::{has_element, is_resource_type, resource_types};
-pub use primitive::{is_valid_date_time, is_valid_id, is_valid_instant};
+pub use primitive::{
+    has_control_character, is_valid_date_time, is_valid_id, is_valid_instant, MAX_STRING_BYTES,
+};
 pub use walk::is_absolute as is_absolute_reference;
 
 /// The kind of a validation problem, mapped by the server to an OperationOutcome issue code.

@@ -47,9 +47,24 @@ fn decimal(v: &Value) -> Option<&'static str> {
     }
 }
 
+/// The R4 limit on a string's size (<https://hl7.org/fhir/R4/datatypes.html#string>).
+pub const MAX_STRING_BYTES: usize = 1024 * 1024;
+
+/// Whether `s` holds a character R4 strings may not: below U+0020 other than tab, CR and LF.
+pub fn has_control_character(s: &str) -> bool {
+    s.bytes()
+        .any(|b| b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n')
+}
+
 fn string_check(ty: &str, s: &str) -> Option<&'static str> {
     if s.is_empty() {
         return Some("must not be an empty string");
+    }
+    if has_control_character(s) {
+        return Some("contains a control character (only tab, CR and LF are allowed)");
+    }
+    if s.len() > MAX_STRING_BYTES && ty != "base64Binary" {
+        return Some("is longer than the R4 limit of 1 MB for a string");
     }
     let ok = match ty {
         "id" => is_valid_id(s),

@@ -402,6 +402,22 @@ impl Policy {
         qb.push(format!(" else '{}' end))", fhirgate_consent::OTHER_PURPOSE));
     }
 
+    /// Whether the caller may ask `interaction` at all, before any row is looked at: 403 for a
+    /// partner outside reads and searches (history, Bundles, writes, other operations), and
+    /// unless the scopes grant the interaction's type and permission. Bundles and searches
+    /// across types check each entry's or type's permission themselves.
+    pub fn permits(&self, interaction: &super::Interaction) -> crate::error::Result<()> {
+        if self.partner().is_some() && !interaction.open_to_partners() {
+            return Err(crate::error::FhirError::Forbidden(
+                "no patient consent permits this access".into(),
+            ));
+        }
+        match interaction.permission() {
+            Some((rt, p)) => self.require(rt, p),
+            None => Ok(()),
+        }
+    }
+
     /// 403 unless the scopes allow `p` on resources of `rt` at all (before any content or
     /// consent rule).
     pub fn require(&self, rt: &str, p: Permission) -> crate::error::Result<()> {
@@ -515,6 +531,38 @@ impl Policy {
         fhirgate_consent::decide(consents, &ctx).permits()
     }
 
+    /// For a partner: whether `resource` of `patient` is granted now, exactly as a search
+    /// decides it ([`Policy::restrict`]): its data classes by the grants derived from the
+    /// patient's Consents, in one statement; and where those Consents also name single codes,
+    /// by the consent engine besides.
+    async fn partner_sees(
+        &self,
+        state: &crate::state::AppState,
+        organization: &str,
+        purpose: &str,
+        patient: &str,
+        rt: &str,
+        resource: &Value,
+    ) -> crate::error::Result<bool> {
+        let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+            "select exists (select 1 from consent_grant cr where cr.organization = ",
+        );
+        qb.push_bind(organization.to_owned());
+        qb.push(" and cr.patient = ");
+        qb.push_bind(patient.to_owned());
+        qb.push(" and cr.code_rules), exists (select 1 from (select ");
+        qb.push_bind(fhirgate_consent::classes_of(resource));
+        qb.push("::text[] as classes) x where ");
+        Self::push_granted(&mut qb, "x.classes", organization, purpose, Ok(patient));
+        qb.push(")");
+        let (code_rules, granted): (bool, bool) = qb.build_query_as().fetch_one(&state.db).await?;
+        if !granted || !code_rules {
+            return Ok(granted);
+        }
+        let consents = crate::storage::consents_of(state, patient).await?;
+        Ok(self.consents_permit(&consents, rt, resource))
+    }
+
     /// Whether the caller may see one stored resource (`body`, of type `rt`, in `compartment`)
     /// for `p`: the same rules as [`Policy::restrict`], for a resource in hand.
     pub async fn sees(
@@ -526,7 +574,11 @@ impl Policy {
         p: Permission,
     ) -> crate::error::Result<bool> {
         let resource = || fhirgate_codec::parse_json(body);
-        if let Reach::Partner { organization, .. } = &self.reach {
+        if let Reach::Partner {
+            organization,
+            purpose,
+        } = &self.reach
+        {
             match compartment {
                 _ if rt == "Consent" => {
                     if !fhirgate_consent::organizations_named(&resource()?).contains(organization) {
@@ -539,10 +591,14 @@ impl Policy {
                     }
                 }
                 Some(patient) => {
-                    let consents = crate::storage::consents_of(state, patient).await?;
-                    if !self.consents_permit(&consents, rt, &resource()?) {
+                    let parsed = resource()?;
+                    if !self
+                        .partner_sees(state, organization, purpose, patient, rt, &parsed)
+                        .await?
+                    {
                         return Ok(false);
                     }
+                    return Ok(!self.filters_content(rt, p) || self.scopes_allow(rt, p, &parsed));
                 }
             }
         } else if !self.reaches(rt, compartment) {
@@ -734,5 +790,72 @@ mod tests {
         };
         assert!(p.reaches("Practitioner", None));
         assert!(!p.reaches("Observation", Some("a")));
+    }
+
+    /// A caller with `scope` and `reach`, without granular filters (which need the search
+    /// parameter ids of a running server).
+    fn caller(scope: &str, reach: Reach) -> Policy {
+        let contexts: &'static [Context] = match reach {
+            Reach::Patient(_) => &[Context::Patient, Context::User],
+            _ => &[Context::System],
+        };
+        Policy {
+            reach,
+            scopes: std::sync::Arc::new(ScopeSet::parse(scope).expect("scope")),
+            contexts,
+            ..Policy::server()
+        }
+    }
+
+    #[test]
+    fn every_route_template_is_permitted_or_refused_by_the_policy() {
+        use axum::http::Method;
+        let system = caller("system/*.cruds", Reach::All);
+        let patient = caller("patient/*.rs", Reach::Patient("p".into()));
+        let partner = caller(
+            "system/*.rs",
+            Reach::Partner {
+                organization: "Organization/o".into(),
+                purpose: String::new(),
+            },
+        );
+        let narrow = caller("patient/Observation.rs", Reach::Patient("p".into()));
+        // (method, path, expected for: system, patient, partner, Observation-only patient)
+        let routes: &[(Method, &str, &str)] = &[
+            (Method::GET, "/fhir", "YYYY"),
+            (Method::POST, "/fhir", "YYNY"),
+            (Method::GET, "/fhir/_history", "YYNN"),
+            (Method::GET, "/fhir/Observation", "YYYY"),
+            (Method::POST, "/fhir/Observation", "YNNN"),
+            (Method::PUT, "/fhir/Observation", "YNNN"),
+            (Method::DELETE, "/fhir/Observation", "YNNN"),
+            (Method::POST, "/fhir/Observation/_search", "YYYY"),
+            (Method::GET, "/fhir/Observation/_history", "YYNY"),
+            (Method::GET, "/fhir/Observation/1", "YYYY"),
+            (Method::PUT, "/fhir/Observation/1", "YNNN"),
+            (Method::DELETE, "/fhir/Observation/1", "YNNN"),
+            (Method::GET, "/fhir/Observation/1/_history", "YYNY"),
+            (Method::GET, "/fhir/Observation/1/_history/1", "YYYY"),
+            (Method::GET, "/fhir/Patient/p", "YYYN"),
+            (Method::GET, "/fhir/Patient/p/Observation", "YYYY"),
+            (Method::GET, "/fhir/Patient/p/Condition", "YYYN"),
+            (Method::GET, "/fhir/Patient/p/$everything", "YYYY"),
+            (Method::GET, "/fhir/Observation/$lastn", "YYYY"),
+            (Method::GET, "/fhir/Observation/$stats", "YYYY"),
+            (Method::GET, "/fhir/AuditEvent", "YYNN"),
+            (Method::GET, "/fhir/AuditEvent/$export", "YYNN"),
+            (Method::POST, "/ingest/oura", "YYNY"),
+            (Method::GET, "/ingest/jobs/1", "YYNY"),
+            (Method::GET, "/admin/clients", "YYNY"),
+            (Method::DELETE, "/admin/clients/x", "YYNY"),
+        ];
+        for (m, path, expected) in routes {
+            let i = super::super::Interaction::classify(m, path).expect("routed");
+            let got: String = [&system, &patient, &partner, &narrow]
+                .iter()
+                .map(|p| if p.permits(&i).is_ok() { 'Y' } else { 'N' })
+                .collect();
+            assert_eq!(&got, expected, "{m} {path}");
+        }
     }
 }

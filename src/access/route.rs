@@ -284,9 +284,13 @@ impl Interaction {
     }
 
     /// Whether a partner organisation may ask this at all: reads by id and searches (including
-    /// the search-based operations), each filtered by the patients' Consents. History, Bundles
-    /// and writes stay refused for partners.
+    /// the search-based operations), each filtered by the patients' Consents. History, Bundles,
+    /// writes and the audit trail stay refused for partners.
     pub fn open_to_partners(&self) -> bool {
+        if self.resource_type.as_deref() == Some("AuditEvent") {
+            // The trail is for auditors and the patients it names.
+            return false;
+        }
         match self.kind {
             Kind::Read
             | Kind::Vread
@@ -714,6 +718,8 @@ mod tests {
             (Method::PUT, "/fhir/Observation/1"),
             (Method::DELETE, "/fhir/Observation/1"),
             (Method::GET, "/fhir/AuditEvent/$export"),
+            (Method::GET, "/fhir/AuditEvent"),
+            (Method::GET, "/fhir/AuditEvent/1"),
             (Method::POST, "/ingest/oura"),
             (Method::GET, "/admin/clients"),
         ] {

@@ -114,6 +114,29 @@ fn bearer(req: &Request) -> Result<&str, NoToken> {
     }
 }
 
+/// 400 naming the parameter when a search parameter (in the URL or `If-None-Exist`) holds a
+/// control character: R4 strings may not, and no stored value can match one.
+fn plain_text_query(req: &Request) -> Result<(), FhirError> {
+    let conditional = req
+        .headers()
+        .get("if-none-exist")
+        .and_then(|v| v.to_str().ok());
+    for query in [req.uri().query(), conditional].into_iter().flatten() {
+        for (k, v) in form_urlencoded::parse(query.trim_start_matches('?').as_bytes()) {
+            if fhirgate_codec::has_control_character(&k)
+                || fhirgate_codec::has_control_character(&v)
+            {
+                let name: String = k.chars().filter(|c| !c.is_control()).take(64).collect();
+                return Err(FhirError::bad_request(
+                    &name,
+                    "the search parameter contains a control character (only tab, CR and LF are allowed)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Verifies a bearer token (signature, claims, revocation) into the caller.
 fn authenticate(state: &AppState, token: &str) -> Result<Principal, Box<Response>> {
     let (claims, scopes) =
@@ -173,6 +196,9 @@ pub async fn require_token(
                 .into_response()
         }
     };
+    if let Err(e) = plain_text_query(&req) {
+        return e.into_response();
+    }
     let principal = match bearer(&req) {
         Ok(token) => authenticate(&state, token),
         Err(NoToken::Missing)
@@ -194,7 +220,7 @@ pub async fn require_token(
             Err(resp) => return *resp,
         };
         let policy = Policy::of(&principal, &interaction, &crate::search::exec::ctx(&state));
-        if let Err(e) = authorise(&policy, &interaction) {
+        if let Err(e) = policy.permits(&interaction) {
             return e.into_response();
         }
         req.extensions_mut().insert(std::sync::Arc::new(policy));
@@ -203,18 +229,4 @@ pub async fn require_token(
         next.run(req).await
     };
     crate::audit::api::audited(&auditing, ctx, &audited_as, &uri, work).await
-}
-
-/// 403 unless the token may do what the interaction asks.
-fn authorise(policy: &Policy, interaction: &Interaction) -> Result<(), FhirError> {
-    // Partner tokens see only what patients consented to: reads and searches, each filtered by
-    // the access policy; history, Bundles, operations other than the search-based ones and
-    // writes stay refused.
-    if policy.partner().is_some() && !interaction.open_to_partners() {
-        return Err(crate::fhir::consent::refused());
-    }
-    if let Some((rt, p)) = interaction.permission() {
-        policy.require(rt, p)?;
-    }
-    Ok(())
 }

@@ -147,6 +147,9 @@ struct ConsentArgs {
     /// Pairs of runs.
     #[arg(long, default_value_t = 6)]
     rounds: u32,
+    /// Concurrent connections of the read by id (DESIGN.md's read target is at 32).
+    #[arg(long, default_value_t = 32)]
+    read_connections: usize,
     /// Skip loading (the store is already there).
     #[arg(long)]
     no_load: bool,
@@ -500,11 +503,47 @@ async fn search(cli: &Cli, a: &SearchArgs) -> anyhow::Result<()> {
 
 /// The consent benchmark: a partner's search over a store of `patients` of whom `consented`
 /// permit it, against the same search with an unrestricted token, in alternating runs.
+/// A partner client (`Organization/bench-partner`, purpose TREAT) and a first-party one, each
+/// with a fresh token (tokens last 5 minutes; a long benchmark takes new ones per measurement).
+async fn consent_clients(
+    cli: &Cli,
+    connections: usize,
+) -> anyhow::Result<(reqwest::Client, reqwest::Client)> {
+    let with = |organization: Option<&str>| Cli {
+        organization: organization.map(str::to_owned),
+        token: None,
+        register_client: true,
+        base: cli.base.clone(),
+        database_url: cli.database_url.clone(),
+        workload: Workload::Ingest(IngestArgs {
+            bundles: 0,
+            bundle_size: 0,
+            patients: 0,
+            concurrency: 0,
+        }),
+    };
+    let mut clients = Vec::new();
+    for organization in [Some("Organization/bench-partner"), None] {
+        let token = register_and_get_token(&with(organization)).await?;
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        h.insert("x-purpose-of-use", "TREAT".parse()?);
+        clients.push(
+            reqwest::Client::builder()
+                .default_headers(h)
+                .pool_max_idle_per_host(connections)
+                .build()?,
+        );
+    }
+    let system = clients.pop().context("system client")?;
+    let partner = clients.pop().context("partner client")?;
+    Ok((partner, system))
+}
+
 async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
-    let system = reqwest::Client::builder()
-        .default_headers(auth_headers(cli))
-        .pool_max_idle_per_host(a.connections)
-        .build()?;
     let patients = a.patients;
     if !a.no_load {
         send_bundles(cli, patients.div_ceil(500), 500, 2, Arc::new(move |b| {
@@ -571,36 +610,37 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
         );
         analyze(cli).await?;
     }
-    let partner_cli = Cli {
-        organization: Some("Organization/bench-partner".into()),
-        token: None,
-        register_client: true,
-        base: cli.base.clone(),
-        database_url: cli.database_url.clone(),
-        workload: Workload::Ingest(IngestArgs {
-            bundles: 0,
-            bundle_size: 0,
-            patients: 0,
-            concurrency: 0,
-        }),
-    };
-    let partner_token = register_and_get_token(&partner_cli).await?;
-    let mut h = reqwest::header::HeaderMap::new();
-    h.insert(
-        reqwest::header::AUTHORIZATION,
-        format!("Bearer {partner_token}").parse()?,
-    );
-    h.insert("x-purpose-of-use", "TREAT".parse()?);
-    let partner = reqwest::Client::builder()
-        .default_headers(h)
-        .pool_max_idle_per_host(a.connections)
-        .build()?;
     let step = (patients / a.consented.max(1)).max(1) as u64;
     let consented = a.consented as u64;
+    // Reads by id: heart rates of consenting patients, which both callers may read.
+    let url = cli
+        .database_url
+        .as_deref()
+        .context("the read by id needs --database-url (to pick the ids)")?;
+    let mut conn = PgConnection::connect(url).await?;
+    let consenting: Vec<String> = (0..consented).map(|c| format!("cb-{}", c * step)).collect();
+    let ids: Arc<Vec<String>> = Arc::new(
+        sqlx::query_scalar(
+            "select id from resource where resource_type = 'Observation' and compartment = any($1) and not deleted limit 50000",
+        )
+        .bind(&consenting)
+        .fetch_all(&mut conn)
+        .await?,
+    );
+    if ids.is_empty() {
+        bail!("no Observations of consenting patients in the store");
+    }
     for (label, query) in [
+        ("read by id", "read"),
         ("one consented patient's heart rates", "patient"),
         ("heart rates of all patients, first page", "all"),
     ] {
+        let connections = if query == "read" {
+            a.read_connections
+        } else {
+            a.connections
+        };
+        let (partner, system) = consent_clients(cli, connections).await?;
         let mut partner_p95 = Vec::new();
         let mut plain_p95 = Vec::new();
         let mut partner_rps = Vec::new();
@@ -609,9 +649,16 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
             for (who, client) in [("partner", &partner), ("unfiltered", &system)] {
                 let b = cli.base.clone();
                 let q = query.to_owned();
+                let ids = ids.clone();
                 let make: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(move |k| {
-                    let p = ((k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % consented) * step;
-                    if q == "patient" {
+                    let spread = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                    let p = (spread % consented) * step;
+                    if q == "read" {
+                        format!(
+                            "{b}/Observation/{}",
+                            ids[(spread % ids.len() as u64) as usize]
+                        )
+                    } else if q == "patient" {
                         format!(
                             "{b}/Observation?patient=cb-{p}&code=http://loinc.org|8867-4&_count=50"
                         )
@@ -621,7 +668,7 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
                 });
                 let client = client.clone();
                 let (rps, mut lat, errors) =
-                    timed_loop(a.connections, Duration::from_secs(a.duration), move |k| {
+                    timed_loop(connections, Duration::from_secs(a.duration), move |k| {
                         let (client, url) = (client.clone(), make(k));
                         Box::pin(async move {
                             let resp = client.get(&url).send().await?;
@@ -629,7 +676,9 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
                                 bail!("status {}", resp.status());
                             }
                             let body: Value = resp.json().await?;
-                            if body["entry"].as_array().is_none_or(Vec::is_empty) {
+                            if body["resourceType"] == "Bundle"
+                                && body["entry"].as_array().is_none_or(Vec::is_empty)
+                            {
                                 bail!("empty result");
                             }
                             Ok(())
@@ -655,7 +704,7 @@ async fn consent_bench(cli: &Cli, a: &ConsentArgs) -> anyhow::Result<()> {
         };
         let (pr, ur) = (median(&mut partner_rps), median(&mut plain_rps));
         let (pp, up) = (median(&mut partner_p95), median(&mut plain_p95));
-        println!("consent, {label}: partner {pr:.0} req/s (p95 {pp:.2} ms), unfiltered {ur:.0} req/s (p95 {up:.2} ms); enforcement costs {:.1} % of throughput (median of {} paired runs)", 100.0 * (ur - pr) / ur, a.rounds);
+        println!("consent, {label} ({connections} connections): partner {pr:.0} req/s (p95 {pp:.2} ms), unfiltered {ur:.0} req/s (p95 {up:.2} ms); enforcement costs {:.1} % of throughput (median of {} paired runs)", 100.0 * (ur - pr) / ur, a.rounds);
     }
     Ok(())
 }

@@ -99,7 +99,7 @@ pub async fn batch_or_transaction(
         }
     };
     if raw_entries.len() > MAX_ENTRIES {
-        return Err(FhirError::PayloadTooLarge(MAX_ENTRIES));
+        return Err(FhirError::TooManyEntries(MAX_ENTRIES));
     }
     // Patients that conditional references resolved to: the Bundle's event names them.
     let mut named: Vec<String> = Vec::new();

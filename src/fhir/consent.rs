@@ -4,12 +4,6 @@
 
 use crate::access::organization_reference;
 use crate::auth::guard::Principal;
-use crate::error::FhirError;
-
-/// The refusal a partner gets; it says nothing about the resource.
-pub fn refused() -> FhirError {
-    FhirError::Forbidden("no patient consent permits this access".into())
-}
 
 /// The partner organisation of a token, as `Organization/<id>`.
 pub fn partner(principal: &Principal) -> Option<String> {

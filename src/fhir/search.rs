@@ -27,6 +27,10 @@ use crate::search::query;
 use crate::state::AppState;
 use crate::storage;
 
+/// Most `_include` and `_revinclude` parameters one search may carry (each is a query per
+/// page, and `:iterate` ones repeat).
+pub const MAX_INCLUDES: usize = 10;
+
 /// How a response shows totals and resources.
 #[derive(Debug, Default)]
 struct Shape {
@@ -264,6 +268,14 @@ fn parse(
                     shape.revincludes.push(inc)
                 } else {
                     shape.includes.push(inc)
+                }
+                if shape.includes.len() + shape.revincludes.len() > MAX_INCLUDES {
+                    return Err(bad(
+                        &k,
+                        format!(
+                            "at most {MAX_INCLUDES} _include and _revinclude parameters per search"
+                        ),
+                    ));
                 }
             }
             "_contained" | "_containedType" => {

@@ -118,6 +118,12 @@ impl Criteria {
                     format!("search parameter '{k}' is not supported in conditional operations (supported: {})", SUPPORTED.join(", ")),
                 ));
             }
+            if fhirgate_codec::has_control_character(v) {
+                return Err(FhirError::bad_request(
+                    k,
+                    "the search parameter contains a control character (only tab, CR and LF are allowed)",
+                ));
+            }
             if v.is_empty() {
                 return Err(FhirError::bad_request(
                     k,

@@ -191,21 +191,44 @@ async fn serve_runs_its_own_postgres_and_shuts_down_gracefully() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn production_refuses_a_development_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(BIN);
-    let out = clean_env(&mut cmd)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("FHIRGATE_ENV", "production")
-        .env("DATABASE_URL", db_url("fhirgate_test_never_created"))
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("FHIRGATE_ENV=production"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `production` in any case is production; anything else than the two environments is
+    // refused before the server does anything (no development key is written).
+    for (value, expect) in [
+        ("production", "FHIRGATE_ENV=production"),
+        ("Production", "FHIRGATE_ENV=production"),
+        ("PRODUCTION", "FHIRGATE_ENV=production"),
+        ("prod", "FHIRGATE_ENV"),
+        ("staging", "FHIRGATE_ENV"),
+        ("", "FHIRGATE_ENV"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(BIN);
+        let out = clean_env(&mut cmd)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-anonymous-read",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("FHIRGATE_ENV", value)
+            .env("DATABASE_URL", db_url("fhirgate_test_never_created"))
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "FHIRGATE_ENV={value:?}: {stderr}");
+        assert!(stderr.contains(expect), "FHIRGATE_ENV={value:?}: {stderr}");
+        let written: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            written.is_empty(),
+            "FHIRGATE_ENV={value:?} wrote {written:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -233,3 +233,146 @@ async fn every_recursive_path_is_bounded() {
     found.sort();
     assert_eq!(found, ids);
 }
+
+/// Every search parameter with a NUL or another control character in its name or value: a 400
+/// naming the parameter, never a 500 (PostgreSQL refuses NUL in text).
+#[tokio::test]
+async fn control_characters_in_search_parameters_are_400() {
+    let app = spawn_app().await;
+    let searches = [
+        "Observation?_tag=%00",
+        "Observation?code=%00",
+        "Patient?name=%00",
+        "Observation?subject=Patient/%00",
+        "Observation?_id=%00",
+        "Observation?_profile=%00",
+        "Observation?_security=%00",
+        "ValueSet?url=%00",
+        "Observation?code:text=a%00b",
+        "Patient?_has:Observation:patient:code=%00",
+        "Patient?name=%01",
+        "Patient?family=a%1Fb",
+        "Observation?subject:Patient.name=%00",
+        "Observation?value-quantity=gt%00",
+        "Patient?birthdate=%00",
+        "Observation/_history?_since=%00",
+        "Patient/x/$everything?_since=%00",
+        "Observation/$stats?code=%00",
+        "Observation?code%00=x",
+    ];
+    for q in searches {
+        let resp = app.get(q).await;
+        assert_eq!(resp.status(), 400, "{q}");
+        let oo = json(resp).await;
+        assert_eq!(oo["resourceType"], "OperationOutcome", "{q}");
+        assert!(
+            oo["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap_or("")
+                .contains("control character"),
+            "{q}: {oo}"
+        );
+    }
+    // Tab, CR and LF are allowed characters of a string.
+    assert_eq!(app.get("Patient?name=a%09b").await.status(), 200);
+    // A conditional create with NUL in If-None-Exist, and a conditional update.
+    let obs = crate::helpers::observation("p1", 60.0);
+    let resp = app
+        .client
+        .post(format!("{}/Observation", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=a%00b")
+        .body(obs.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        app.put("Observation?identifier=%00", &obs).await.status(),
+        400
+    );
+    // Inside a transaction: a conditional reference with NUL.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient?identifier=a%00b"}},
+        "request": {"method": "POST", "url": "Observation"}}]});
+    assert_eq!(app.post("", &tx).await.status(), 400);
+    assert_eq!(app.count("resource").await, 0, "nothing was written");
+    still_alive(&app).await;
+}
+
+/// A resource whose strings hold a control character is 422 naming the element, and nothing is
+/// stored; so is a string over the R4 limit of 1 MB.
+#[tokio::test]
+async fn control_characters_and_huge_strings_in_resources_are_422() {
+    let app = spawn_app().await;
+    let cases = [
+        (
+            json!({"resourceType": "Patient", "name": [{"family": "a\u{0000}b"}]}),
+            "Patient.name[0].family",
+        ),
+        (
+            json!({"resourceType": "Organization", "name": "x\u{0001}"}),
+            "Organization.name",
+        ),
+        (
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "bad\u{001b}[31m"}}),
+            "Observation.code.text",
+        ),
+        (
+            json!({"resourceType": "Patient", "name": [{"family": "x".repeat(1024 * 1024 + 1)}]}),
+            "Patient.name[0].family",
+        ),
+    ];
+    for (body, element) in cases {
+        let rt = body["resourceType"].as_str().expect("type").to_owned();
+        let oo = assert_outcome(app.post(&rt, &body).await, 422, "value").await;
+        let found = oo["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["expression"][0] == element);
+        assert!(found, "{element}: {oo}");
+    }
+    // The same as XML, where the character arrives as a character reference.
+    let xml =
+        r#"<Patient xmlns="http://hl7.org/fhir"><name><family value="a&#1;b"/></name></Patient>"#;
+    let resp = send_xml(&app, reqwest::Method::POST, "Patient", xml.to_owned()).await;
+    assert!(
+        [400, 422].contains(&resp.status().as_u16()),
+        "{}",
+        resp.status()
+    );
+    // Tab, CR and LF are fine; and a string just under the limit is stored.
+    let ok = json!({"resourceType": "Patient", "name": [{"family": "a\tb", "text": "l1\r\nl2"}]});
+    assert_eq!(app.post("Patient", &ok).await.status(), 201);
+    assert_eq!(app.count("resource").await, 1, "only the valid Patient");
+    still_alive(&app).await;
+}
+
+/// The transaction-size refusal names its limit in entries; `_include`s per search are bounded.
+#[tokio::test]
+async fn limits_name_what_they_limit() {
+    let app = spawn_app().await;
+    let entry = json!({"request": {"method": "GET", "url": "Patient/x"}});
+    let entries: Vec<Value> = (0..10_001).map(|_| entry.clone()).collect();
+    let big = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let resp = app.post("", &big).await;
+    assert_eq!(resp.status(), 413);
+    let oo = json(resp).await;
+    let text = oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(text.contains("10000 entries"), "{text}");
+    assert!(!text.contains("bytes"), "{text}");
+
+    let many: String = (0..11).map(|_| "&_include=Observation:patient").collect();
+    let resp = app.get(&format!("Observation?code=x{many}")).await;
+    assert_eq!(resp.status(), 400);
+    let ten: String = (0..10).map(|_| "&_include=Observation:patient").collect();
+    assert_eq!(
+        app.get(&format!("Observation?code=x{ten}")).await.status(),
+        200
+    );
+}

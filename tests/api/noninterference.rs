@@ -853,6 +853,19 @@ fn writes() -> impl Strategy<Value = Req> {
         }),
         one(&["b-hr", "b-abs", "p-hr", "g-obs", "nope", "x-b", "x-a", "x-alab"])
             .prop_map(|id| Req::new("DELETE", format!("Observation/{id}"), None)),
+        (
+            one(&["b-hr", "b-abs", "nope", "x-b", "x-alab"]),
+            one(&["1", "2"])
+        )
+            .prop_map(
+                |(id, v)| Req::new("DELETE", format!("Observation/{id}"), None)
+                    .header("if-match", format!("W/\"{v}\""))
+            ),
+        one(OBS_IDENTIFIERS).prop_map(|i| Req::new(
+            "DELETE",
+            format!("Observation?identifier={i}"),
+            None
+        )),
         one(&["b-hr", "b-abs", "p-hr", "g-obs", "nope", "x-b", "x-pbp"]).prop_map(move |id| {
             let mut body = mine();
             body["id"] = json!(id);
