@@ -162,6 +162,16 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 503.
     #[arg(long, env = "FHIRGATE_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
     pub request_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers (slower connections are closed).
+    #[arg(long, env = "FHIRGATE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Connections one client address may hold open at once; more are closed on arrival.
+    #[arg(
+        long,
+        env = "FHIRGATE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
     /// Answer FHIR reads and searches that come without a token, as a `system/*.rs` caller.
     /// Off by default; for benchmarks (the cost of token verification) and public demo data only.
     /// Refused with FHIRGATE_ENV=production.

@@ -45,6 +45,8 @@ pub enum IssueType {
     Login,
     /// `forbidden`.
     Forbidden,
+    /// `timeout`.
+    Timeout,
 }
 
 impl IssueType {
@@ -68,6 +70,7 @@ impl IssueType {
             Self::Security => "security",
             Self::Login => "login",
             Self::Forbidden => "forbidden",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -139,6 +142,16 @@ pub enum FhirError {
     /// 413: the body is larger than the configured limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 408: the client stopped sending the request (a body shorter than its length, or a pause
+    /// longer than the body timeout).
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// 414: the request target is longer than the server reads.
+    #[error("the URL is longer than {0} bytes; send long searches as POST [type]/_search")]
+    UriTooLong(usize),
+    /// An error status made outside the FHIR handlers, with its reason.
+    #[error("{1}")]
+    Status(StatusCode, String),
     /// 413: a Bundle has more entries than the server takes in one request.
     #[error("the Bundle has more than {0} entries; split it into Bundles of at most {0}")]
     TooManyEntries(usize),
@@ -199,6 +212,27 @@ impl FhirError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 one(T::TooCostly, self.to_string()),
             ),
+            Self::UriTooLong(_) => (
+                StatusCode::URI_TOO_LONG,
+                one(T::TooCostly, self.to_string()),
+            ),
+            Self::Status(status, m) => (
+                *status,
+                one(
+                    match status.as_u16() {
+                        404 => T::NotFound,
+                        405 | 501 => T::NotSupported,
+                        408 => T::Timeout,
+                        413 | 414 | 431 => T::TooCostly,
+                        401 => T::Login,
+                        403 => T::Forbidden,
+                        s if s >= 500 => T::Exception,
+                        _ => T::Invalid,
+                    },
+                    m.clone(),
+                ),
+            ),
+            Self::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, one(T::Timeout, m.clone())),
             Self::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 one(T::NotSupported, self.to_string()),

@@ -12,6 +12,7 @@ pub mod health;
 pub mod ingest;
 pub mod pg;
 pub mod search;
+pub mod serve;
 pub mod startup;
 pub mod state;
 pub mod storage;

@@ -173,6 +173,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     addr: SocketAddr,
+    limits: crate::serve::Limits,
 }
 
 impl Application {
@@ -220,6 +221,10 @@ impl Application {
             listener,
             router,
             addr,
+            limits: crate::serve::Limits {
+                header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                per_address: args.max_connections_per_address.max(1),
+            },
         })
     }
 
@@ -238,18 +243,13 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        crate::serve::serve(self.listener, self.router, self.limits, shutdown).await
     }
 }
 
 /// The whole HTTP application with its middleware. Layers wrap from the inside out, so the list
-/// below reads from the outermost: request id → trace → timeout → panic catcher → routes.
+/// below reads from the outermost: request id → trace → error format → timeout → panic catcher
+/// → routes.
 pub fn app(state: AppState, timeout: Duration) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     crate::fhir::router(&state)
@@ -265,6 +265,7 @@ pub fn app(state: AppState, timeout: Duration) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
+        .layer(axum::middleware::from_fn(crate::fhir::outcomes))
         .layer(TraceLayer::new_for_http().make_span_with(crate::health::request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -44,15 +44,39 @@ impl FromRequest<AppState> for FhirBody {
     }
 }
 
-/// Reads at most `limit` bytes; more is a 413.
+/// Longest pause while a request body is read: a client that stops sending (a body shorter than
+/// its `Content-Length`) gets 408 after it instead of holding a worker until the request timeout.
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads at most `limit` bytes; more is a 413, a pause longer than [`BODY_IDLE_TIMEOUT`] a 408.
 pub async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, FhirError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.into_inner().is::<http_body_util::LengthLimitError>() {
-            FhirError::PayloadTooLarge(limit)
-        } else {
-            FhirError::bad_request("body", "the request body could not be read completely")
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                return Err(FhirError::RequestTimeout(format!(
+                    "the request body stopped arriving for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(_))) => {
+                return Err(FhirError::bad_request(
+                    "body",
+                    "the request body could not be read completely",
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(FhirError::PayloadTooLarge(limit));
+            }
+            out.extend_from_slice(&data);
         }
-    })
+    }
 }
 
 /// The format of a request body from its `Content-Type`; JSON when none is given.

@@ -376,3 +376,194 @@ async fn limits_name_what_they_limit() {
         200
     );
 }
+
+/// `host:port` of a test server.
+fn authority(app: &TestApp) -> String {
+    app.base
+        .trim_start_matches("http://")
+        .trim_end_matches("/fhir")
+        .to_owned()
+}
+
+/// Reads from `stream` until the server closes it or `within` passes; what it sent.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A client that sends its headers one byte at a time (slowloris) is cut off after the header
+/// timeout; one that sends less body than its `Content-Length` gets 408 within seconds.
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_app_with(|a| a.header_timeout_secs = 2).await;
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(authority(&app))
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    // One header byte a second, never finishing the headers.
+    let drip = async {
+        for _ in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if slow.write_all(b"X").await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(6), drip)
+        .await
+        .ok();
+    let closed = read_until_closed(&mut slow, std::time::Duration::from_secs(2)).await;
+    assert!(closed.is_some(), "the slow connection is still open");
+    assert!(started.elapsed() < std::time::Duration::from_secs(9));
+
+    // A body shorter than its Content-Length: 408 after the body timeout, not 503 after 120 s.
+    let token = crate::helpers::mint(&app.state, "system/*.cruds", None);
+    let mut short = tokio::net::TcpStream::connect(authority(&app))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n{{\"resourceType\":"
+    );
+    short.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let answer = read_until_closed(&mut short, std::time::Duration::from_secs(20))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("OperationOutcome"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    still_alive(&app).await;
+}
+
+/// One address may hold only so many connections; the next ones are closed on arrival, and a
+/// freed place is usable again.
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let app = crate::helpers::spawn_app_with(|a| a.max_connections_per_address = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio::net::TcpStream::connect(authority(&app))
+                .await
+                .expect("connect"),
+        );
+    }
+    // Let the server accept them.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut extra = tokio::net::TcpStream::connect(authority(&app))
+        .await
+        .expect("connect");
+    let closed = read_until_closed(&mut extra, std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        closed.as_deref(),
+        Some(""),
+        "the fourth connection is closed unanswered"
+    );
+    held.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let fresh = reqwest::Client::new();
+    let resp = fresh
+        .get(format!("{}/metadata", app.base))
+        .send()
+        .await
+        .expect("a freed place is usable");
+    assert_eq!(resp.status(), 200);
+}
+
+/// Every error is an OperationOutcome in the format asked for, and an early refusal of a request
+/// with a body closes the connection cleanly.
+#[tokio::test]
+async fn every_error_is_an_outcome_in_the_negotiated_format() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    // An undecodable path.
+    let resp = app.get("Patient/%FF%FE").await;
+    assert!(resp.status().is_client_error());
+    let ct = resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(ct.starts_with("application/fhir+json"), "{ct}");
+    assert_eq!(json(resp).await["resourceType"], "OperationOutcome");
+    // An over-long URL: 414 with a body.
+    let long = format!("Patient?name={}", "a".repeat(40_000));
+    let oo = assert_outcome(app.get(&long).await, 414, "too-costly").await;
+    assert!(oo["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("")
+        .contains("_search"));
+    // XML clients get XML errors: 404, 400 and 422 alike.
+    for (path, accept, status) in [
+        ("Patient/nope", Some("application/fhir+xml"), 404),
+        ("Patient/nope?_format=xml", None, 404),
+        ("Observation?_count=many", Some("application/fhir+xml"), 400),
+        (
+            "no/such/endpoint/here/at/all",
+            Some("application/fhir+xml"),
+            404,
+        ),
+    ] {
+        let mut req = app.client.get(format!("{}/{path}", app.base));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = req.send().await.expect("get");
+        assert_eq!(resp.status(), status, "{path}");
+        let ct = resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(ct.starts_with("application/fhir+xml"), "{path}: {ct}");
+        let text = resp.text().await.expect("text");
+        assert!(text.contains("<OperationOutcome"), "{path}: {text}");
+    }
+    let bad = json!({"resourceType": "Patient", "gender": "sometimes"});
+    let resp = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("accept", "application/fhir+xml")
+        .header("content-type", "application/fhir+json")
+        .body(bad.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 422);
+    assert!(resp
+        .text()
+        .await
+        .expect("text")
+        .contains("<OperationOutcome"));
+    // A 405 to a request with a body says Connection: close, and the next request on a new
+    // connection works.
+    let mut s = tokio::net::TcpStream::connect(authority(&app))
+        .await
+        .expect("connect");
+    s.write_all(b"DELETE /fhir HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut s, std::time::Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    still_alive(&app).await;
+}

@@ -110,6 +110,8 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         public_url: None,
         max_body_bytes: 16 * 1024 * 1024,
         request_timeout_secs: 120,
+        header_timeout_secs: 10,
+        max_connections_per_address: 64,
         allow_anonymous_read: false,
         no_read_audit: false,
     };
