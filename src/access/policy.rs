@@ -345,6 +345,28 @@ impl Policy {
         }
     }
 
+    /// For a partner: pushes the SQL of "row `r` belongs to a patient, its data classes are
+    /// granted now, and the patient's Consents name no single codes", the common case of a read
+    /// by id, which then needs no other consent check (granular filters aside). `false` (and
+    /// nothing pushed) for other callers.
+    pub fn push_plain_grant(&self, qb: &mut QueryBuilder<'static, Postgres>, r: &str) -> bool {
+        let Reach::Partner {
+            organization,
+            purpose,
+        } = &self.reach
+        else {
+            return false;
+        };
+        qb.push(format!("{r}.compartment is not null and "));
+        Self::push_granted(qb, &format!("{r}.classes"), organization, purpose, Err(r));
+        qb.push(" and not exists (select 1 from consent_grant cr where cr.organization = ");
+        qb.push_bind(organization.clone());
+        qb.push(format!(
+            " and cr.patient = {r}.compartment and cr.code_rules)"
+        ));
+        true
+    }
+
     /// The SQL of the data classes a partner's grants allow, for [`crate::search::exec`]'s hot
     /// path over `obs_code_date` (whose rows carry `classes`).
     pub fn push_classes_granted(

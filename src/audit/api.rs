@@ -156,6 +156,12 @@ pub async fn audited(
     }
     match state.auditor.record(&event, Some(&ctx)).await {
         Ok(()) => resp,
+        Err(e) if ctx.wrote() && resp.status().is_success() => {
+            // The write has committed, and its own events with it (in its transaction). The
+            // answer follows the commit: a 503 here would make a client write it all again.
+            tracing::error!(error = %e, "the summary event of a committed write could not be stored");
+            resp
+        }
         Err(e) => {
             tracing::error!(error = %e, "request refused: its audit event could not be stored");
             FhirError::Unavailable(anyhow::anyhow!("the audit trail is unavailable"))

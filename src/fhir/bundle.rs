@@ -21,6 +21,7 @@ use crate::auth::scopes::Permission;
 use crate::error::{outcome, FhirError, Result};
 use crate::fhir::body::FhirBody;
 use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::fhir::idempotency::Idempotent;
 use crate::fhir::respond::{prefer_return, Return};
 use crate::fhir::write::{self, check_resource, instant, parse_etag, WriteKind, WriteOp};
 use crate::fhir::{logical_id, resource_type};
@@ -87,6 +88,12 @@ pub async fn batch_or_transaction(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    let once = Idempotent::of(&headers, &policy, "POST", &bundle)?;
+    if let Some(once) = &once {
+        if let Some(replayed) = once.replay(&state).await? {
+            return Ok(replayed);
+        }
+    }
     // Entries are moved out of the Bundle, never copied: an ingest Bundle holds thousands.
     let raw_entries = match bundle.get_mut("entry").map(Value::take) {
         None => Vec::new(),
@@ -113,10 +120,19 @@ pub async fn batch_or_transaction(
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
             let done = process(&state, &policy, &mut tx, entries, true, &mut named).await?;
+            if let Some(once) = &once {
+                once.claim(&mut tx).await?;
+            }
             tx.commit().await?;
             done.into_iter().map(Ok).collect()
         }
         "batch" => {
+            if let Some(once) = &once {
+                // Each entry commits on its own: the key is claimed before the first.
+                let mut tx = state.db.begin().await?;
+                once.claim(&mut tx).await?;
+                tx.commit().await?;
+            }
             let mut out = Vec::with_capacity(raw_entries.len());
             for (i, raw) in raw_entries.into_iter().enumerate() {
                 let request = |k: &str| raw["request"][k].as_str().unwrap_or("").to_owned();
@@ -198,7 +214,10 @@ pub async fn batch_or_transaction(
         ..Default::default()
     }
     .attach(&mut resp);
-    Ok(resp)
+    Ok(match &once {
+        Some(once) => once.record(&state, resp).await,
+        None => resp,
+    })
 }
 
 async fn batch_entry(

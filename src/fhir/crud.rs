@@ -14,6 +14,7 @@ use crate::auth::scopes::Permission;
 use crate::error::{FhirError, Result};
 use crate::fhir::body::FhirBody;
 use crate::fhir::format::{self, negotiate, query_pairs};
+use crate::fhir::idempotency::Idempotent;
 use crate::fhir::respond::{self, prefer_return, version_headers, Return};
 use crate::fhir::write::{self, check_resource, parse_etag, WriteKind, WriteOp};
 use crate::fhir::{logical_id, resource_type};
@@ -44,10 +45,26 @@ pub async fn read(
     }
     let id = logical_id(&id)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
-    let mut v = storage::read_current(&state, rt, id)
+    // A partner's read of a patient's resource is decided in the same statement when the
+    // patient's grants cover it (Consents, which name their parties, take the general path).
+    let (mut v, granted) = if policy.partner().is_some() && rt != "Consent" {
+        storage::read_current_and(&state, rt, id, |qb| {
+            policy.push_plain_grant(qb, "r");
+        })
         .await?
-        .ok_or_else(|| FhirError::not_found(rt, id))?;
-    let body = readable_body(&state, &policy, rt, id, &mut v).await?;
+    } else {
+        storage::read_current(&state, rt, id)
+            .await?
+            .map(|v| (v, false))
+    }
+    .ok_or_else(|| FhirError::not_found(rt, id))?;
+    let body = match v.body.take() {
+        Some(body) if granted && !policy.filters_content(rt, Permission::Read) => body,
+        body => {
+            v.body = body;
+            readable_body(&state, &policy, rt, id, &mut v).await?
+        }
+    };
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|h| h.to_str().ok())
@@ -116,6 +133,12 @@ pub async fn create(
     let rt = resource_type(&rt)?;
     let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
     let ret = prefer_return(&headers);
+    let once = Idempotent::of(&headers, &policy, &format!("POST {rt}"), &resource)?;
+    if let Some(once) = &once {
+        if let Some(replayed) = once.replay(&state).await? {
+            return Ok(replayed);
+        }
+    }
     let resource = check_resource(resource, rt, None)?;
     check_write_scope(&policy, rt, Permission::Create, &resource)?;
     let id = write::new_id();
@@ -157,7 +180,14 @@ pub async fn create(
         resource: Some(resource),
         if_match: None,
     };
-    write_one(&state, tx, op, fmt, ret, &policy).await
+    match &once {
+        Some(once) => {
+            once.claim(&mut tx).await?;
+            let resp = write_one(&state, tx, op, fmt, ret, &policy).await?;
+            Ok(once.record(&state, resp).await)
+        }
+        None => write_one(&state, tx, op, fmt, ret, &policy).await,
+    }
 }
 
 /// The 200 answer of a conditional create that found its resource (one the caller sees: matching

@@ -9,6 +9,7 @@ pub mod consent;
 pub mod crud;
 pub mod format;
 pub mod history;
+pub mod idempotency;
 pub mod respond;
 pub mod search;
 pub mod write;

@@ -127,6 +127,9 @@ pub struct Page {
     pub has_prev: bool,
     /// Versions of page rows that the page query fetched along (decrypted), by rid.
     pub fetched: Vec<(i64, crate::storage::StoredVersion)>,
+    /// A partner's first try left out patients whose Consents name single codes, and some of
+    /// them are in reach: the page must be decided again with the consent engine.
+    code_rules: bool,
 }
 
 fn sort_expr(k: &SortKey, r: &str) -> (String, &'static str) {
@@ -408,8 +411,43 @@ const CHAIN_LOOKUP_LIMIT: i64 = 1000;
 pub async fn page(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Page> {
     let resolved = resolve_chains(state, plan, policy).await?;
     let plan = &resolved;
+    if let Some(organization) = policy.partner() {
+        // First without the patients whose Consents name single codes (most have none), asking
+        // in the same statement whether any such patient is in reach; only then does the
+        // consent engine decide their rows, and the page is read again.
+        let first = page_as(state, plan, policy, None, Some(organization)).await?;
+        if !first.code_rules && !first.rows.is_empty() {
+            return Ok(first);
+        }
+    }
     let decided = decide(state, plan, policy).await?;
-    if let Some(page) = code_date_page(state, plan, policy, decided.as_ref()).await? {
+    page_as(state, plan, policy, decided.as_ref(), None).await
+}
+
+/// The code-rule flag of a partner's first try (see [`page`]): whether a patient in reach of
+/// `plan` has Consents naming single codes, as one uncorrelated sub-select.
+fn push_code_rules_flag(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, organization: &str) {
+    let (hint, _) = confinement(plan);
+    qb.push(", exists (select 1 from consent_grant cf where cf.organization = ");
+    qb.push_bind(organization.to_owned());
+    qb.push(" and cf.code_rules");
+    if let Some(patient) = hint {
+        qb.push(" and cf.patient = ");
+        qb.push_bind(patient);
+    }
+    qb.push(") as code_rules");
+}
+
+/// One page of `plan`, with a partner's code-rule decisions (`decided`), or as a partner's first
+/// try without the patients that have code rules (`first_try`: the organisation).
+async fn page_as(
+    state: &AppState,
+    plan: &Plan,
+    policy: &Policy,
+    decided: Option<&Decided>,
+    first_try: Option<&str>,
+) -> Result<Page> {
+    if let Some(page) = code_date_page(state, plan, policy, decided, first_try).await? {
         return Ok(page);
     }
     let backwards = plan.cursor.as_ref().is_some_and(|c| c.d == "p");
@@ -426,7 +464,10 @@ pub async fn page(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Page
     for (i, (e, _, _)) in exprs.iter().enumerate() {
         qb.push(format!(", {e} as k{i}"));
     }
-    push_filters(&mut qb, plan, policy, Rows::Visible(decided.as_ref()));
+    if let Some(organization) = first_try {
+        push_code_rules_flag(&mut qb, plan, organization);
+    }
+    push_filters(&mut qb, plan, policy, Rows::Visible(decided));
     qb.push(") s where true");
     if let Some(c) = &plan.cursor {
         if c.k.len() != exprs.len() {
@@ -472,6 +513,12 @@ pub async fn page(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Page
     ));
     qb.push_bind(plan.count + 1);
     let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
+    let code_rules = first_try.is_some()
+        && rows
+            .first()
+            .map(|row| row.try_get::<bool, _>("code_rules"))
+            .transpose()?
+            .unwrap_or(false);
     let mut found: Vec<Found> = Vec::with_capacity(rows.len());
     for row in rows {
         let mut keys = Vec::with_capacity(exprs.len());
@@ -505,7 +552,9 @@ pub async fn page(state: &AppState, plan: &Plan, policy: &Policy) -> Result<Page
         }
         found.push(found_row(&row, keys)?);
     }
-    Ok(into_page(found, plan, backwards))
+    let mut page = into_page(found, plan, backwards);
+    page.code_rules = code_rules;
+    Ok(page)
 }
 
 /// `(rid, resource_type, id)` of a row, with its sort keys.
@@ -549,6 +598,7 @@ async fn code_date_page(
     plan: &Plan,
     policy: &Policy,
     decided: Option<&Decided>,
+    first_try: Option<&str>,
 ) -> Result<Option<Page>> {
     let (Some(patient), redundant) = confinement(plan) else {
         return Ok(None);
@@ -580,6 +630,9 @@ async fn code_date_page(
         "select o.rid, {}, o.high::text",
         crate::storage::RID_VERSION_COLUMNS
     ));
+    if let Some(organization) = first_try {
+        push_code_rules_flag(&mut qb, plan, organization);
+    }
     qb.push(" from (select rid, high from obs_code_date where compartment = ");
     qb.push_bind(patient.clone());
     for c in &rest {
@@ -591,6 +644,13 @@ async fn code_date_page(
         qb.push(")");
     }
     policy.push_classes_granted(&mut qb, "classes", &patient);
+    if let Some(organization) = first_try {
+        qb.push(" and not exists (select 1 from consent_grant cx where cx.organization = ");
+        qb.push_bind(organization.to_owned());
+        qb.push(" and cx.patient = ");
+        qb.push_bind(patient.clone());
+        qb.push(" and cx.code_rules)");
+    }
     if let Some(d) = decided.filter(|d| d.patients.contains(&patient)) {
         qb.push(" and rid = any(");
         qb.push_bind(d.allowed.clone());
@@ -636,6 +696,12 @@ async fn code_date_page(
     // Unlike other searches this statement is kept prepared, with a generic plan: its plan is
     // the index order whatever the values, and planning it anew cost as much as running it.
     let rows = qb.build().fetch_all(&state.db_generic).await?;
+    let code_rules = first_try.is_some()
+        && rows
+            .first()
+            .map(|row| row.try_get::<bool, _>("code_rules"))
+            .transpose()?
+            .unwrap_or(false);
     let highs: Vec<String> = rows
         .iter()
         .map(|row| {
@@ -656,6 +722,7 @@ async fn code_date_page(
         .collect();
     let mut page = into_page(found, plan, backwards);
     page.fetched = fetched;
+    page.code_rules = code_rules;
     Ok(Some(page))
 }
 

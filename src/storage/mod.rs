@@ -97,6 +97,43 @@ pub async fn read_current_with<'e>(
     Ok(decrypt_rows(state, rows).await?.pop())
 }
 
+/// [`read_current`] with one more boolean, computed by the SQL `extra` pushes over the row `r`
+/// (`resource`): a read and its access decision in one statement.
+pub async fn read_current_and(
+    state: &AppState,
+    rt: &str,
+    id: &str,
+    extra: impl FnOnce(&mut sqlx::QueryBuilder<'static, sqlx::Postgres>),
+) -> Result<Option<(StoredVersion, bool)>> {
+    let mut qb = sqlx::QueryBuilder::new(format!("select {RID_VERSION_COLUMNS}, ("));
+    extra(&mut qb);
+    qb.push(
+        ") from resource r join resource_version v on v.resource_type = r.resource_type and v.id = r.id and v.version_id = r.version_id where r.resource_type = ",
+    );
+    qb.push_bind(rt.to_owned());
+    qb.push(" and r.id = ");
+    qb.push_bind(id.to_owned());
+    type Row = (
+        String,
+        String,
+        i32,
+        bool,
+        DateTime<Utc>,
+        Option<String>,
+        Option<i64>,
+        Option<Vec<u8>>,
+        bool,
+    );
+    let rows: Vec<Row> = qb.build_query_as().fetch_all(&state.db).await?;
+    let Some((a, b, c, d, e, f, g, h, extra)) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let v = decrypt_rows(state, vec![(a, b, c, d, e, f, g, h)])
+        .await?
+        .pop();
+    Ok(v.map(|v| (v, extra)))
+}
+
 /// The current, non-deleted versions of several resources of one type, in the order of `ids`.
 pub async fn read_many(state: &AppState, rt: &str, ids: &[String]) -> Result<Vec<StoredVersion>> {
     // language=PostgreSQL

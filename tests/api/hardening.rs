@@ -567,3 +567,133 @@ async fn every_error_is_an_outcome_in_the_negotiated_format() {
     );
     still_alive(&app).await;
 }
+
+/// A write sent again with the same `Idempotency-Key` gets the first answer back and writes
+/// nothing; the same key with another request is 422; keys belong to their caller.
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retried_write_harmless() {
+    let app = spawn_app().await;
+    let obs = crate::helpers::observation("p1", 61.0);
+    let post = |path: &'static str, body: Value, key: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/{path}", app.base))
+                .header("content-type", "application/fhir+json")
+                .header("idempotency-key", key)
+                .body(body.to_string())
+                .send()
+                .await
+                .expect("post")
+        }
+    };
+    let first = post("Observation", obs.clone(), "k-create-1").await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let again = post("Observation", obs.clone(), "k-create-1").await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(json(again).await["id"], json(first).await["id"]);
+    assert_eq!(
+        app.count("resource where resource_type = 'Observation'")
+            .await,
+        1
+    );
+    // The same key for something else.
+    let other = crate::helpers::observation("p1", 99.0);
+    assert_outcome(
+        post("Observation", other, "k-create-1").await,
+        422,
+        "conflict",
+    )
+    .await;
+
+    // A transaction, sent twice: one set of writes, the same answer.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs.clone(), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": crate::helpers::observation("p1", 62.0), "request": {"method": "POST", "url": "Observation"}}]});
+    let a = post("", tx.clone(), "k-tx-1").await;
+    assert_eq!(a.status(), 200);
+    let b = post("", tx.clone(), "k-tx-1").await;
+    assert_eq!(b.status(), 200);
+    assert_eq!(json(a).await["entry"], json(b).await["entry"]);
+    assert_eq!(
+        app.count("resource where resource_type = 'Observation'")
+            .await,
+        3
+    );
+
+    // A write that committed but whose answer was lost is not written again.
+    sqlx::query("update idempotent_request set status = null, body = null where key = 'k-tx-1'")
+        .execute(&app.pool)
+        .await
+        .expect("forget");
+    assert_outcome(post("", tx.clone(), "k-tx-1").await, 409, "conflict").await;
+    assert_eq!(
+        app.count("resource where resource_type = 'Observation'")
+            .await,
+        3
+    );
+
+    // Another caller's key of the same name is its own.
+    let token = crate::helpers::mint(&app.state, "system/Observation.cruds", None);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/Observation", app.base))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .header("idempotency-key", "k-create-1")
+        .body(obs.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 201);
+    assert!(resp.headers().get("idempotent-replayed").is_none());
+    // Malformed keys.
+    for bad in ["", "has space", &"x".repeat(256)] {
+        let resp = app
+            .client
+            .post(format!("{}/Observation", app.base))
+            .header("content-type", "application/fhir+json")
+            .header("idempotency-key", bad)
+            .body(obs.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 400, "{bad:?}");
+    }
+    // Stored answers are sealed: nothing of the resource is readable in the table.
+    let bodies: Vec<Option<String>> = sqlx::query_scalar("select body from idempotent_request")
+        .fetch_all(&app.pool)
+        .await
+        .expect("bodies");
+    for b in bodies.into_iter().flatten() {
+        assert!(!b.contains("8867-4") && !b.contains("Observation"), "{b}");
+    }
+}
+
+/// When the request's own audit event cannot be stored after a write committed (with its events,
+/// in its transaction), the answer follows the commit: never a "retry later" that would write
+/// everything twice. Reads are still refused without their event.
+#[tokio::test]
+async fn a_committed_write_is_answered_as_committed() {
+    let app = spawn_app().await;
+    for sql in [
+        "create or replace function test_refuse() returns trigger language plpgsql as $$ begin raise exception 'audit storage is broken'; end; $$",
+        "create trigger test_refuse before insert on audit_log for each row execute function test_refuse()",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.expect("break");
+    }
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": crate::helpers::observation("p1", 70.0), "request": {"method": "POST", "url": "Observation"}}]});
+    let resp = app.post("", &tx).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.count("resource where resource_type = 'Observation'")
+            .await,
+        1
+    );
+    // Its entries' events are in the inbox, written with the transaction.
+    assert!(app.count("audit_inbox").await >= 1);
+    assert_eq!(app.get("Observation?_count=1").await.status(), 503);
+}
