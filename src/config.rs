@@ -47,6 +47,14 @@ pub struct DbArgs {
     /// File holding the master key.
     #[arg(long, env = "FHIRGATE_MASTER_KEY_FILE", global = true)]
     pub master_key_file: Option<PathBuf>,
+    /// The key that signs audit checkpoints (made on first use); keep it away from the
+    /// database. Default: `<data-dir>/audit-checkpoint.key`.
+    #[arg(long, env = "FHIRGATE_CHECKPOINT_KEY_FILE", global = true)]
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Where signed audit checkpoints are appended. Default:
+    /// `<data-dir>/audit-checkpoints.jsonl`.
+    #[arg(long, env = "FHIRGATE_CHECKPOINT_FILE", global = true)]
+    pub checkpoint_file: Option<PathBuf>,
     /// Files of previous master keys still accepted while a rotation is under way (comma-separated).
     #[arg(
         long,
@@ -165,6 +173,10 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers (slower connections are closed).
     #[arg(long, env = "FHIRGATE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Seconds between signed audit checkpoints (0: none but those `fhirgate audit checkpoint`
+    /// takes).
+    #[arg(long, env = "FHIRGATE_CHECKPOINT_INTERVAL_SECS", default_value_t = 300)]
+    pub checkpoint_interval_secs: u64,
     /// Connections one client address may hold open at once; more are closed on arrival.
     #[arg(
         long,
@@ -244,8 +256,15 @@ pub enum UserCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the hash chain of the audit trail: prints `OK <count> events` and exits 0, or the
-    /// first broken link (sequence number, expected and found) and exits 1.
-    Verify,
+    /// first broken link (sequence number, expected and found) and exits 1. With
+    /// `--checkpoints`, also proves every signed checkpoint's events are still there, unchanged.
+    Verify {
+        /// A file of signed checkpoints (`audit checkpoint`, and the server's periodic ones).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Signs the trail's current head and appends the checkpoint to the checkpoint file.
+    Checkpoint,
 }
 
 /// `fhirgate keys` subcommands.
@@ -291,5 +310,21 @@ impl Environment {
     /// Whether this is production.
     pub fn is_production(self) -> bool {
         self == Environment::Production
+    }
+}
+
+impl DbArgs {
+    /// The audit checkpoint signing key's file.
+    pub fn checkpoint_key_path(&self) -> PathBuf {
+        self.checkpoint_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoint.key"))
+    }
+
+    /// The audit checkpoint file.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod fhir;
+pub mod fuzz;
 pub mod health;
 pub mod ingest;
 pub mod pg;

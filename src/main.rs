@@ -42,6 +42,23 @@ async fn run() -> anyhow::Result<()> {
                 }
             };
             println!("listening on http://{}", app.addr());
+            if args.checkpoint_interval_secs > 0 {
+                let key = fhirgate::audit::checkpoint::signing_key(&cli.db.checkpoint_key_path())?;
+                let sink = fhirgate::audit::checkpoint::FileSink(cli.db.checkpoint_path());
+                let pool = db.pool.clone();
+                let every = std::time::Duration::from_secs(args.checkpoint_interval_secs);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        if let Err(e) = fhirgate::audit::checkpoint::take(&pool, &key, &sink).await
+                        {
+                            tracing::error!(error = %format!("{e:#}"), "audit checkpoint failed");
+                        }
+                    }
+                });
+            }
             let served = app.run(startup::shutdown_signal()).await;
             db.close().await;
             served.context("serving")?;
@@ -117,10 +134,21 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { checkpoints },
         } => {
             let db = Database::connect(&cli.db).await?;
             let report = fhirgate::audit::verify(&db.pool).await;
+            let checked = match (&checkpoints, &report) {
+                (Some(path), Ok(fhirgate::audit::VerifyReport::Ok { .. })) => {
+                    let key =
+                        fhirgate::audit::checkpoint::signing_key(&cli.db.checkpoint_key_path())?;
+                    Some(
+                        fhirgate::audit::checkpoint::check(&db.pool, path, key.verifying_key())
+                            .await,
+                    )
+                }
+                _ => None,
+            };
             db.close().await;
             match report? {
                 fhirgate::audit::VerifyReport::Ok { count } => {
@@ -134,6 +162,38 @@ async fn run() -> anyhow::Result<()> {
                     println!("BROKEN at row {seq}: expected {expected}, found {found}");
                     std::process::exit(1);
                 }
+            }
+            match checked.transpose()? {
+                None => {}
+                Some(fhirgate::audit::checkpoint::CheckpointReport::Ok {
+                    checkpoints,
+                    covered,
+                }) => {
+                    println!("OK: {checkpoints} signed checkpoints hold (events 1 to {covered} are all there, unchanged)");
+                }
+                Some(fhirgate::audit::checkpoint::CheckpointReport::Failed { line, reason }) => {
+                    println!("CHECKPOINT FAILED at line {line}: {reason}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Checkpoint,
+        } => {
+            let key = fhirgate::audit::checkpoint::signing_key(&cli.db.checkpoint_key_path())?;
+            let sink = fhirgate::audit::checkpoint::FileSink(cli.db.checkpoint_path());
+            let db = Database::connect(&cli.db).await?;
+            let taken = fhirgate::audit::checkpoint::take(&db.pool, &key, &sink).await;
+            db.close().await;
+            match taken? {
+                Some(c) => println!(
+                    "checkpoint: row {}, {} events, head {} (appended to {})",
+                    c.seq,
+                    c.count,
+                    c.head,
+                    sink.0.display()
+                ),
+                None => println!("the audit trail is empty: no checkpoint"),
             }
         }
         Command::Client { command } => {

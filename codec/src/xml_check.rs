@@ -18,6 +18,14 @@ pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Fails on the first syntax error, mismatched or missing end tag, or content after the root.
 pub(crate) fn well_formed(bytes: &[u8]) -> Result<(), CodecError> {
+    // FHIR XML is UTF-8; the XML parser behind fhirbolt panics on a namespace that is not.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(syntax(
+            bytes,
+            e.valid_up_to() as u64,
+            "the XML is not valid UTF-8",
+        ));
+    }
     let mut reader = Reader::from_reader(bytes);
     reader.config_mut().check_end_names = true;
     let mut open: Vec<Vec<u8>> = Vec::new();

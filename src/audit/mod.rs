@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod chain;
+pub mod checkpoint;
 pub mod event;
 pub mod trail;
 

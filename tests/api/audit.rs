@@ -1014,3 +1014,225 @@ async fn paging_walks_every_matching_event_once_in_order() {
         assert_eq!(seen, expected, "{sort}");
     }
 }
+
+/// Runs SQL as a superuser who bypasses the trail's triggers.
+async fn as_superuser(app: &TestApp, sql: &[&str]) {
+    let mut conn = app.pool.acquire().await.expect("conn");
+    sqlx::query("set session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .expect("replica");
+    for s in sql {
+        sqlx::query(s).execute(&mut *conn).await.expect("tamper");
+    }
+    sqlx::query("set session_replication_role = origin")
+        .execute(&mut *conn)
+        .await
+        .expect("origin");
+}
+
+/// Rewrites every row from `from` on so that the chain verifies again after an edit: the
+/// strongest tampering a superuser can do inside the database.
+async fn rechain_from(app: &TestApp, from: i64) {
+    let rows: Vec<(i64, String, Vec<u8>)> =
+        sqlx::query_as("select seq, events, prev_hash from audit_log where seq >= $1 order by seq")
+            .bind(from)
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+    let mut prev = rows.first().map(|r| r.2.clone()).unwrap_or_default();
+    let mut conn = app.pool.acquire().await.expect("conn");
+    sqlx::query("set session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .expect("replica");
+    for (seq, events, _) in rows {
+        let hash = fhirgate::audit::chain::link_hash(&prev, &events);
+        sqlx::query("update audit_log set prev_hash = $2, hash = $3 where seq = $1")
+            .bind(seq)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *conn)
+            .await
+            .expect("rechain");
+        prev = hash;
+    }
+    sqlx::query("set session_replication_role = origin")
+        .execute(&mut *conn)
+        .await
+        .expect("origin");
+}
+
+/// The five ways a superuser can tamper with the trail, and what finds each: the chain finds an
+/// edited and a deleted middle row; the signed checkpoints find deleted newest rows, a
+/// truncated table, and an edit with every later hash recomputed.
+#[tokio::test]
+async fn signed_checkpoints_find_what_the_chain_alone_cannot() {
+    use fhirgate::audit::checkpoint::{self, CheckpointReport, FileSink};
+    for case in [
+        "edit",
+        "delete-middle",
+        "delete-newest",
+        "truncate",
+        "edit-and-rechain",
+    ] {
+        let app = spawn_app().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let key = checkpoint::signing_key(&dir.path().join("checkpoint.key")).expect("key");
+        let sink = FileSink(dir.path().join("checkpoints.jsonl"));
+        let pid = create(&app, &patient()).await;
+        for v in [60.0, 61.0, 62.0, 63.0] {
+            create(&app, &observation(&pid, v)).await;
+            app.get(&format!("Patient/{pid}")).await;
+        }
+        let taken = checkpoint::take(&app.pool, &key, &sink)
+            .await
+            .expect("take")
+            .expect("a checkpoint");
+        assert!(taken.seq >= 3, "{case}: several rows");
+        let check = || async {
+            (
+                fhirgate::audit::verify(&app.pool).await.expect("verify"),
+                checkpoint::check(&app.pool, &sink.0, key.verifying_key())
+                    .await
+                    .expect("check"),
+            )
+        };
+        let (chain, signed) = check().await;
+        assert!(
+            matches!(chain, fhirgate::audit::VerifyReport::Ok { .. }),
+            "{case}"
+        );
+        assert!(
+            matches!(signed, CheckpointReport::Ok { checkpoints: 1, .. }),
+            "{case}"
+        );
+        let middle = taken.seq / 2;
+        match case {
+            "edit" => {
+                as_superuser(&app, &[&format!("update audit_log set events = replace(events, 'RESTful Operation', 'RESTful 0peration') where seq = {middle}")]).await;
+                let (chain, _) = check().await;
+                assert!(
+                    matches!(chain, fhirgate::audit::VerifyReport::Broken { .. }),
+                    "{case}"
+                );
+            }
+            "delete-middle" => {
+                as_superuser(
+                    &app,
+                    &[&format!("delete from audit_log where seq = {middle}")],
+                )
+                .await;
+                let (chain, _) = check().await;
+                assert!(
+                    matches!(chain, fhirgate::audit::VerifyReport::Broken { .. }),
+                    "{case}"
+                );
+            }
+            "delete-newest" => {
+                as_superuser(
+                    &app,
+                    &[&format!(
+                        "delete from audit_log where seq >= {}",
+                        taken.seq - 1
+                    )],
+                )
+                .await;
+                let (chain, signed) = check().await;
+                assert!(
+                    matches!(chain, fhirgate::audit::VerifyReport::Ok { .. }),
+                    "{case}: the chain alone misses it"
+                );
+                assert!(
+                    matches!(signed, CheckpointReport::Failed { line: 1, .. }),
+                    "{case}: {signed:?}"
+                );
+            }
+            "truncate" => {
+                as_superuser(&app, &["truncate audit_log"]).await;
+                let (chain, signed) = check().await;
+                assert!(
+                    matches!(chain, fhirgate::audit::VerifyReport::Ok { .. }),
+                    "{case}: the chain alone misses it"
+                );
+                assert!(
+                    matches!(signed, CheckpointReport::Failed { line: 1, .. }),
+                    "{case}: {signed:?}"
+                );
+            }
+            _ => {
+                as_superuser(&app, &[&format!("update audit_log set events = replace(events, 'RESTful Operation', 'RESTful 0peration') where seq = {middle}")]).await;
+                rechain_from(&app, middle).await;
+                let (chain, signed) = check().await;
+                assert!(
+                    matches!(chain, fhirgate::audit::VerifyReport::Ok { .. }),
+                    "{case}: the chain alone misses it"
+                );
+                assert!(
+                    matches!(signed, CheckpointReport::Failed { line: 1, .. }),
+                    "{case}: {signed:?}"
+                );
+            }
+        }
+        // A forged checkpoint (another key, or an edited line) is refused too.
+        if case == "edit" {
+            let other = checkpoint::signing_key(&dir.path().join("other.key")).expect("other");
+            let forged = FileSink(dir.path().join("forged.jsonl"));
+            checkpoint::take(&app.pool, &other, &forged)
+                .await
+                .expect("take");
+            let r = checkpoint::check(&app.pool, &forged.0, key.verifying_key())
+                .await
+                .expect("check");
+            assert!(matches!(r, CheckpointReport::Failed { .. }), "{r:?}");
+        }
+    }
+}
+
+/// `fhirgate audit checkpoint` and `audit verify --checkpoints` on the command line.
+#[tokio::test]
+async fn the_command_line_takes_and_checks_checkpoints() {
+    let app = spawn_app().await;
+    let pid = create(&app, &patient()).await;
+    create(&app, &observation(&pid, 70.0)).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fhirgate"))
+            .args(args)
+            .env("DATABASE_URL", database_url(&app))
+            .env("FHIRGATE_DATA_DIR", dir.path())
+            .env("FHIRGATE_MASTER_KEY", &app.master_key)
+            .env_remove("FHIRGATE_ENV")
+            .output()
+            .expect("run")
+    };
+    let out = run(&["audit", "checkpoint"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checkpoint: row"));
+    let file = dir.path().join("audit-checkpoints.jsonl");
+    let out = run(&[
+        "audit",
+        "verify",
+        "--checkpoints",
+        file.to_str().expect("path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signed checkpoints hold"));
+    as_superuser(&app, &["truncate audit_log"]).await;
+    let out = run(&[
+        "audit",
+        "verify",
+        "--checkpoints",
+        file.to_str().expect("path"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CHECKPOINT FAILED"));
+}

@@ -89,6 +89,8 @@ pub(crate) fn db_args(master_key: &str) -> DbArgs {
         data_dir: std::env::temp_dir(),
         master_key: Some(master_key.to_owned()),
         master_key_file: None,
+        checkpoint_key_file: None,
+        checkpoint_file: None,
         previous_master_key_files: Vec::new(),
         environment: fhirgate::config::Environment::Development,
         db_pool_size: 40,
@@ -112,6 +114,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeArgs)) -> TestApp
         request_timeout_secs: 120,
         header_timeout_secs: 10,
         max_connections_per_address: 64,
+        checkpoint_interval_secs: 0,
         allow_anonymous_read: false,
         no_read_audit: false,
     };
