@@ -757,6 +757,11 @@ struct ReadArgs {
     /// The second server's process id, for its CPU time per request.
     #[arg(long)]
     unaudited_pid: Option<u32>,
+    /// Keep this many slowloris connections open during the run (each sends one header byte
+    /// every 5 s and reconnects when the server closes it), from 127.0.0.2 and up, 250 per
+    /// address, so that they are not refused by the per-address cap of the readers' address.
+    #[arg(long, default_value_t = 0)]
+    slow_connections: usize,
 }
 
 /// One side of a paired comparison: who reads from where.
@@ -1088,6 +1093,61 @@ fn pick(ids: &[String], k: u64) -> &str {
     &ids[(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % ids.len()]
 }
 
+/// Open slowloris connections: how many are open now, and how many the server closed.
+struct Slow {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Starts `n` slowloris clients against the server of `base` (see `--slow-connections`) and
+/// waits until they are connected.
+async fn slowloris(base: &str, n: usize) -> anyhow::Result<Slow> {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let url = reqwest::Url::parse(base)?;
+    let host = url.host_str().context("host")?.to_owned();
+    let port = url.port_or_known_default().context("port")?;
+    let server: std::net::SocketAddr = format!("{host}:{port}").parse()?;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for i in 0..n {
+        let local: std::net::IpAddr = format!("127.0.0.{}", 2 + i / 250).parse()?;
+        let (open, closed) = (open.clone(), closed.clone());
+        tokio::spawn(async move {
+            loop {
+                let socket = match tokio::net::TcpSocket::new_v4() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                if socket.bind(std::net::SocketAddr::new(local, 0)).is_err() {
+                    return;
+                }
+                let Ok(mut stream) = socket.connect(server).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                open.fetch_add(1, Ordering::Relaxed);
+                let mut ok = stream
+                    .write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n")
+                    .await
+                    .is_ok();
+                while ok {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    ok = stream.write_all(b"X").await.is_ok();
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                closed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "slowloris: {} of {n} slow connections open",
+        open.load(Ordering::Relaxed)
+    );
+    Ok(Slow { open, closed })
+}
+
 async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .default_headers(auth_headers(cli))
@@ -1101,6 +1161,11 @@ async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
         a.duration,
         cli.base
     );
+    let slow = if a.slow_connections > 0 {
+        Some(slowloris(&cli.base, a.slow_connections).await?)
+    } else {
+        None
+    };
     if a.compare_without_token {
         let anonymous = reqwest::Client::builder()
             .pool_max_idle_per_host(a.connections)
@@ -1144,6 +1209,14 @@ async fn read(cli: &Cli, a: &ReadArgs) -> anyhow::Result<()> {
     .await?;
     println!("read: {rps:.0} requests/s, {errors} errors");
     lat.report("read");
+    if let Some(slow) = &slow {
+        use std::sync::atomic::Ordering;
+        println!(
+            "slowloris: {} slow connections open at the end; the server closed {} of them during the run (header timeout)",
+            slow.open.load(Ordering::Relaxed),
+            slow.closed.load(Ordering::Relaxed)
+        );
+    }
     if let Some(url) = &cli.database_url {
         let ceiling =
             select_ceiling(url, a.connections, Duration::from_secs(a.duration.min(10))).await?;
