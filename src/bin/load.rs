@@ -1115,9 +1115,8 @@ async fn slowloris(base: &str, n: usize) -> anyhow::Result<Slow> {
         let (open, closed) = (open.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
-                let socket = match tokio::net::TcpSocket::new_v4() {
-                    Ok(s) => s,
-                    Err(_) => return,
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                    return;
                 };
                 if socket.bind(std::net::SocketAddr::new(local, 0)).is_err() {
                     return;
