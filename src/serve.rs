@@ -107,13 +107,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = connected(router.clone(), addr);
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = connection.await {
+            let mut stream = stream;
+            if request_line_too_long(&stream, limits.header_timeout).await {
+                refuse_long_request_line(&mut stream).await;
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -126,6 +132,67 @@ pub async fn serve(
         tracing::warn!("connections still open 30 s after shutdown began; closing them");
     }
     Ok(())
+}
+
+/// Whether the first request line of a connection runs past [`crate::fhir::MAX_URI_BYTES`]:
+/// hyper refuses lines over 64 KiB itself, with an empty 414 or 431, so such a request is
+/// answered here instead, with an OperationOutcome. Looks without reading (`peek`), for at most
+/// the header timeout.
+async fn request_line_too_long(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    let limit = crate::fhir::MAX_URI_BYTES + 64;
+    let mut buf = vec![0u8; limit + 1];
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = 0;
+    loop {
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await else {
+            return false;
+        };
+        if n == 0 || buf[..n].windows(2).any(|w| w == b"\r\n") {
+            return false;
+        }
+        if n > limit {
+            return true;
+        }
+        if n == seen {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen = n;
+    }
+}
+
+/// Reads the rest of an over-long request head (up to 4 MiB or 2 s), then answers 414 with an
+/// OperationOutcome and closes.
+async fn refuse_long_request_line(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail: Vec<u8> = Vec::new();
+    let mut read = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while read < 4 * 1024 * 1024 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                read += n;
+                tail.extend_from_slice(&buf[..n]);
+                if tail.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                let keep = tail.len().saturating_sub(3);
+                tail.drain(..keep);
+            }
+            _ => break,
+        }
+    }
+    let body = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "too-costly",
+        "diagnostics": format!("the URL is longer than {} bytes; send long searches as POST [type]/_search", crate::fhir::MAX_URI_BYTES)}]})
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/fhir+json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The router as a hyper service for one connection, with the peer's address in each request

@@ -438,6 +438,17 @@ fn push_code_rules_flag(qb: &mut QueryBuilder<'static, Postgres>, plan: &Plan, o
     qb.push(") as code_rules");
 }
 
+/// The flag [`push_code_rules_flag`] added to a first try's rows (`false` for other pages, and
+/// for an empty one, which the caller decides again anyway).
+fn code_rules_flag(rows: &[sqlx::postgres::PgRow], first_try: Option<&str>) -> Result<bool> {
+    Ok(first_try.is_some()
+        && rows
+            .first()
+            .map(|row| row.try_get::<bool, _>("code_rules"))
+            .transpose()?
+            .unwrap_or(false))
+}
+
 /// One page of `plan`, with a partner's code-rule decisions (`decided`), or as a partner's first
 /// try without the patients that have code rules (`first_try`: the organisation).
 async fn page_as(
@@ -513,12 +524,7 @@ async fn page_as(
     ));
     qb.push_bind(plan.count + 1);
     let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
-    let code_rules = first_try.is_some()
-        && rows
-            .first()
-            .map(|row| row.try_get::<bool, _>("code_rules"))
-            .transpose()?
-            .unwrap_or(false);
+    let code_rules = code_rules_flag(&rows, first_try)?;
     let mut found: Vec<Found> = Vec::with_capacity(rows.len());
     for row in rows {
         let mut keys = Vec::with_capacity(exprs.len());
@@ -696,12 +702,7 @@ async fn code_date_page(
     // Unlike other searches this statement is kept prepared, with a generic plan: its plan is
     // the index order whatever the values, and planning it anew cost as much as running it.
     let rows = qb.build().fetch_all(&state.db_generic).await?;
-    let code_rules = first_try.is_some()
-        && rows
-            .first()
-            .map(|row| row.try_get::<bool, _>("code_rules"))
-            .transpose()?
-            .unwrap_or(false);
+    let code_rules = code_rules_flag(&rows, first_try)?;
     let highs: Vec<String> = rows
         .iter()
         .map(|row| {
