@@ -12,6 +12,7 @@ pub mod authorize;
 pub mod login;
 pub mod sharing;
 
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +32,7 @@ pub const SESSION_COOKIE: &str = "__Host-fhirgate-session";
 /// The page routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/", get(landing))
         .route("/auth/signup", get(login::signup_page).post(login::signup))
         .route("/auth/login", get(login::login_page).post(login::login))
         .route("/auth/logout", axum::routing::post(login::logout))
@@ -73,6 +75,41 @@ button{margin:1rem .5rem 0 0;padding:.5rem 1.2rem}.error{color:#b00020}ul.scopes
 const TABLE_STYLE: &str = "body{max-width:72rem}table{border-collapse:collapse;width:100%;font-size:.9rem}\
 td,th{border-bottom:1px solid #d0d7de;padding:.3rem;text-align:left;vertical-align:top;word-break:break-word}\
 .outcome-4 td,.outcome-8 td{background:#fff5f5}pre{white-space:pre-wrap;word-break:break-word}";
+
+/// `GET /`: what this server is, whether its database answers, and where to go next. No data,
+/// no token needed.
+async fn landing(State(state): State<AppState>) -> Response {
+    let ready = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("select 1").execute(&state.db),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let status = if ready {
+        "<strong>ready</strong>: the database answers"
+    } else {
+        "<strong class=\"error\">not ready</strong>: the database does not answer"
+    };
+    let base = esc(&state.fhir_base);
+    let body = format!(
+        "<h1>fhirgate</h1><p class=\"muted\">FHIR R4 server for personal health data, version {v}</p>\
+<p>Status: {status}.</p>\
+<h2>For FHIR clients</h2><ul>\
+<li>FHIR base: <code>{base}</code></li>\
+<li><a href=\"/fhir/metadata\">CapabilityStatement</a> (<code>/fhir/metadata</code>)</li>\
+<li><a href=\"/.well-known/smart-configuration\">SMART configuration</a></li>\
+<li><a href=\"/.well-known/openid-configuration\">OpenID configuration</a></li></ul>\
+<h2>For patients and auditors</h2><ul>\
+<li><a href=\"/auth/login\">Sign in</a> or <a href=\"/auth/signup\">create an account</a></li>\
+<li><a href=\"/account/access\">Who accessed my data</a></li>\
+<li><a href=\"/account/sharing\">Sharing with partners</a></li>\
+<li><a href=\"/audit\">Audit trail</a> (auditors)</li></ul>\
+<h2>Documentation</h2><p>The README of the source repository: quick start, authorization, access policy, \
+security model and benchmarks.</p>",
+        v = env!("CARGO_PKG_VERSION"),
+    );
+    page(StatusCode::OK, "fhirgate", &body, &[])
+}
 
 /// An HTML page with the security headers every page carries, and any cookies to set.
 pub fn page(status: StatusCode, title: &str, body: &str, cookies: &[String]) -> Response {

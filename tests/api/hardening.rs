@@ -817,3 +817,41 @@ async fn fuzzed_queries_cursors_and_tokens_never_fail_the_server() {
     }
     still_alive(&app).await;
 }
+
+/// `/` is a landing page without data or token; any other unknown URL is still a 404
+/// OperationOutcome.
+#[tokio::test]
+async fn the_landing_page_links_the_way_in_and_unknown_urls_stay_404() {
+    let app = spawn_app().await;
+    let root = app.base.trim_end_matches("/fhir").to_owned();
+    let resp = app
+        .anonymous
+        .get(format!("{root}/"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/html"));
+    let html = resp.text().await.expect("text");
+    for link in [
+        "/fhir/metadata",
+        "/.well-known/smart-configuration",
+        "/auth/login",
+        "/account/access",
+        env!("CARGO_PKG_VERSION"),
+        "ready",
+    ] {
+        assert!(html.contains(link), "{link}: {html}");
+    }
+    let resp = app
+        .anonymous
+        .get(format!("{root}/nope"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(json(resp).await["resourceType"], "OperationOutcome");
+}
