@@ -110,6 +110,30 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations to DATABASE_URL (or the private database) and exit.
     Migrate,
+    /// Print an access token of the built-in development client, for trying the API at once.
+    /// Refused with FHIRGATE_ENV=production or when a real master key is configured; every
+    /// token it prints is audited like any issuance.
+    Token {
+        /// SMART scopes (`system/*.rs`, `patient/*.rs`, `system/*.cruds`, …).
+        #[arg(long, default_value = "system/*.rs")]
+        scopes: String,
+        /// A patient context: the token reaches this patient's compartment only.
+        #[arg(long)]
+        patient: Option<String>,
+        /// A partner context (`Organization/ID`): the token sees what patients consented to.
+        #[arg(long)]
+        organization: Option<String>,
+        /// Lifetime: seconds, or with a unit (`90s`, `30m`, `1h`; at most 24h).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The server's public base URL, which the token is issued for.
+        #[arg(
+            long,
+            env = "FHIRGATE_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        public_url: String,
+    },
     /// Rebuild every search index row and consent grant from the stored resources (after the
     /// SearchParameter definitions change; the server also does it by itself at start-up).
     Reindex {

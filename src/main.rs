@@ -64,6 +64,35 @@ async fn run() -> anyhow::Result<()> {
             served.context("serving")?;
             tracing::info!("stopped");
         }
+        Command::Token {
+            scopes,
+            patient,
+            organization,
+            ttl,
+            public_url,
+        } => {
+            if cli.db.environment.is_production() {
+                anyhow::bail!("fhirgate token is refused with FHIRGATE_ENV=production: use a registered client (Backend Services) instead");
+            }
+            if cli.db.master_key.is_some() || cli.db.master_key_file.is_some() {
+                anyhow::bail!("fhirgate token is refused when a real master key is configured: use a registered client (Backend Services) instead");
+            }
+            let ttl = fhirgate::auth::token::parse_ttl(&ttl)?;
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let issued = fhirgate::auth::token::development_token(
+                db.pool.clone(),
+                Box::new(keys),
+                &public_url,
+                &scopes,
+                patient,
+                organization,
+                ttl,
+            )
+            .await;
+            db.close().await;
+            println!("{}", issued?);
+        }
         Command::Reindex { batch } => {
             let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;

@@ -396,3 +396,86 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
     let body = json!({"access_token": access_token, "token_type": "Bearer", "expires_in": BACKEND_TOKEN_SECS, "scope": claims.scope});
     Ok(no_store(axum::Json(body).into_response()))
 }
+
+/// The client id of tokens printed by `fhirgate token`.
+pub const DEVELOPMENT_CLIENT: &str = "fhirgate-development";
+
+/// `fhirgate token --ttl`: seconds, or a number with `s`, `m` or `h`; from 1 s to 24 h.
+pub fn parse_ttl(text: &str) -> anyhow::Result<i64> {
+    let t = text.trim();
+    let (number, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1),
+        Some((i, 'm')) => (&t[..i], 60),
+        Some((i, 'h')) => (&t[..i], 3600),
+        _ => (t, 1),
+    };
+    let seconds = number
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|s| (1..=24 * 3600).contains(s))
+        .ok_or_else(|| anyhow::anyhow!("--ttl must be 1 s to 24 h, e.g. 3600, 30m or 1h"))?;
+    Ok(seconds)
+}
+
+/// Signs an access token for the built-in development client with the server's own key, as its
+/// token endpoint would, and audits the issuance (`fhirgate token`; the command refuses
+/// production first).
+pub async fn development_token(
+    pool: sqlx::PgPool,
+    keys: Box<dyn crate::crypto::KeyProvider>,
+    public_url: &str,
+    scopes: &str,
+    patient: Option<String>,
+    organization: Option<String>,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
+    let parsed = ScopeSet::parse(scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+    if parsed.resources.is_empty() {
+        anyhow::bail!("--scopes names no FHIR resource scope (for example system/*.rs)");
+    }
+    let patient_scopes = parsed.has_context(crate::auth::scopes::Context::Patient);
+    if patient.is_some() && !patient_scopes {
+        anyhow::bail!("--patient needs patient/ scopes (for example patient/*.rs)");
+    }
+    if patient.is_none() && patient_scopes {
+        anyhow::bail!("patient/ scopes need --patient ID (the patient the token acts for)");
+    }
+    if let Some(p) = &patient {
+        if !fhirgate_codec::is_valid_id(p) {
+            anyhow::bail!("--patient must be a FHIR id");
+        }
+    }
+    let organization = organization.map(|o| crate::access::organization_reference(&o));
+    let state = crate::startup::open_state(pool, keys, public_url, usize::MAX, false, true).await?;
+    let now = chrono::Utc::now().timestamp();
+    let claims = AccessClaims {
+        iss: state.issuer.clone(),
+        aud: state.fhir_base.clone(),
+        sub: DEVELOPMENT_CLIENT.to_owned(),
+        exp: now + ttl_secs,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        scope: scopes.to_owned(),
+        client_id: DEVELOPMENT_CLIENT.to_owned(),
+        patient,
+        organization,
+    };
+    let token = state.signing.sign(&claims)?;
+    let mut ctx = crate::audit::RequestContext::default();
+    ctx.client_id = Some(DEVELOPMENT_CLIENT.to_owned());
+    ctx.organization = claims.organization.clone();
+    ctx.user = claims.patient.as_ref().map(|p| format!("Patient/{p}"));
+    ctx.command_line = true;
+    if !crate::audit::api::record_auth(
+        &state,
+        crate::audit::event::Kind::Token("token-issue"),
+        crate::audit::Outcome::Success,
+        &ctx,
+    )
+    .await
+    {
+        anyhow::bail!("the issuance could not be audited; no token was printed");
+    }
+    Ok(token)
+}

@@ -567,3 +567,103 @@ async fn reindex_rebuilds_the_search_index_and_consent_grants() {
         .expect("q");
     assert_eq!(state, 1, "the rebuilt index records its definitions");
 }
+
+/// `fhirgate token` prints a working token of the development client (first-party, patient or
+/// partner context), audited like any issuance, and is refused in production and with a real
+/// master key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_development_token_works_and_is_refused_in_production() {
+    let name = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    fhirgate::pg::create_database(&admin_options(), &name)
+        .await
+        .expect("create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let envs = [("DATABASE_URL", db_url(&name))];
+    let server = start(&envs, dir.path());
+    let public = server.base.trim_end_matches("/fhir").to_owned();
+    let token = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        clean_env(&mut cmd)
+            .arg("token")
+            .args(extra)
+            .args(["--public-url", &public, "--data-dir"])
+            .arg(dir.path())
+            .env("DATABASE_URL", db_url(&name));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run")
+    };
+    let out = token(&["--scopes", "system/*.rs", "--ttl", "10m"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("{}/Patient", server.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(resp.status(), 200);
+    // Read-only: a write is refused by its scopes.
+    let resp = client
+        .post(format!("{}/Patient", server.base))
+        .bearer_auth(&t)
+        .header("content-type", "application/fhir+json")
+        .body(r#"{"resourceType":"Patient"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 403);
+    // A patient context reaches only that patient.
+    let out = token(&["--scopes", "patient/*.rs", "--patient", "p1"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pt = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let resp = client
+        .get(format!("{}/Patient/p2/$everything", server.base))
+        .bearer_auth(&pt)
+        .send()
+        .await
+        .expect("everything");
+    assert_eq!(resp.status(), 404);
+    // Refused: production, a real master key, nonsense arguments.
+    for (extra, env, says) in [
+        (vec![], vec![("FHIRGATE_ENV", "production")], "production"),
+        (
+            vec![],
+            vec![(
+                "FHIRGATE_MASTER_KEY",
+                "00000000000000000000000000000000000000000000000000000000000000ff",
+            )],
+            "master key",
+        ),
+        (vec!["--ttl", "3d"], vec![], "--ttl"),
+        (vec!["--scopes", "patient/*.rs"], vec![], "--patient"),
+        (vec!["--scopes", "everything please"], vec![], "--scopes"),
+    ] {
+        let out = token(&extra, &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} {env:?}");
+        assert!(err.contains(says), "{says}: {err}");
+        assert!(out.stdout.is_empty(), "no token printed");
+    }
+    // Every issuance is in the trail.
+    let pool = sqlx::PgPool::connect_with(admin_options().database(&name))
+        .await
+        .expect("connect");
+    let events: String = sqlx::query_scalar("select string_agg(events, '\n') from audit_log")
+        .fetch_one(&pool)
+        .await
+        .expect("events");
+    assert_eq!(events.matches("token-issue").count(), 2, "{events}");
+    assert!(events.contains("fhirgate-development"));
+    assert!(server.terminate().success());
+}
