@@ -241,6 +241,10 @@ pub enum ClientCommand {
         /// A backend's public JWKS (JSON file).
         #[arg(long)]
         jwks: Option<PathBuf>,
+        /// For a backend: make a fresh ES384 key pair, write the private key (PKCS#8 PEM, mode
+        /// 0600) to this file, and register its public half (kid = the client id).
+        #[arg(long, conflicts_with = "jwks")]
+        generate_key: Option<PathBuf>,
         /// A partner backend's Organization, as `Organization/<id>`.
         #[arg(long)]
         organization: Option<String>,

@@ -297,10 +297,18 @@ async fn client_command(db: &sqlx::PgPool, command: ClientCommand) -> anyhow::Re
             id,
             scopes,
             jwks,
+            generate_key,
             organization,
             redirect_uri,
             confidential,
         } => {
+            if generate_key.is_some() && kind != "backend" {
+                anyhow::bail!("--generate-key is for --kind backend");
+            }
+            let generated = match &generate_key {
+                Some(path) => Some(clients::generate_key_file(path, &id)?),
+                None => None,
+            };
             let jwks = match jwks {
                 Some(path) => Some(
                     serde_json::from_str(
@@ -309,7 +317,7 @@ async fn client_command(db: &sqlx::PgPool, command: ClientCommand) -> anyhow::Re
                     )
                     .with_context(|| format!("{} is not JSON", path.display()))?,
                 ),
-                None => None,
+                None => generated,
             };
             let secret =
                 (kind == "app" && confidential).then(|| hex::encode(rand::random::<[u8; 32]>()));
@@ -325,6 +333,12 @@ async fn client_command(db: &sqlx::PgPool, command: ClientCommand) -> anyhow::Re
             };
             clients::add(db, &client).await?;
             println!("registered client {id}");
+            if let Some(path) = &generate_key {
+                println!(
+                    "private key written to {} (ES384, kid {id}); sign client assertions with it",
+                    path.display()
+                );
+            }
             if let Some(s) = secret {
                 println!("client secret (shown once): {s}");
             }

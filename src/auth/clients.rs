@@ -235,3 +235,39 @@ pub async fn ensure_organization(
         Err(e) => Err(e),
     }
 }
+
+/// `fhirgate client add --generate-key PATH`: a fresh ES384 key pair; the private key goes to
+/// `path` (PKCS#8 PEM, created new with mode 0600, never overwritten) and the public JWKS (kid =
+/// the client id) is returned for the registration.
+pub fn generate_key_file(path: &std::path::Path, kid: &str) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine;
+    use p384::elliptic_curve::sec1::ToEncodedPoint;
+    use p384::pkcs8::{EncodePrivateKey, LineEnding};
+    use std::io::Write;
+    let secret = p384::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = secret
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the key: {e}"))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("writing {} (it must not exist yet): {e}", path.display()))?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    let point = secret.public_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let (x, y) = (
+        point.x().ok_or_else(|| anyhow::anyhow!("no x"))?,
+        point.y().ok_or_else(|| anyhow::anyhow!("no y"))?,
+    );
+    Ok(
+        serde_json::json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384",
+        "use": "sig", "x": b64(x), "y": b64(y)}]}),
+    )
+}

@@ -667,3 +667,77 @@ async fn a_development_token_works_and_is_refused_in_production() {
     assert!(events.contains("fhirgate-development"));
     assert!(server.terminate().success());
 }
+
+/// `fhirgate client add --kind backend --generate-key FILE`: the private key lands in a new file
+/// only the owner can read, and an assertion signed with it gets a working token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_registered_with_a_generated_key_gets_a_token() {
+    let name = format!("fhirgate_test_{}", uuid::Uuid::new_v4().simple());
+    fhirgate::pg::create_database(&admin_options(), &name)
+        .await
+        .expect("create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let envs = [("DATABASE_URL", db_url(&name))];
+    let key_file = dir.path().join("backend.pem");
+    let add = |key: &Path| {
+        let mut cmd = Command::new(BIN);
+        clean_env(&mut cmd)
+            .args([
+                "client",
+                "add",
+                "--kind",
+                "backend",
+                "--id",
+                "gen-backend",
+                "--scopes",
+                "system/*.rs",
+                "--generate-key",
+            ])
+            .arg(key)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("DATABASE_URL", db_url(&name));
+        cmd.output().expect("client add")
+    };
+    let out = add(&key_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // An existing file is never overwritten.
+    assert!(!add(&key_file).status.success());
+    let server = start(&envs, dir.path());
+    let token_url = server.base.replace("/fhir", "/auth/token");
+    let pem = std::fs::read(&key_file).expect("pem");
+    let now = chrono::Utc::now().timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
+    header.kid = Some("gen-backend".into());
+    let assertion = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": "gen-backend", "sub": "gen-backend", "aud": token_url, "exp": now + 240,
+            "jti": uuid::Uuid::new_v4().to_string()}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("key"),
+    )
+    .expect("sign");
+    let resp = crate::helpers::request_token(&token_url, &assertion, "system/*.rs").await;
+    assert_eq!(resp.status(), 200);
+    let token: Value = resp.json().await.expect("json");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/Patient", server.base))
+        .bearer_auth(token["access_token"].as_str().expect("token"))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(resp.status(), 200);
+    assert!(server.terminate().success());
+}
