@@ -84,6 +84,16 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A test that fails before `terminate` must not leave its server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn db_url(name: &str) -> String {
     let o = admin_options();
     let host = o.get_host();
