@@ -182,10 +182,10 @@ async fn refuse_long_request_line(stream: &mut tokio::net::TcpStream) {
             _ => break,
         }
     }
-    let body = serde_json::json!({"resourceType": "OperationOutcome", "issue": [{
-        "severity": "error", "code": "too-costly",
-        "diagnostics": format!("the URL is longer than {} bytes; send long searches as POST [type]/_search", crate::fhir::MAX_URI_BYTES)}]})
-    .to_string();
+    // The same OperationOutcome the router's 414 carries.
+    let (_, issues) =
+        crate::error::FhirError::UriTooLong(crate::fhir::MAX_URI_BYTES).client_response();
+    let body = crate::error::outcome(&issues, "error").to_string();
     let head = format!(
         "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/fhir+json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
