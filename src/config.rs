@@ -134,6 +134,28 @@ pub enum Command {
         )]
         public_url: String,
     },
+    /// Load the demo dataset (three Synthea patients, Apple Health and Withings data for one of
+    /// them, a partner with a Consent, a sign-in account) and print what to try next. Idempotent.
+    /// Refused with FHIRGATE_ENV=production or when a real master key is configured.
+    Demo {
+        /// The server's public base URL, which the printed tokens and commands use.
+        #[arg(
+            long,
+            env = "FHIRGATE_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        public_url: String,
+    },
+    /// Check this machine and configuration (PostgreSQL, migrations, keys, URLs, clock, disk,
+    /// ports) and explain how to fix what is wrong. Exits 1 when a check fails.
+    Doctor {
+        /// The address `serve` would listen on.
+        #[arg(long, env = "FHIRGATE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The public base URL `serve` would use.
+        #[arg(long, env = "FHIRGATE_PUBLIC_URL")]
+        public_url: Option<String>,
+    },
     /// Rebuild every search index row and consent grant from the stored resources (after the
     /// SearchParameter definitions change; the server also does it by itself at start-up).
     Reindex {

@@ -6,6 +6,8 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod crypto;
+pub mod demo;
+pub mod doctor;
 pub mod error;
 pub mod fhir;
 pub mod fuzz;

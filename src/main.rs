@@ -32,12 +32,28 @@ async fn run() -> anyhow::Result<()> {
                 anyhow::bail!("--no-read-audit is refused with FHIRGATE_ENV=production");
             }
             // Keys first: a missing production key must fail before anything touches the database.
-            let keys = startup::master_keys(&cli.db)?;
-            let db = Database::connect(&cli.db).await?;
-            let app = match Application::build(&args, Box::new(keys), db.pool.clone()).await {
-                Ok(app) => app,
+            let started = async {
+                let keys = startup::master_keys(&cli.db)?;
+                let db = Database::connect(&cli.db).await?;
+                match Application::build(&args, Box::new(keys), db.pool.clone()).await {
+                    Ok(app) => Ok((db, app)),
+                    Err(e) => {
+                        db.close().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            let (db, app) = match started {
+                Ok(started) => started,
                 Err(e) => {
-                    db.close().await;
+                    let listen = args.listen.to_string();
+                    let found = fhirgate::doctor::run(&cli.db, &listen, args.public_url.as_deref())
+                        .await
+                        .problems();
+                    if !found.checks.is_empty() {
+                        eprintln!("fhirgate cannot start. `fhirgate doctor` finds:\n{found}");
+                    }
                     return Err(e);
                 }
             };
@@ -71,12 +87,7 @@ async fn run() -> anyhow::Result<()> {
             ttl,
             public_url,
         } => {
-            if cli.db.environment.is_production() {
-                anyhow::bail!("fhirgate token is refused with FHIRGATE_ENV=production: use a registered client (Backend Services) instead");
-            }
-            if cli.db.master_key.is_some() || cli.db.master_key_file.is_some() {
-                anyhow::bail!("fhirgate token is refused when a real master key is configured: use a registered client (Backend Services) instead");
-            }
+            development_only(&cli.db, "fhirgate token")?;
             let ttl = fhirgate::auth::token::parse_ttl(&ttl)?;
             let keys = startup::master_keys(&cli.db)?;
             let db = Database::connect(&cli.db).await?;
@@ -92,6 +103,33 @@ async fn run() -> anyhow::Result<()> {
             .await;
             db.close().await;
             println!("{}", issued?);
+        }
+        Command::Demo { public_url } => {
+            development_only(&cli.db, "fhirgate demo")?;
+            let keys = startup::master_keys(&cli.db)?;
+            let db = Database::connect(&cli.db).await?;
+            let loaded = async {
+                let state = startup::open_state(
+                    db.pool.clone(),
+                    Box::new(keys),
+                    &public_url,
+                    usize::MAX,
+                    false,
+                    true,
+                )
+                .await?;
+                fhirgate::demo::load(&state, &cli.db.data_dir).await
+            }
+            .await;
+            db.close().await;
+            print!("{}", fhirgate::demo::next_steps(&loaded?, &public_url));
+        }
+        Command::Doctor { listen, public_url } => {
+            let report = fhirgate::doctor::run(&cli.db, &listen, public_url.as_deref()).await;
+            print!("{report}");
+            if report.failed() {
+                std::process::exit(1);
+            }
         }
         Command::Reindex { batch } => {
             let keys = startup::master_keys(&cli.db)?;
@@ -285,6 +323,18 @@ async fn run() -> anyhow::Result<()> {
                 anyhow::bail!("some data keys could not be unwrapped with the configured keys");
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses the development conveniences (`token`, `demo`) in production and when a real master
+/// key is configured: there, tokens come only from registered clients.
+fn development_only(db: &fhirgate::config::DbArgs, what: &str) -> anyhow::Result<()> {
+    if db.environment.is_production() {
+        anyhow::bail!("{what} is refused with FHIRGATE_ENV=production: use a registered client (Backend Services) instead");
+    }
+    if db.master_key.is_some() || db.master_key_file.is_some() {
+        anyhow::bail!("{what} is refused when a real master key is configured: use a registered client (Backend Services) instead");
     }
     Ok(())
 }

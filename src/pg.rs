@@ -58,9 +58,53 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
         })
         .collect();
     found.sort();
-    found.pop().map(|(_, p)| p).context(
-        "no PostgreSQL binaries found (install the postgresql package, or set DATABASE_URL)",
-    )
+    found.pop().map(|(_, p)| p).context(NO_BINARIES)
+}
+
+/// What to do when `initdb` cannot be found (serve and doctor both say it).
+pub const NO_BINARIES: &str = "no PostgreSQL server binaries (initdb, pg_ctl) found. Install them \
+(Debian/Ubuntu: apt-get install postgresql; Fedora/RHEL: dnf install postgresql-server; macOS: \
+brew install postgresql@16), or set DATABASE_URL to a PostgreSQL server you run";
+
+/// The private cluster of `data_dir` as a previous `serve` left it, without creating or
+/// starting anything: its data directory, its socket directory and whether it runs. `None` when
+/// there is none yet.
+pub fn existing(data_dir: &Path) -> Option<(PathBuf, PathBuf, bool)> {
+    let data_dir = data_dir.canonicalize().ok()?;
+    let root = std::fs::read_to_string(data_dir.join("postgres-location.txt"))
+        .map(|s| PathBuf::from(s.trim()))
+        .unwrap_or_else(|_| data_dir.clone());
+    let pgdata = root.join("postgres");
+    if !pgdata.join("PG_VERSION").exists() {
+        return None;
+    }
+    let socket_dir = socket_dir(&root, &data_dir);
+    // The postmaster writes its pid file while it runs and removes it on a clean stop; a
+    // process of that pid must still exist.
+    let running = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().map(str::trim).map(str::to_owned))
+        .is_some_and(|pid| Path::new("/proc").join(pid).exists());
+    Some((pgdata, socket_dir, running))
+}
+
+/// Unix socket paths are limited to 107 bytes; a long data directory gets a short private one.
+fn socket_dir(root: &Path, data_dir: &Path) -> PathBuf {
+    let dir = root.join("run");
+    if dir.as_os_str().len() > 80 {
+        std::env::temp_dir().join(format!("fhirgate-{}", short_hash(data_dir)))
+    } else {
+        dir
+    }
+}
+
+/// Connection options for database `db` of a private cluster listening in `socket_dir`.
+pub fn socket_options(socket_dir: &Path, db: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .socket(socket_dir)
+        .port(5432)
+        .username("postgres")
+        .database(db)
 }
 
 impl PrivatePostgres {
@@ -91,11 +135,7 @@ impl PrivatePostgres {
             data_dir.clone()
         };
         let pgdata = root.join("postgres");
-        // Unix socket paths are limited to 107 bytes; fall back to a short private directory.
-        let mut socket_dir = root.join("run");
-        if socket_dir.as_os_str().len() > 80 {
-            socket_dir = std::env::temp_dir().join(format!("fhirgate-{}", short_hash(&data_dir)));
-        }
+        let socket_dir = socket_dir(&root, &data_dir);
         std::fs::create_dir_all(&socket_dir)?;
         let pg = Self {
             bindir,
@@ -209,11 +249,7 @@ impl PrivatePostgres {
 
     /// Connection options for database `db` on this cluster.
     pub fn connect_options(&self, db: &str) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .socket(&self.socket_dir)
-            .port(5432)
-            .username("postgres")
-            .database(db)
+        socket_options(&self.socket_dir, db)
     }
 
     /// Stops the cluster if this process started it.

@@ -430,6 +430,18 @@ pub async fn development_token(
     organization: Option<String>,
     ttl_secs: i64,
 ) -> anyhow::Result<String> {
+    let state = crate::startup::open_state(pool, keys, public_url, usize::MAX, false, true).await?;
+    development_token_for(&state, scopes, patient, organization, ttl_secs).await
+}
+
+/// [`development_token`] with the state already open (`fhirgate demo` issues several).
+pub async fn development_token_for(
+    state: &AppState,
+    scopes: &str,
+    patient: Option<String>,
+    organization: Option<String>,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
     let parsed = ScopeSet::parse(scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
     if parsed.resources.is_empty() {
         anyhow::bail!("--scopes names no FHIR resource scope (for example system/*.rs)");
@@ -447,7 +459,6 @@ pub async fn development_token(
         }
     }
     let organization = organization.map(|o| crate::access::organization_reference(&o));
-    let state = crate::startup::open_state(pool, keys, public_url, usize::MAX, false, true).await?;
     let now = chrono::Utc::now().timestamp();
     let claims = AccessClaims {
         iss: state.issuer.clone(),
@@ -468,7 +479,7 @@ pub async fn development_token(
     ctx.user = claims.patient.as_ref().map(|p| format!("Patient/{p}"));
     ctx.command_line = true;
     if !crate::audit::api::record_auth(
-        &state,
+        state,
         crate::audit::event::Kind::Token("token-issue"),
         crate::audit::Outcome::Success,
         &ctx,

@@ -181,6 +181,31 @@ pub async fn sign_up(state: &AppState, form: SignUp) -> std::result::Result<User
     })
 }
 
+/// Gives the existing record `Patient/patient_id` a sign-in account (`fhirgate demo`); `false`
+/// when the address already has an account, which is left as it is.
+pub async fn attach_account(
+    state: &AppState,
+    email: &str,
+    password: &str,
+    patient_id: &str,
+) -> Result<bool> {
+    let email = normalize_email(email)
+        .ok_or_else(|| FhirError::bad_request("email", "not an email address"))?;
+    let password_hash = hash_password(password.to_owned()).await?;
+    // language=PostgreSQL
+    let inserted = sqlx::query(
+        "insert into app_user (user_id, email_index, password_hash, patient_id) values ($1::uuid, $2, $3, $4) on conflict (email_index) do nothing",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(email_index(state, &email))
+    .bind(&password_hash)
+    .bind(patient_id)
+    .execute(&state.db)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
 /// The user with this email and password, or `None` (same work either way).
 pub async fn authenticate(state: &AppState, email: &str, password: &str) -> Result<Option<User>> {
     let found: Option<(String, String, String)> = match normalize_email(email) {

@@ -315,8 +315,25 @@ pub async fn account(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return see_other("/auth/login", &[]);
     };
     let c = csrf(&state, &headers);
+    let summary = match record_summary(&state, &user.patient_id).await {
+        Ok(rows) if rows.is_empty() => {
+            "<p id=\"record-empty\">Your record is empty so far. Import data from a health app, or connect one.</p>".to_owned()
+        }
+        Ok(rows) => {
+            let items: String = rows
+                .iter()
+                .map(|(rt, n)| format!("<li><strong>{n}</strong> {}</li>", esc(&type_words(rt, *n))))
+                .collect();
+            format!("<h2>Your record</h2><ul id=\"record\">{items}</ul>")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the record summary");
+            "<p class=\"error\">Your record cannot be summarised right now.</p>".to_owned()
+        }
+    };
     let body = format!(
         r#"<h1>You are signed in</h1><p>Your health record is <code>Patient/{pid}</code>.</p>
+{summary}
 <p><a id="sharing" href="/account/sharing">Sharing with partners</a> · <a id="access" href="/account/access">Who accessed my data</a></p>
 <form method="post" action="/auth/logout"><input type="hidden" name="csrf" value="{token}"><button type="submit" id="sign-out">Sign out</button></form>"#,
         pid = esc(&user.patient_id),
@@ -328,6 +345,50 @@ pub async fn account(State(state): State<AppState>, headers: HeaderMap) -> Respo
         &body,
         &with_csrf_cookie(c.set_cookie),
     )
+}
+
+/// How many resources of each type the patient's record holds, most first; the patient's own
+/// access policy decides what counts.
+async fn record_summary(state: &AppState, patient: &str) -> sqlx::Result<Vec<(String, i64)>> {
+    let policy = crate::access::Policy::patient_self(patient);
+    let mut qb = sqlx::QueryBuilder::new(
+        "select r.resource_type, count(*) from resource r where not r.deleted and r.compartment = ",
+    );
+    qb.push_bind(patient.to_owned());
+    policy.restrict(
+        &mut qb,
+        "r",
+        crate::auth::scopes::Permission::Search,
+        Some(patient),
+        None,
+    );
+    qb.push(" group by r.resource_type order by 2 desc, 1");
+    qb.build_query_as().fetch_all(&state.db).await
+}
+
+/// A resource type in words, for the record summary.
+fn type_words(rt: &str, n: i64) -> String {
+    let (one, many) = match rt {
+        "Observation" => ("measurement or result", "measurements and results"),
+        "Patient" => ("patient record", "patient records"),
+        "Encounter" => ("visit", "visits"),
+        "Condition" => ("condition", "conditions"),
+        "Procedure" => ("procedure", "procedures"),
+        "Immunization" => ("immunization", "immunizations"),
+        "AllergyIntolerance" => ("allergy", "allergies"),
+        "MedicationRequest" => ("prescription", "prescriptions"),
+        "DiagnosticReport" => ("report", "reports"),
+        "DocumentReference" => ("document", "documents"),
+        "CarePlan" => ("care plan", "care plans"),
+        "CareTeam" => ("care team", "care teams"),
+        "Claim" => ("claim", "claims"),
+        "ExplanationOfBenefit" => ("explanation of benefit", "explanations of benefit"),
+        "Consent" => ("sharing consent", "sharing consents"),
+        "Device" => ("device", "devices"),
+        "Provenance" => ("import record", "import records"),
+        _ => return rt.to_owned(),
+    };
+    if n == 1 { one } else { many }.to_owned()
 }
 
 #[cfg(test)]

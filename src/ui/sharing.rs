@@ -32,6 +32,22 @@ async fn partners(state: &AppState) -> crate::error::Result<Vec<String>> {
         .collect())
 }
 
+/// A partner's name as its Organization gives it, else the reference. The patient's own policy
+/// decides whether the Organization may be read (shared resources are).
+async fn partner_name(state: &AppState, patient: &str, org: &str) -> crate::error::Result<String> {
+    let Some(id) = org.strip_prefix("Organization/") else {
+        return Ok(org.to_owned());
+    };
+    let stored = crate::storage::read_current(state, "Organization", id).await?;
+    let policy = crate::access::Policy::patient_self(patient);
+    let name = stored
+        .filter(|v| !v.deleted && policy.reaches("Organization", v.compartment.as_deref()))
+        .and_then(|v| v.body)
+        .and_then(|b| fhirgate_codec::parse_json(&b).ok())
+        .and_then(|o| o["name"].as_str().map(str::to_owned));
+    Ok(name.unwrap_or_else(|| org.to_owned()))
+}
+
 /// The Consent this page manages for `org`: the patient's Consent naming only that partner.
 fn managed<'a>(consents: &'a [Value], org: &str) -> Option<&'a Value> {
     consents
@@ -95,11 +111,12 @@ async fn render(
             .map(|s| format!("since {s}"))
             .unwrap_or_else(|| "nothing shared".into());
         let s = slug(&org);
+        let name = partner_name(state, &user.patient_id, &org).await?;
         body.push_str(&format!(
             "<form method=\"post\" action=\"/account/sharing\" class=\"partner\" id=\"partner-{s}\">\
 <h2>{name}</h2><p class=\"muted\">{period}; purpose: treatment</p>\
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"partner\" value=\"{org_attr}\">",
-            name = esc(&org),
+            name = esc(&name),
             period = esc(&period),
             csrf = esc(&c.token),
             org_attr = esc(&org),
@@ -152,7 +169,11 @@ async fn history(state: &AppState, patient: &str) -> crate::error::Result<Vec<(S
     for v in versions {
         let Some(b) = v.body else { continue };
         let c = fhirgate_codec::parse_json(&b)?;
-        let partner = fhirgate_consent::organizations_named(&c).join(", ");
+        let mut names = Vec::new();
+        for org in fhirgate_consent::organizations_named(&c) {
+            names.push(partner_name(state, patient, &org).await?);
+        }
+        let partner = names.join(", ");
         let classes: Vec<&str> = c["provision"]["class"]
             .as_array()
             .into_iter()

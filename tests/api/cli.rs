@@ -10,16 +10,16 @@ use serde_json::{json, Value};
 
 use crate::helpers::{admin_options, es384_key, fresh_database, observation, request_token};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fhirgate");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_fhirgate");
 
 /// A `fhirgate serve` child process and its base URL.
-struct Server {
-    child: Child,
-    base: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-fn clean_env(cmd: &mut Command) -> &mut Command {
+pub(crate) fn clean_env(cmd: &mut Command) -> &mut Command {
     for var in [
         "DATABASE_URL",
         "FHIRGATE_MASTER_KEY",
@@ -27,13 +27,15 @@ fn clean_env(cmd: &mut Command) -> &mut Command {
         "FHIRGATE_PREVIOUS_MASTER_KEY_FILES",
         "FHIRGATE_ENV",
         "FHIRGATE_DATA_DIR",
+        "FHIRGATE_PUBLIC_URL",
+        "FHIRGATE_LISTEN",
     ] {
         cmd.env_remove(var);
     }
     cmd
 }
 
-fn start(envs: &[(&str, String)], data_dir: &Path) -> Server {
+pub(crate) fn start(envs: &[(&str, String)], data_dir: &Path) -> Server {
     let mut cmd = Command::new(BIN);
     clean_env(&mut cmd)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -75,7 +77,7 @@ fn start(envs: &[(&str, String)], data_dir: &Path) -> Server {
 }
 
 impl Server {
-    fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -94,7 +96,7 @@ impl Drop for Server {
     }
 }
 
-fn db_url(name: &str) -> String {
+pub(crate) fn db_url(name: &str) -> String {
     let o = admin_options();
     let host = o.get_host();
     if host.starts_with('/') {

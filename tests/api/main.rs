@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod independent;
 mod ingest;
+mod newcomer;
 mod noninterference;
 mod search;
 mod smart_app;
