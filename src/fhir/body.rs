@@ -99,5 +99,8 @@ fn body_format(headers: &axum::http::HeaderMap) -> Result<Format, FhirError> {
             )));
         }
     }
-    Format::from_mime(&lower).ok_or_else(|| FhirError::UnsupportedMediaType(ct.to_owned()))
+    let format =
+        Format::from_mime(&lower).ok_or_else(|| FhirError::UnsupportedMediaType(ct.to_owned()))?;
+    crate::fhir::format::check_fhir_version(ct, "Content-Type")?;
+    Ok(format)
 }

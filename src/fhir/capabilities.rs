@@ -109,7 +109,7 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 "readHistory": true,
                 "updateCreate": true,
                 "conditionalCreate": true,
-                "conditionalRead": "not-supported",
+                "conditionalRead": "full-support",
                 "conditionalUpdate": true,
                 "conditionalDelete": "not-supported",
                 "referencePolicy": ["literal", "logical"],

@@ -22,7 +22,8 @@ use crate::state::AppState;
 use crate::storage::{self, conditional};
 
 /// `GET [base]/{type}/{id}`: 200 with the current version, 404 unknown, 410 deleted,
-/// 304 when `If-None-Match` names the current version.
+/// 304 when `If-None-Match` names the current version, or without it when `If-Modified-Since`
+/// is not before the last change.
 #[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
 pub async fn read(
     State(state): State<AppState>,
@@ -65,12 +66,7 @@ pub async fn read(
             readable_body(&state, &policy, rt, id, &mut v).await?
         }
     };
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|h| h.to_str().ok())
-        .and_then(parse_etag)
-        .is_some_and(|e| e == v.version_id);
-    let mut resp = if not_modified {
+    let mut resp = if not_modified(&headers, v.version_id, &v.last_updated) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         format::resource_bytes(StatusCode::OK, fmt, body)?
@@ -78,6 +74,27 @@ pub async fn read(
     version_headers(resp.headers_mut(), v.version_id, &v.last_updated);
     audit_read(&mut resp, rt, id, &v);
     Ok(resp)
+}
+
+/// Whether a conditional read (RFC 9110 §13.1.2 and §13.1.3) may answer 304: `If-None-Match`
+/// decides when present, else `If-Modified-Since` (HTTP dates have whole seconds).
+fn not_modified(
+    headers: &HeaderMap,
+    version: i32,
+    last_updated: &chrono::DateTime<chrono::Utc>,
+) -> bool {
+    if let Some(h) = headers.get(header::IF_NONE_MATCH) {
+        return h
+            .to_str()
+            .ok()
+            .and_then(parse_etag)
+            .is_some_and(|e| e == version);
+    }
+    headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|t| chrono::DateTime::parse_from_rfc2822(t).ok())
+        .is_some_and(|since| last_updated.timestamp() <= since.timestamp())
 }
 
 /// `GET [base]/{type}/{id}/_history/{vid}`: that version; 410 for a tombstone, 404 otherwise.

@@ -95,12 +95,16 @@ pub async fn outcomes(req: axum::extract::Request, next: axum::middleware::Next)
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
+    let pretty = pairs.iter().any(|(k, v)| k == "_pretty" && v == "true");
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let mut resp = if target > MAX_URI_BYTES {
         FhirError::UriTooLong(MAX_URI_BYTES).into_response()
     } else {
         next.run(req).await
     };
+    if pretty {
+        resp = pretty_json(resp).await;
+    }
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
@@ -171,6 +175,34 @@ async fn as_xml(resp: Response) -> Response {
             );
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, axum::body::Body::from(xml))
+        }
+        None => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
+}
+
+/// `_pretty=true`: FHIR JSON indented for people. XML is left as it is, where indentation
+/// would change the narrative's whitespace.
+async fn pretty_json(resp: Response) -> Response {
+    use axum::http::header;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/fhir+json"));
+    if !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_json::to_vec_pretty(&v).ok())
+    {
+        Some(pretty) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(pretty))
         }
         None => Response::from_parts(parts, axum::body::Body::from(bytes)),
     }

@@ -432,7 +432,8 @@ async fn respond(
         }
         link(base, path, &p)
     };
-    if shape.summary.as_deref() == Some("count") {
+    // `_count=0` asks for the total only, like `_summary=count` (R4 search §3.1.1.5.7).
+    if shape.summary.as_deref() == Some("count") || plan.count == 0 {
         let mut bundle = crate::fhir::respond::bundle(
             "searchset",
             vec![json!({"relation": "self", "url": self_link(None)})],
