@@ -80,7 +80,7 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, Fhir
 }
 
 /// The format of a request body from its `Content-Type`; JSON when none is given.
-fn body_format(headers: &axum::http::HeaderMap) -> Result<Format, FhirError> {
+pub(crate) fn body_format(headers: &axum::http::HeaderMap) -> Result<Format, FhirError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Format::Json);
     };

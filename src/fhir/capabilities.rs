@@ -94,12 +94,12 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 .collect();
             let operations = match rt.as_str() {
                 "Patient" => json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    "documentation": "GET Patient/[id]/$everything?_since&_type&_count: the patient and every resource in its compartment, paged; partners see only what the patient consented to."}]),
+                    "documentation": "GET Patient/[id]/$everything?_since&_type&_count, or POST with a Parameters body or a form: the patient and every resource in its compartment, paged; partners see only what the patient consented to."}]),
                 "Observation" => json!([
                     {"name": "lastn", "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
-                     "documentation": "GET Observation/$lastn?patient|subject&category&code&max (default 1): the most recent Observations per code, by date."},
+                     "documentation": "GET Observation/$lastn?patient|subject&category&code&max (default 1), or POST with a Parameters body or a form: the most recent Observations per code, by date."},
                     {"name": "stats", "definition": "http://hl7.org/fhir/OperationDefinition/Observation-stats",
-                     "documentation": "GET Observation/$stats?patient|subject&code&period=start/end|date=…&statistic=count,minimum,maximum,average: value-quantity statistics per code, as Observations in a Parameters resource."}]),
+                     "documentation": "GET Observation/$stats?patient|subject&code&period=start/end|date=…&statistic=count,minimum,maximum,average, or POST with a Parameters body or a form: value-quantity statistics per code, as Observations in a Parameters resource."}]),
                 _ => json!([]),
             };
             let mut r = json!({

@@ -10,6 +10,7 @@ pub mod crud;
 pub mod format;
 pub mod history;
 pub mod idempotency;
+pub mod operation;
 pub mod respond;
 pub mod search;
 pub mod write;
@@ -59,10 +60,16 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/fhir/{rt}/_history", get(history::history_type))
         .route(
             "/fhir/{rt}/{id}",
-            get(crud::read).put(crud::update).delete(crud::delete),
+            get(crud::read)
+                .put(crud::update)
+                .delete(crud::delete)
+                .post(operation::type_level),
         )
         .route("/fhir/{rt}/{id}/_history", get(history::history_instance))
-        .route("/fhir/{rt}/{id}/{op}", get(search::instance_operation))
+        .route(
+            "/fhir/{rt}/{id}/{op}",
+            get(search::instance_operation).post(operation::instance_level),
+        )
         .route("/fhir/{rt}/{id}/_history/{vid}", get(crud::vread))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

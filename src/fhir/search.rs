@@ -145,19 +145,38 @@ pub async fn instance_operation(
     headers: HeaderMap,
 ) -> Result<Response> {
     let rt = resource_type(&rt)?;
+    let pairs = query_pairs(q.as_deref());
+    if op.starts_with('$') {
+        return instance_operation_with(&state, &policy, rt, &id, &op, pairs, &headers).await;
+    }
     let id = crate::fhir::logical_id(&id)?.to_owned();
     if rt != "Patient" {
         return Err(FhirError::NotFound(format!(
             "{rt} has no compartment or operations here"
         )));
     }
-    let pairs = query_pairs(q.as_deref());
-    if op == "$everything" {
-        return everything(&state, &policy, id, pairs, &headers).await;
-    }
     let target = resource_type(&op)?;
     policy.require(target, Permission::Search)?;
     type_search(&state, &policy, target, Some(id), pairs, &headers).await
+}
+
+/// An instance-level operation with its parameters (from the URL, or a POST body too).
+pub async fn instance_operation_with(
+    state: &AppState,
+    policy: &Policy,
+    rt: &str,
+    id: &str,
+    op: &str,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    let id = crate::fhir::logical_id(id)?.to_owned();
+    match (rt, op) {
+        ("Patient", "$everything") => everything(state, policy, id, pairs, headers).await,
+        _ => Err(FhirError::NotFound(format!(
+            "operation {op} is not defined on {rt} instances"
+        ))),
+    }
 }
 
 /// `GET [base]/{type}/{op}` for type-level operations (`Observation/$lastn`, `Observation/$stats`).
@@ -169,7 +188,18 @@ pub async fn type_operation(
     q: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response> {
-    let pairs = query_pairs(q);
+    type_operation_with(state, policy, rt, op, query_pairs(q), headers).await
+}
+
+/// A type-level operation with its parameters (from the URL, or a POST body too).
+pub async fn type_operation_with(
+    state: &AppState,
+    policy: &Policy,
+    rt: &str,
+    op: &str,
+    pairs: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Result<Response> {
     match (rt, op) {
         ("Observation", "$lastn") => lastn(state, policy, pairs, headers).await,
         ("Observation", "$stats") => stats(state, policy, pairs, headers).await,
