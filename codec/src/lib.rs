@@ -24,7 +24,7 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
-pub use model::{has_element, is_resource_type, resource_types};
+pub use model::{element, has_element, is_resource_type, resource_types};
 pub use primitive::{
     has_control_character, is_valid_date_time, is_valid_id, is_valid_instant, MAX_STRING_BYTES,
 };

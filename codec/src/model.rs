@@ -51,3 +51,11 @@ pub fn has_element(ctx: &str, name: &str) -> bool {
         .get(ctx)
         .is_some_and(|c| c.contains_key(name))
 }
+
+/// The element `name` of context `ctx`: the context of its value (a datatype such as
+/// `HumanName`, or a backbone such as `Patient.contact`) and whether it repeats. `None` when
+/// there is no such element.
+pub fn element(ctx: &str, name: &str) -> Option<(&'static str, bool)> {
+    let child = MODEL.contexts.get(ctx)?.get(name)?;
+    Some((child.0.trim_start_matches('@'), child.1 == 1))
+}

@@ -27,6 +27,8 @@ pub enum Kind {
     ConditionalUpdate,
     /// `DELETE [base]/{type}?…`.
     ConditionalDelete,
+    /// `PATCH [base]/{type}?…`.
+    ConditionalPatch,
     /// `GET [base]/{type}/_history`.
     HistoryType,
     /// `GET [base]/{type}/{id}`.
@@ -35,6 +37,8 @@ pub enum Kind {
     Vread,
     /// `PUT [base]/{type}/{id}`.
     Update,
+    /// `PATCH [base]/{type}/{id}`.
+    Patch,
     /// `DELETE [base]/{type}/{id}`.
     Delete,
     /// `GET [base]/{type}/{id}/_history`.
@@ -155,10 +159,11 @@ impl Interaction {
         let found = table().at(path).map_err(|_| Unrouted::NotFound)?;
         let param = |name: &str| found.params.get(name).map(str::to_owned);
         let get = matches!(*method, Method::GET | Method::HEAD);
-        let (post, put, delete) = (
+        let (post, put, delete, patch) = (
             *method == Method::POST,
             *method == Method::PUT,
             *method == Method::DELETE,
+            *method == Method::PATCH,
         );
         let rt = param("rt");
         let kind = match found.value {
@@ -169,6 +174,7 @@ impl Interaction {
             Template::Type if post => Kind::Create,
             Template::Type if put => Kind::ConditionalUpdate,
             Template::Type if delete => Kind::ConditionalDelete,
+            Template::Type if patch => Kind::ConditionalPatch,
             Template::TypeSearch if post => Kind::SearchType,
             Template::TypeHistory if get => Kind::HistoryType,
             Template::Instance if param("id").is_some_and(|id| id.starts_with('$')) => {
@@ -183,6 +189,7 @@ impl Interaction {
             Template::Instance if get => Kind::Read,
             Template::Instance if put => Kind::Update,
             Template::Instance if delete => Kind::Delete,
+            Template::Instance if patch => Kind::Patch,
             Template::InstanceHistory if get => Kind::HistoryInstance,
             Template::Version if get => Kind::Vread,
             Template::InstanceSub if get || post => {
@@ -267,7 +274,9 @@ impl Interaction {
             Kind::HistorySystem => return Some(("*", Permission::Search)),
             Kind::Read | Kind::Vread | Kind::HistoryInstance => Permission::Read,
             Kind::Create => Permission::Create,
-            Kind::Update | Kind::ConditionalUpdate => Permission::Update,
+            Kind::Update | Kind::ConditionalUpdate | Kind::Patch | Kind::ConditionalPatch => {
+                Permission::Update
+            }
             Kind::Delete | Kind::ConditionalDelete => Permission::Delete,
             Kind::Operation if self.operation.as_deref() == Some("everything") => return None,
             Kind::Operation => Permission::Search,
@@ -334,7 +343,10 @@ impl Interaction {
             Kind::HistoryInstance => rest("history-instance"),
             Kind::Bundle => (AuditKind::Rest("transaction"), Action::Execute),
             Kind::Create => (AuditKind::Rest("create"), Action::Create),
-            Kind::Update | Kind::ConditionalUpdate => (AuditKind::Rest("update"), Action::Update),
+            // A patch is recorded as the update it is (storage writes the event of a success).
+            Kind::Update | Kind::ConditionalUpdate | Kind::Patch | Kind::ConditionalPatch => {
+                (AuditKind::Rest("update"), Action::Update)
+            }
             Kind::Delete | Kind::ConditionalDelete => (AuditKind::Rest("delete"), Action::Delete),
             Kind::Operation => (
                 AuditKind::Operation(match self.operation.as_deref() {
@@ -359,9 +371,16 @@ impl Interaction {
     /// even when it was refused.
     pub fn target(&self) -> Option<String> {
         match self.kind {
-            Kind::Read | Kind::Vread | Kind::Update | Kind::Delete | Kind::HistoryInstance => Some(
-                format!("{}/{}", self.resource_type.as_deref()?, self.id.as_deref()?),
-            ),
+            Kind::Read
+            | Kind::Vread
+            | Kind::Update
+            | Kind::Patch
+            | Kind::Delete
+            | Kind::HistoryInstance => Some(format!(
+                "{}/{}",
+                self.resource_type.as_deref()?,
+                self.id.as_deref()?
+            )),
             _ => None,
         }
     }
@@ -374,6 +393,8 @@ impl Interaction {
             Kind::Create
                 | Kind::Update
                 | Kind::ConditionalUpdate
+                | Kind::Patch
+                | Kind::ConditionalPatch
                 | Kind::Delete
                 | Kind::ConditionalDelete
                 | Kind::Ingest

@@ -15,6 +15,7 @@ const TYPE_INTERACTIONS: &[&str] = &[
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",

@@ -446,3 +446,124 @@ fn check_write_scope(
         )))
     }
 }
+
+/// `PATCH [base]/{type}/{id}`: the current version changed by a JSON Patch, a FHIRPath Patch or
+/// a JSON Merge Patch (see `fhir::patch`), then written as an update would be.
+#[tracing::instrument(level = "debug", skip_all, fields(fhir.type = %rt, fhir.id = %id))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Extension(policy): Extension<Arc<Policy>>,
+    Path((rt, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let id = logical_id(&id)?;
+    let fmt = negotiate(&headers, &query_pairs(q.as_deref()))?;
+    let doc = patch_body(&state, &headers, body).await?;
+    patch_one(&state, &policy, rt, id, &doc, &headers, fmt).await
+}
+
+/// `PATCH [base]/{type}?criteria`: patches the one resource the criteria match; 404 when none
+/// does and 412 when several do.
+pub async fn conditional_patch(
+    State(state): State<AppState>,
+    Extension(policy): Extension<Arc<Policy>>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let pairs = query_pairs(q.as_deref());
+    let fmt = negotiate(&headers, &pairs)?;
+    let matches = conditional_matches(&state, &policy, rt, &pairs).await?;
+    let doc = patch_body(&state, &headers, body).await?;
+    match matches.as_slice() {
+        [] => Err(FhirError::NotFound(format!(
+            "no {rt} matches the criteria; nothing was patched"
+        ))),
+        [one] => patch_one(&state, &policy, rt, one, &doc, &headers, fmt).await,
+        _ => Err(FhirError::PreconditionFailed(
+            "the criteria match more than one resource; nothing was patched".into(),
+        )),
+    }
+}
+
+/// The ids of `rt` that the query's criteria match, among what the caller's policy sees.
+async fn conditional_matches(
+    state: &AppState,
+    policy: &Policy,
+    rt: &str,
+    pairs: &[(String, String)],
+) -> Result<Vec<String>> {
+    let criteria_text: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            pairs
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")),
+        )
+        .finish();
+    let criteria = conditional::Criteria::parse(&criteria_text)?;
+    let mut conn = state.db.acquire().await?;
+    criteria.matches(&mut conn, &state.keys, rt, policy).await
+}
+
+async fn patch_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<crate::fhir::patch::Patch> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            FhirError::UnsupportedMediaType(
+                "(none; PATCH needs a Content-Type that names the patch format)".into(),
+            )
+        })?
+        .to_owned();
+    let bytes = crate::fhir::body::read_limited(body, state.max_body_bytes).await?;
+    crate::fhir::patch::Patch::parse(&content_type, &bytes)
+}
+
+/// Applies `doc` to the current version of `rt/id` and writes the result as an update. Without
+/// `If-Match`, a concurrent change between the read and the write makes it read again (the patch
+/// applies to the newest version); with it, a version other than the one named is 412.
+async fn patch_one(
+    state: &AppState,
+    policy: &Policy,
+    rt: &str,
+    id: &str,
+    doc: &crate::fhir::patch::Patch,
+    headers: &HeaderMap,
+    fmt: format::Format,
+) -> Result<Response> {
+    let wanted = if_match(headers)?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut v = storage::read_current(state, rt, id)
+            .await?
+            .ok_or_else(|| FhirError::not_found(rt, id))?;
+        // Hidden resources read as missing; a deleted one is 410.
+        let body = readable_body(state, policy, rt, id, &mut v).await?;
+        if wanted.is_some_and(|w| w != v.version_id) {
+            return Err(FhirError::PreconditionFailed(format!(
+                "{rt}/{id} is at version {}, not the version If-Match names",
+                v.version_id
+            )));
+        }
+        let current = fhirgate_codec::parse_json(&body)?;
+        let patched = doc.apply(&current)?;
+        let resource = check_resource(patched, rt, Some(id))?;
+        check_write_scope(policy, rt, Permission::Update, &resource)?;
+        let op = update_op(rt, id.to_owned(), resource, Some(v.version_id));
+        let tx = state.db.begin().await?;
+        match write_one(state, tx, op, fmt, prefer_return(headers), policy).await {
+            Err(FhirError::PreconditionFailed(_)) if wanted.is_none() && attempts < 5 => continue,
+            other => return other,
+        }
+    }
+}

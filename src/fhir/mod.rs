@@ -11,6 +11,7 @@ pub mod format;
 pub mod history;
 pub mod idempotency;
 pub mod operation;
+pub mod patch;
 pub mod respond;
 pub mod search;
 pub mod write;
@@ -54,7 +55,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/fhir/{rt}",
             get(search::search_type)
                 .post(crud::create)
-                .put(crud::conditional_update),
+                .put(crud::conditional_update)
+                .patch(crud::conditional_patch),
         )
         .route("/fhir/{rt}/_search", post(search::search_type_post))
         .route("/fhir/{rt}/_history", get(history::history_type))
@@ -63,6 +65,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(crud::read)
                 .put(crud::update)
                 .delete(crud::delete)
+                .patch(crud::patch)
                 .post(operation::type_level),
         )
         .route("/fhir/{rt}/{id}/_history", get(history::history_instance))

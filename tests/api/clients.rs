@@ -186,3 +186,258 @@ async fn fhirpy_count_reads_the_total_of_count_zero() {
     assert_eq!(b["total"], 5, "{b}");
     assert!(b.get("entry").is_none(), "{b}");
 }
+
+async fn new_patient(app: &TestApp, family: &str) -> String {
+    let p = json(
+        app.post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true, "name": [{"family": family}],
+                    "identifier": [{"system": "urn:test", "value": family}]}),
+        )
+        .await,
+    )
+    .await;
+    p["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn fhir_kit_client_and_fhirpy_patch() {
+    let app = spawn_app().await;
+    let pid = new_patient(&app, "Kit").await;
+    let t = token(&app, "patcher", "system/*.cruds", None, None);
+    let r = client_script("node", "kit_patch.mjs", &[&app.base, &t, &pid]).await;
+    assert_eq!(r["patched"]["active"], false, "{r}");
+    assert_eq!(r["patched"]["gender"], "female", "{r}");
+    assert_eq!(r["read"]["meta"]["versionId"], "2", "{r}");
+    assert_eq!(r["read"]["gender"], "female", "{r}");
+    let r = client_script("python3", "fhirpy_patch.py", &[&app.base, &t, &pid]).await;
+    assert_eq!(r["after_client"]["birthDate"], "1980-02-03", "{r}");
+    assert_eq!(r["read"]["gender"], "other", "{r}");
+    assert_eq!(r["read"]["birthDate"], "1980-02-03", "{r}");
+    assert_eq!(r["read"]["name"][0]["family"], "Kit", "{r}");
+    assert_eq!(r["read"]["meta"]["versionId"], "4", "{r}");
+}
+
+/// `PATCH` with `content_type` and `body` on `path`, as `bearer`.
+async fn patch_as(
+    app: &TestApp,
+    bearer: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+    if_match: Option<&str>,
+) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .patch(format!("{}/{path}", app.base))
+        .bearer_auth(bearer)
+        .header("content-type", content_type.to_owned())
+        .body(body);
+    if let Some(m) = if_match {
+        req = req.header("if-match", m.to_owned());
+    }
+    req.send().await.expect("patch")
+}
+
+#[tokio::test]
+async fn patch_follows_the_rules_of_update() {
+    let app = spawn_app().await;
+    let pid = new_patient(&app, "Rules").await;
+    let admin = token(&app, "patcher", "system/*.cruds", None, None);
+    let jp = |v: Value| v.to_string();
+    // FHIRPath Patch, in JSON and in XML.
+    let fp = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+        {"name": "name", "valueString": "birthDate"}, {"name": "value", "valueDate": "1970-01-01"}]}]});
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "application/fhir+json",
+        fp.to_string(),
+        Some("W/\"1\""),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["etag"], "W/\"2\"");
+    let xml = r#"<Parameters xmlns="http://hl7.org/fhir"><parameter><name value="operation"/><part><name value="type"/><valueCode value="replace"/></part><part><name value="path"/><valueString value="Patient.active"/></part><part><name value="value"/><valueBoolean value="false"/></part></parameter></Parameters>"#;
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "application/fhir+xml",
+        xml.into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let now = json(app.get(&format!("Patient/{pid}")).await).await;
+    assert_eq!(now["birthDate"], "1970-01-01");
+    assert_eq!(now["active"], false);
+    // If-Match on an old version: 412, nothing written.
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "application/json-patch+json",
+        jp(json!([{"op": "replace", "path": "/active", "value": true}])),
+        Some("W/\"1\""),
+    )
+    .await;
+    assert_eq!(r.status(), 412);
+    // A result that is not a valid Patient: 422 naming the element; a patch that cannot apply: 422.
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "application/json-patch+json",
+        jp(json!([{"op": "add", "path": "/gender", "value": "cat"}])),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    assert!(json(r).await.to_string().contains("gender"));
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "application/json-patch+json",
+        jp(json!([{"op": "test", "path": "/active", "value": true}])),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 422);
+    // Unknown content type 415; unknown or deleted resources 404 and 410.
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{pid}"),
+        "text/plain",
+        "x".into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 415);
+    let r = patch_as(
+        &app,
+        &admin,
+        "Patient/nobody",
+        "application/merge-patch+json",
+        "{}".into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let gone = new_patient(&app, "Gone").await;
+    assert_eq!(app.delete(&format!("Patient/{gone}")).await.status(), 204);
+    let r = patch_as(
+        &app,
+        &admin,
+        &format!("Patient/{gone}"),
+        "application/merge-patch+json",
+        "{}".into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 410);
+    assert_eq!(
+        json(app.get(&format!("Patient/{pid}")).await).await["meta"]["versionId"],
+        "3"
+    );
+
+    // Scopes: read-only tokens are 403; another patient's token sees nothing (404); a partner is
+    // refused; the patient's own token may patch its record.
+    let merge = jp(json!({"gender": "female"}));
+    let reader = token(&app, "reader", "system/*.rs", None, None);
+    let r = patch_as(
+        &app,
+        &reader,
+        &format!("Patient/{pid}"),
+        "application/merge-patch+json",
+        merge.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let other = token(&app, "app", "patient/*.cruds", Some("someone-else"), None);
+    let r = patch_as(
+        &app,
+        &other,
+        &format!("Patient/{pid}"),
+        "application/merge-patch+json",
+        merge.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let partner = token(
+        &app,
+        "acme",
+        "system/*.cruds",
+        None,
+        Some("Organization/acme"),
+    );
+    let r = patch_as(
+        &app,
+        &partner,
+        &format!("Patient/{pid}"),
+        "application/merge-patch+json",
+        merge.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let own = token(&app, "app", "patient/*.cruds", Some(&pid), None);
+    let r = patch_as(
+        &app,
+        &own,
+        &format!("Patient/{pid}"),
+        "application/merge-patch+json",
+        merge.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Conditional: one match patches it, none is 404, several are 412.
+    let r = patch_as(
+        &app,
+        &admin,
+        "Patient?identifier=urn:test|Rules",
+        "application/merge-patch+json",
+        jp(json!({"gender": "male"})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(json(r).await["gender"], "male");
+    let r = patch_as(
+        &app,
+        &admin,
+        "Patient?identifier=urn:test|Nobody",
+        "application/merge-patch+json",
+        "{}".into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    new_patient(&app, "Twin").await;
+    new_patient(&app, "Twin").await;
+    let r = patch_as(
+        &app,
+        &admin,
+        "Patient?identifier=urn:test|Twin",
+        "application/merge-patch+json",
+        "{}".into(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 412);
+    // Every successful patch is in the trail as an update.
+    let events: String = sqlx::query_scalar("select string_agg(events, '\n') from audit_log")
+        .fetch_one(&app.pool)
+        .await
+        .expect("events");
+    assert!(
+        events.matches(&format!("Patient/{pid}")).count() >= 5,
+        "audited"
+    );
+}
