@@ -628,8 +628,17 @@ mod tests {
             Some(Unrouted::MethodNotAllowed)
         );
         assert_eq!(
-            u(Method::PATCH, "/fhir/Observation/1"),
+            u(Method::PATCH, "/fhir/Observation/1/_history"),
             Some(Unrouted::MethodNotAllowed)
+        );
+        assert_eq!(
+            c(Method::PATCH, "/fhir/Observation/1").kind,
+            Kind::Patch,
+            "PATCH is an update"
+        );
+        assert_eq!(
+            c(Method::PATCH, "/fhir/Observation").kind,
+            Kind::ConditionalPatch
         );
         assert_eq!(
             u(Method::PUT, "/fhir/Observation/1/_history/2"),
