@@ -226,6 +226,7 @@ impl FhirError {
                         413 | 414 | 431 => T::TooCostly,
                         401 => T::Login,
                         403 => T::Forbidden,
+                        406 | 415 => T::NotSupported,
                         s if s >= 500 => T::Exception,
                         _ => T::Invalid,
                     },

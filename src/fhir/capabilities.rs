@@ -112,7 +112,7 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 "conditionalCreate": true,
                 "conditionalRead": "full-support",
                 "conditionalUpdate": true,
-                "conditionalDelete": "not-supported",
+                "conditionalDelete": "multiple",
                 "referencePolicy": ["literal", "logical"],
                 "searchInclude": includes,
                 "searchRevInclude": ["*"],

@@ -567,3 +567,73 @@ async fn patch_one(
         }
     }
 }
+
+/// Most resources one conditional delete removes; more matches are 412.
+pub const MAX_CONDITIONAL_DELETE: usize = 100;
+
+/// `DELETE [base]/{type}?criteria` (R4 §3.1.0.7.1): no match is an ordinary delete of nothing
+/// (204); one match is deleted as `DELETE [type]/[id]` would delete it (204 with its ETag);
+/// several, up to [`MAX_CONDITIONAL_DELETE`], are all deleted in one transaction (200 with an
+/// OperationOutcome that counts them). More matches, or criteria that name nothing, are refused.
+pub async fn conditional_delete(
+    State(state): State<AppState>,
+    Extension(policy): Extension<Arc<Policy>>,
+    Path(rt): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let rt = resource_type(&rt)?;
+    let pairs = query_pairs(q.as_deref());
+    if !pairs
+        .iter()
+        .any(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+    {
+        return Err(FhirError::bad_request(
+            "url",
+            "a conditional delete needs criteria; DELETE [type] alone would match everything",
+        ));
+    }
+    let fmt = negotiate(&headers, &pairs)?;
+    let matches = conditional_matches(&state, &policy, rt, &pairs).await?;
+    if matches.len() > MAX_CONDITIONAL_DELETE {
+        return Err(FhirError::PreconditionFailed(format!(
+            "the criteria match {} resources; a conditional delete removes at most {MAX_CONDITIONAL_DELETE}",
+            matches.len()
+        )));
+    }
+    let if_match = if_match(&headers)?;
+    if if_match.is_some() && matches.len() > 1 {
+        return Err(FhirError::PreconditionFailed(
+            "If-Match names one version, but the criteria match several resources".into(),
+        ));
+    }
+    let ops: Vec<WriteOp> = matches
+        .iter()
+        .map(|id| WriteOp {
+            kind: WriteKind::Delete,
+            resource_type: rt.to_owned(),
+            id: id.clone(),
+            resource: None,
+            if_match,
+        })
+        .collect();
+    if ops.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let mut tx = state.db.begin().await?;
+    let written = write::apply(&state, &mut tx, ops, &policy).await?;
+    tx.commit().await?;
+    if let [one] = written.as_slice() {
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        if one.version_id > 0 {
+            version_headers(resp.headers_mut(), one.version_id, &one.last_updated);
+        }
+        return Ok(resp);
+    }
+    let outcome = serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational",
+                   "diagnostics": format!("deleted {} {rt} resources", written.len())}]
+    });
+    format::resource_value(StatusCode::OK, fmt, &outcome)
+}

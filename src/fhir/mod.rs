@@ -56,7 +56,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
             get(search::search_type)
                 .post(crud::create)
                 .put(crud::conditional_update)
-                .patch(crud::conditional_patch),
+                .patch(crud::conditional_patch)
+                .delete(crud::conditional_delete),
         )
         .route("/fhir/{rt}/_search", post(search::search_type_post))
         .route("/fhir/{rt}/_history", get(history::history_type))

@@ -7,6 +7,7 @@ mod bundles;
 mod cli;
 mod clients;
 mod concurrency;
+mod conformance;
 mod consent;
 mod crud;
 mod encryption;

@@ -1,0 +1,278 @@
+//! Standard FHIR behaviour partners' clients expect, over plain HTTP: conditional delete,
+//! negotiation (q-values, fhirVersion, `_format` aliases, `_pretty`) and conditional reads.
+
+use serde_json::{json, Value};
+
+use crate::audit::token;
+use crate::helpers::{assert_outcome, json, observation, spawn_app, TestApp};
+
+async fn tagged_observation(app: &TestApp, pid: &str, tag: &str) -> String {
+    let mut o = observation(pid, 60.0);
+    o["identifier"] = json!([{"system": "urn:batch", "value": tag}]);
+    let r = app.post("Observation", &o).await;
+    assert_eq!(r.status(), 201);
+    json(r).await["id"].as_str().expect("id").to_owned()
+}
+
+async fn delete_as(app: &TestApp, bearer: &str, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .delete(format!("{}/{path}", app.base))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .expect("delete")
+}
+
+#[tokio::test]
+async fn conditional_delete_single_multiple_and_refused() {
+    let app = spawn_app().await;
+    let admin = token(&app, "admin", "system/*.cruds", None, None);
+    let one = tagged_observation(&app, "p1", "one").await;
+    let many: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(tagged_observation(&app, "p1", "many").await);
+        }
+        v
+    };
+    // No criteria: refused; criteria matching nothing: an ordinary delete of nothing.
+    assert_outcome(delete_as(&app, &admin, "Observation").await, 400, "invalid").await;
+    let r = delete_as(&app, &admin, "Observation?identifier=urn:batch|none").await;
+    assert_eq!(r.status(), 204);
+    // One match: 204 with the tombstone's version, then reads are 410.
+    let r = delete_as(&app, &admin, "Observation?identifier=urn:batch|one").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["etag"], "W/\"2\"");
+    assert_eq!(app.get(&format!("Observation/{one}")).await.status(), 410);
+    // If-Match with several matches is refused; without it, all are deleted at once.
+    let r = reqwest::Client::new()
+        .delete(format!(
+            "{}/Observation?identifier=urn:batch|many",
+            app.base
+        ))
+        .bearer_auth(&admin)
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 412);
+    let r = delete_as(&app, &admin, "Observation?identifier=urn:batch|many").await;
+    assert_eq!(r.status(), 200);
+    assert!(json(r).await["issue"][0]["diagnostics"]
+        .as_str()
+        .expect("text")
+        .contains("deleted 3"));
+    for id in &many {
+        assert_eq!(app.get(&format!("Observation/{id}")).await.status(), 410);
+    }
+    // Too many matches: 412 and nothing deleted.
+    for _ in 0..(fhirgate::fhir::crud::MAX_CONDITIONAL_DELETE + 1) {
+        tagged_observation(&app, "p2", "lots").await;
+    }
+    let before = app.count("resource where not deleted").await;
+    let r = delete_as(&app, &admin, "Observation?identifier=urn:batch|lots").await;
+    assert_eq!(r.status(), 412);
+    assert_eq!(app.count("resource where not deleted").await, before);
+    // Scopes and reach: read-only is 403; a patient's token deletes only in its compartment;
+    // partners are refused.
+    let kept = tagged_observation(&app, "p3", "kept").await;
+    let reader = token(&app, "reader", "system/*.rs", None, None);
+    assert_eq!(
+        delete_as(&app, &reader, "Observation?identifier=urn:batch|kept")
+            .await
+            .status(),
+        403
+    );
+    let other = token(&app, "app", "patient/*.cruds", Some("p4"), None);
+    assert_eq!(
+        delete_as(&app, &other, "Observation?identifier=urn:batch|kept")
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(app.get(&format!("Observation/{kept}")).await.status(), 200);
+    let partner = token(
+        &app,
+        "acme",
+        "system/*.cruds",
+        None,
+        Some("Organization/acme"),
+    );
+    assert_eq!(
+        delete_as(&app, &partner, "Observation?identifier=urn:batch|kept")
+            .await
+            .status(),
+        403
+    );
+    let own = token(&app, "app", "patient/*.cruds", Some("p3"), None);
+    assert_eq!(
+        delete_as(&app, &own, "Observation?identifier=urn:batch|kept")
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(app.get(&format!("Observation/{kept}")).await.status(), 410);
+    // Each deletion is in the trail.
+    let events: String = sqlx::query_scalar("select string_agg(events, '\n') from audit_log")
+        .fetch_one(&app.pool)
+        .await
+        .expect("events");
+    for id in many.iter().chain([&one, &kept]) {
+        assert!(events.contains(&format!("Observation/{id}")), "{id}");
+    }
+}
+
+fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    let mut r = app.client.get(format!("{}/{path}", app.base));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r
+}
+
+#[tokio::test]
+async fn negotiation_honours_quality_versions_aliases_and_pretty() {
+    let app = spawn_app().await;
+    let id = json(
+        app.post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .await,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let path = format!("Patient/{id}");
+    let ct = |r: &reqwest::Response| {
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    };
+    for (accept, want) in [
+        ("application/fhir+xml;q=0.5, application/fhir+json", "json"),
+        ("application/fhir+json;q=0.1, application/fhir+xml", "xml"),
+        ("application/fhir+json; fhirVersion=4.0", "json"),
+        ("text/html", "json"),
+    ] {
+        let r = get_with(&app, &path, &[("accept", accept)])
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{accept}");
+        assert!(ct(&r).contains(want), "{accept}: {}", ct(&r));
+    }
+    let r = get_with(
+        &app,
+        &path,
+        &[("accept", "application/fhir+json; fhirVersion=3.0")],
+    )
+    .send()
+    .await
+    .expect("get");
+    assert_outcome(r, 406, "not-supported").await;
+    let r = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+json; fhirVersion=5.0")
+        .body(json!({"resourceType": "Patient"}).to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 406);
+    for (f, want) in [
+        ("json", "json"),
+        ("application/json", "json"),
+        ("application/fhir%2Bjson", "json"),
+        ("application/fhir+json", "json"),
+        ("xml", "xml"),
+        ("text/xml", "xml"),
+        ("application/fhir+xml", "xml"),
+    ] {
+        let r = app.get(&format!("{path}?_format={f}")).await;
+        assert_eq!(r.status(), 200, "{f}");
+        assert!(ct(&r).contains(want), "{f}: {}", ct(&r));
+    }
+    // _pretty indents JSON without changing it.
+    let pretty = app
+        .get(&format!("{path}?_pretty=true"))
+        .await
+        .text()
+        .await
+        .expect("text");
+    let plain = app.get(&path).await.text().await.expect("text");
+    assert!(pretty.contains("\n  \""), "{pretty}");
+    assert!(!plain.contains('\n'));
+    assert_eq!(
+        serde_json::from_str::<Value>(&pretty).expect("json"),
+        serde_json::from_str::<Value>(&plain).expect("json")
+    );
+}
+
+#[tokio::test]
+async fn conditional_reads_by_etag_and_by_date() {
+    let app = spawn_app().await;
+    let created = app
+        .post(
+            "Patient",
+            &json!({"resourceType": "Patient", "active": true}),
+        )
+        .await;
+    let last_modified = created.headers()["last-modified"]
+        .to_str()
+        .expect("date")
+        .to_owned();
+    let id = json(created).await["id"].as_str().expect("id").to_owned();
+    let path = format!("Patient/{id}");
+    let status = |h: Vec<(&'static str, String)>| {
+        let r = app.client.get(format!("{}/{path}", app.base));
+        let r = h.into_iter().fold(r, |r, (k, v)| r.header(k, v));
+        async move { r.send().await.expect("get").status().as_u16() }
+    };
+    assert_eq!(status(vec![("if-none-match", "W/\"1\"".into())]).await, 304);
+    assert_eq!(status(vec![("if-none-match", "W/\"9\"".into())]).await, 200);
+    assert_eq!(
+        status(vec![("if-modified-since", last_modified.clone())]).await,
+        304
+    );
+    assert_eq!(
+        status(vec![(
+            "if-modified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT".into()
+        )])
+        .await,
+        200
+    );
+    // If-None-Match decides when both are sent.
+    assert_eq!(
+        status(vec![
+            ("if-none-match", "W/\"9\"".into()),
+            ("if-modified-since", last_modified)
+        ])
+        .await,
+        200
+    );
+    let caps = json(
+        app.anonymous
+            .get(format!("{}/metadata", app.base))
+            .send()
+            .await
+            .expect("m"),
+    )
+    .await;
+    let patient = caps["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .expect("Patient")
+        .clone();
+    assert_eq!(patient["conditionalRead"], "full-support");
+    assert_eq!(patient["conditionalDelete"], "multiple");
+    assert!(patient["interaction"]
+        .as_array()
+        .expect("interactions")
+        .contains(&json!({"code": "patch"})));
+}
