@@ -338,6 +338,30 @@ pub async fn record_entry_failure(
     state.auditor.record(&event, ctx.as_deref()).await
 }
 
+/// Records the event of a Bundle entry that was answered like a request of its own (a search
+/// inside a batch), as `audited` records that request.
+pub async fn record_entry_response(
+    state: &AppState,
+    entry: &Interaction,
+    resp: Response,
+    query: Option<&str>,
+    path: &str,
+) -> anyhow::Result<Response> {
+    let ctx = super::current();
+    let event = {
+        let fallback = RequestContext::default();
+        outcome_event(
+            entry,
+            &resp,
+            ctx.as_deref().unwrap_or(&fallback),
+            query,
+            path,
+        )
+    };
+    state.auditor.record(&event, ctx.as_deref()).await?;
+    Ok(resp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,8 +48,10 @@ struct Entry {
     resource_type: String,
     /// `Some` for `Type/id` URLs.
     id: Option<String>,
-    /// `Some` for `Type?criteria` URLs.
+    /// `Some` for `Type?criteria` URLs of PUT and DELETE.
     criteria: Option<String>,
+    /// `Some` (the query, perhaps empty) for a search: `GET Type?…`.
+    search: Option<String>,
     full_url: Option<String>,
     resource: Option<Value>,
     if_none_exist: Option<String>,
@@ -65,6 +67,8 @@ struct EntryResult {
     version_id: i32,
     last_modified: Option<chrono::DateTime<chrono::Utc>>,
     body: Option<Vec<u8>>,
+    /// A GET: the answer carries the resource (or the searchset) in `entry.resource`.
+    read: bool,
 }
 
 /// `POST [base]` with a Bundle of type `batch` or `transaction`.
@@ -115,7 +119,7 @@ pub async fn batch_or_transaction(
             let entries = raw_entries
                 .into_iter()
                 .enumerate()
-                .map(|(i, e)| parse_entry(&state, i, e))
+                .map(|(i, e)| parse_entry(&state, i, e, true))
                 .collect::<Result<Vec<_>>>()?;
             check_distinct_targets(&entries)?;
             let mut tx = state.db.begin().await?;
@@ -183,8 +187,10 @@ pub async fn batch_or_transaction(
                 if r.version_id > 0 && r.status != StatusCode::NO_CONTENT {
                     e["fullUrl"] = json!(format!("{base}/{}/{}", r.resource_type, r.id));
                 }
-                // The resources go back only when asked for: ingest Bundles are large.
-                if let (Return::Representation, Some(b), true) = (ret, &r.body, headers.contains_key("prefer")) {
+                // A GET's answer is its resource; written resources go back only when asked
+                // for (ingest Bundles are large).
+                let asked = ret == Return::Representation && headers.contains_key("prefer");
+                if let (true, Some(b)) = (r.read || asked, &r.body) {
                     e["resource"] = fhirgate_codec::parse_json(b)?;
                 }
                 e
@@ -227,7 +233,10 @@ async fn batch_entry(
     raw: Value,
     named: &mut Vec<String>,
 ) -> Result<EntryResult> {
-    let entry = parse_entry(state, i, raw)?;
+    let entry = parse_entry(state, i, raw, false)?;
+    if let Some(query) = &entry.search {
+        return batch_search(state, policy, &entry, query).await;
+    }
     let mut tx = state.db.begin().await?;
     let mut done = process(state, policy, &mut tx, vec![entry], false, named).await?;
     tx.commit().await?;
@@ -261,7 +270,7 @@ fn in_entry(i: usize, e: FhirError) -> FhirError {
     }
 }
 
-fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
+fn parse_entry(state: &AppState, i: usize, mut raw: Value, transaction: bool) -> Result<Entry> {
     let at = |what: &str| format!("Bundle.entry[{i}].{what}");
     let resource = raw.get_mut("resource").map(Value::take);
     let request = raw
@@ -319,17 +328,16 @@ fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
         | InteractionKind::Create
         | InteractionKind::Update
         | InteractionKind::ConditionalUpdate
+        | InteractionKind::ConditionalDelete
         | InteractionKind::Delete => {}
-        InteractionKind::ConditionalDelete => {
+        InteractionKind::SearchType if transaction => {
+            // Searches run on the committed store: inside a transaction they could not see the
+            // transaction's own writes, so they are asked in a batch.
             return Err(FhirError::NotSupported(format!(
-                "conditional delete (Bundle.entry[{i}])"
-            )))
+                "a search inside a transaction (Bundle.entry[{i}]); send searches in a batch Bundle"
+            )));
         }
-        InteractionKind::SearchType => {
-            return Err(FhirError::NotSupported(format!(
-                "search inside a bundle (Bundle.entry[{i}])"
-            )))
-        }
+        InteractionKind::SearchType => {}
         _ => {
             return Err(FhirError::bad_request(
                 &at("request.url"),
@@ -355,13 +363,20 @@ fn parse_entry(state: &AppState, i: usize, mut raw: Value) -> Result<Entry> {
         })?),
         None => None,
     };
+    let search = (interaction.kind == InteractionKind::SearchType)
+        .then(|| query.clone().unwrap_or_default());
     Ok(Entry {
         index: i,
         method,
+        search,
         interaction,
         resource_type: rt,
         id,
-        criteria: if method == Method::Put { query } else { None },
+        criteria: if matches!(method, Method::Put | Method::Delete) {
+            query
+        } else {
+            None
+        },
         full_url: raw
             .get("fullUrl")
             .and_then(Value::as_str)
@@ -411,8 +426,20 @@ async fn process(
     }
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut existing: HashMap<usize, String> = HashMap::new();
-    // 1. Assign ids and run the conditions of POST and conditional PUT.
-    for e in &mut entries {
+    // Conditional deletes whose criteria match nothing: nothing to write.
+    let mut no_match: HashSet<usize> = HashSet::new();
+    // 1. Assign ids and run the conditions of POST, conditional PUT and conditional DELETE.
+    for pos in 0..entries.len() {
+        // `ifNoneExist` also matches what earlier entries of this transaction create.
+        let earlier: Vec<String> = match &entries[pos].if_none_exist {
+            Some(text) if transaction && entries[pos].method == Method::Post => {
+                let criteria = conditional::Criteria::parse(text)
+                    .map_err(|x| in_entry(entries[pos].index, x))?;
+                in_bundle(&entries[..pos], &entries[pos].resource_type, &criteria)
+            }
+            _ => Vec::new(),
+        };
+        let e = &mut entries[pos];
         let i = e.index;
         match e.method {
             Method::Post => {
@@ -421,11 +448,13 @@ async fn process(
                 if let Some(text) = &e.if_none_exist {
                     let criteria =
                         conditional::Criteria::parse(text).map_err(|x| in_entry(i, x))?;
-                    match criteria
+                    let mut found = criteria
                         .matches(tx, &state.keys, &e.resource_type, policy)
-                        .await?
-                        .as_slice()
-                    {
+                        .await?;
+                    found.extend(earlier);
+                    found.sort();
+                    found.dedup();
+                    match found.as_slice() {
                         [] => {
                             if let conditional::Claim::Existing(other) = conditional::claim_create(
                                 tx,
@@ -494,6 +523,28 @@ async fn process(
                 };
                 e.id = Some(target);
             }
+            Method::Delete if e.id.is_none() => {
+                let text = e.criteria.clone().unwrap_or_default();
+                let criteria = conditional::Criteria::parse(&text).map_err(|x| in_entry(i, x))?;
+                match criteria
+                    .matches(tx, &state.keys, &e.resource_type, policy)
+                    .await?
+                    .as_slice()
+                {
+                    [] => {
+                        no_match.insert(i);
+                    }
+                    [one] => e.id = Some(one.clone()),
+                    _ => {
+                        return Err(in_entry(
+                            i,
+                            FhirError::PreconditionFailed(
+                                "the conditional delete matches more than one resource; in a Bundle it deletes one".into(),
+                            ),
+                        ))
+                    }
+                }
+            }
             Method::Put if policy.patient().is_some() => {
                 // A patient token updates only what exists (see `crud::update`).
                 let id = e.id.clone().unwrap_or_default();
@@ -510,7 +561,26 @@ async fn process(
             ids.insert(full.clone(), format!("{}/{id}", e.resource_type));
         }
     }
-    // 2. Rewrite references, then validate.
+    // 2. Rewrite references, then validate. Conditional references also find what this
+    // transaction creates (its entries' identifiers, taken before any rewriting).
+    let made: Vec<(String, String, Value)> = if transaction {
+        entries
+            .iter()
+            .filter(|e| {
+                matches!(e.method, Method::Post | Method::Put) && !existing.contains_key(&e.index)
+            })
+            .filter_map(|e| {
+                let r = e.resource.as_ref()?;
+                Some((
+                    e.resource_type.clone(),
+                    e.id.clone()?,
+                    json!({"identifier": r.get("identifier").cloned().unwrap_or(Value::Null)}),
+                ))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut resolved: HashMap<String, String> = HashMap::new();
     for e in &mut entries {
         let i = e.index;
@@ -521,7 +591,7 @@ async fn process(
         rewrite_references(resource, &ids, &mut conditional_refs);
         for reference in conditional_refs {
             if !resolved.contains_key(&reference) {
-                let target = resolve_conditional_reference(state, tx, &reference, policy)
+                let target = resolve_conditional_reference(state, tx, &reference, policy, &made)
                     .await
                     .map_err(|x| in_entry(i, x))?;
                 if let Some((rt, id)) = target.split_once('/') {
@@ -571,9 +641,14 @@ async fn process(
     }
     let mut ops = Vec::new();
     let mut op_entry = Vec::new();
+    let mut results_early: Vec<usize> = Vec::new();
     for &k in &order {
         let e = &mut entries[k];
         if existing.contains_key(&e.index) {
+            continue;
+        }
+        if no_match.contains(&e.index) {
+            results_early.push(k);
             continue;
         }
         let kind = match e.method {
@@ -600,6 +675,18 @@ async fn process(
                 _ => x,
             })?;
     let mut results: Vec<Option<EntryResult>> = vec![None; entries.len()];
+    for k in results_early {
+        // A conditional delete of nothing: an ordinary delete of nothing.
+        results[k] = Some(EntryResult {
+            status: StatusCode::NO_CONTENT,
+            resource_type: entries[k].resource_type.clone(),
+            id: String::new(),
+            version_id: 0,
+            last_modified: None,
+            body: None,
+            read: false,
+        });
+    }
     for (w, k) in written.into_iter().zip(op_entry) {
         results[k] = Some(EntryResult {
             status: write::status(w.written),
@@ -608,6 +695,7 @@ async fn process(
             version_id: w.version_id,
             last_modified: Some(w.last_updated),
             body: w.body,
+            read: false,
         });
     }
     let mut reads = Vec::new();
@@ -666,6 +754,7 @@ async fn process(
                 version_id: v.version_id,
                 last_modified: Some(v.last_updated),
                 body: v.body,
+                read: e.method == Method::Get,
             },
             (_, None) => {
                 return Err(in_entry(
@@ -686,6 +775,59 @@ async fn process(
     crate::audit::chain::enqueue(tx, &reads).await?;
     state.auditor.note_inbox();
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Ids that earlier entries of a transaction give to resources of `rt` matching `criteria`.
+fn in_bundle(earlier: &[Entry], rt: &str, criteria: &conditional::Criteria) -> Vec<String> {
+    earlier
+        .iter()
+        .filter(|e| matches!(e.method, Method::Post | Method::Put) && e.resource_type == rt)
+        .filter_map(|e| {
+            let id = e.id.as_deref()?;
+            let r = e.resource.as_ref()?;
+            criteria.matches_resource(id, r).then(|| id.to_owned())
+        })
+        .collect()
+}
+
+/// A search entry of a batch: the searchset goes in `entry.resource`, and the search is audited
+/// as the same search over HTTP would be.
+async fn batch_search(
+    state: &AppState,
+    policy: &Policy,
+    entry: &Entry,
+    query: &str,
+) -> Result<EntryResult> {
+    if let Some((rt, p)) = entry.interaction.permission() {
+        policy
+            .require(rt, p)
+            .map_err(|x| in_entry(entry.index, x))?;
+    }
+    let resp = crate::fhir::search::search_in_bundle(state, policy, &entry.resource_type, query)
+        .await
+        .map_err(|x| in_entry(entry.index, x))?;
+    let path = format!("/fhir/{}", entry.resource_type);
+    let resp = crate::audit::api::record_entry_response(
+        state,
+        &entry.interaction,
+        resp,
+        Some(query),
+        &path,
+    )
+    .await
+    .map_err(FhirError::Unavailable)?;
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| FhirError::Internal(e.into()))?;
+    Ok(EntryResult {
+        status: StatusCode::OK,
+        resource_type: entry.resource_type.clone(),
+        id: String::new(),
+        version_id: 0,
+        last_modified: None,
+        body: Some(body.to_vec()),
+        read: true,
+    })
 }
 
 /// Replaces mapped references (`urn:uuid:…` → `Type/id`) in place and collects conditional ones.
@@ -725,15 +867,20 @@ async fn resolve_conditional_reference(
     tx: &mut Transaction<'static, Postgres>,
     reference: &str,
     policy: &Policy,
+    made: &[(String, String, Value)],
 ) -> Result<String> {
     let (rt, query) = reference.split_once('?').unwrap_or((reference, ""));
     let rt = resource_type(rt)?;
     let criteria = conditional::Criteria::parse(query)?;
-    match criteria
-        .matches(tx, &state.keys, rt, policy)
-        .await?
-        .as_slice()
-    {
+    let mut found = criteria.matches(tx, &state.keys, rt, policy).await?;
+    found.extend(
+        made.iter()
+            .filter(|(t, id, r)| t == rt && criteria.matches_resource(id, r))
+            .map(|(_, id, _)| id.clone()),
+    );
+    found.sort();
+    found.dedup();
+    match found.as_slice() {
         [one] => Ok(format!("{rt}/{one}")),
         [] => Err(FhirError::PreconditionFailed(format!(
             "the conditional reference to {rt} matches no resource"

@@ -209,6 +209,21 @@ pub async fn type_operation_with(
     }
 }
 
+/// A search entry of a batch Bundle (`GET Type?query`), answered in JSON as the same search
+/// over HTTP would be.
+pub async fn search_in_bundle(
+    state: &AppState,
+    policy: &Policy,
+    rt: &str,
+    query: &str,
+) -> Result<Response> {
+    let pairs: Vec<(String, String)> = query_pairs(Some(query))
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .collect();
+    type_search(state, policy, rt, None, pairs, &HeaderMap::new()).await
+}
+
 async fn type_search(
     state: &AppState,
     policy: &Policy,

@@ -203,6 +203,39 @@ impl Criteria {
     }
 }
 
+impl Criteria {
+    /// Whether a resource not stored yet (an earlier entry of the same transaction) with id `id`
+    /// matches every parameter, by the same rules as [`Criteria::matches`].
+    pub fn matches_resource(&self, id: &str, resource: &Value) -> bool {
+        let identifiers: Vec<(Option<&str>, Option<&str>)> = match resource.get("identifier") {
+            Some(Value::Array(a)) => a.iter().collect::<Vec<_>>(),
+            Some(v @ Value::Object(_)) => vec![v],
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .map(|i| {
+            (
+                i.get("system").and_then(Value::as_str),
+                i.get("value").and_then(Value::as_str),
+            )
+        })
+        .collect();
+        self.params.iter().all(|(name, value)| {
+            value.split(',').any(|alt| match name.as_str() {
+                "_id" => alt == id,
+                _ => identifiers
+                    .iter()
+                    .any(|(system, v)| match alt.split_once('|') {
+                        Some((sys, "")) => *system == Some(sys),
+                        Some(("", val)) => system.is_none() && *v == Some(val),
+                        Some((sys, val)) => *system == Some(sys) && *v == Some(val),
+                        None => *v == Some(alt),
+                    }),
+            })
+        })
+    }
+}
+
 /// Current, non-deleted resources the caller sees with an identifier matching `t`. The index
 /// rows of old versions stay behind; the join on the current version ignores them.
 async fn identifier_matches(
@@ -301,5 +334,33 @@ pub async fn claim_create(
         Err(FhirError::Conflict(
             "a concurrent conditional create is in progress; retry".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Criteria;
+    use serde_json::json;
+
+    #[test]
+    fn unstored_resources_match_by_the_rules_of_the_index() {
+        let r = json!({"resourceType": "Patient", "identifier": [
+            {"system": "urn:a", "value": "1"}, {"value": "2"}]});
+        for (q, want) in [
+            ("identifier=urn:a|1", true),
+            ("identifier=urn:a|2", false),
+            ("identifier=1", true),
+            ("identifier=|2", true),
+            ("identifier=|1", false),
+            ("identifier=urn:a|", true),
+            ("identifier=urn:b|", false),
+            ("identifier=urn:b|9,urn:a|1", true),
+            ("_id=p1", true),
+            ("_id=p2", false),
+            ("_id=p1&identifier=urn:a|2", false),
+        ] {
+            let c = Criteria::parse(q).expect(q);
+            assert_eq!(c.matches_resource("p1", &r), want, "{q}");
+        }
     }
 }

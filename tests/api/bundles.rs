@@ -322,21 +322,128 @@ async fn all_synthea_patients_load_with_matching_counts() {
 }
 
 #[tokio::test]
-async fn unsupported_bundle_entries_are_501() {
+async fn unsupported_bundle_entries_are_refused_by_name() {
     let app = spawn_app().await;
+    // A search inside a transaction could not see the transaction's own writes: 501, use a batch.
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:x|1"}}]});
-    assert_outcome(app.post("", &tx).await, 501, "not-supported").await;
+        {"request": {"method": "GET", "url": "Patient?identifier=urn:x|1"}}]});
+    let out = assert_outcome(app.post("", &tx).await, 501, "not-supported").await;
+    assert!(out.to_string().contains("batch"), "{out}");
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
-        {"request": {"method": "GET", "url": "Patient?identifier=urn:x|1"}},
         {"request": {"method": "PATCH", "url": "Patient/1"}}]});
     let out = json(app.post("", &batch).await).await;
-    assert_eq!(out["entry"][0]["response"]["status"], "501 Not Implemented");
+    assert_eq!(out["entry"][0]["response"]["status"], "400 Bad Request");
+}
+
+#[tokio::test]
+async fn bundles_answer_reads_and_searches_and_resolve_within_the_transaction() {
+    let app = spawn_app().await;
+    // Conditional references and ifNoneExist find what earlier entries of the same transaction
+    // create; conditional delete works in a transaction.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0a4b6a8e-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "77"}], "name": [{"family": "Same"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "77"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:mrn|77"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "Patient?identifier=urn:mrn|77"},
+            "valueQuantity": {"value": 61, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}},
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|nobody"}}
+    ]});
+    let out = json(app.post("", &tx).await).await;
+    let status = |i: usize| {
+        out["entry"][i]["response"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(status(0), "201 Created", "{out}");
+    assert_eq!(status(1), "200 OK", "{out}");
+    assert_eq!(status(2), "201 Created", "{out}");
+    assert_eq!(status(3), "204 No Content", "{out}");
+    let patient = out["entry"][0]["response"]["location"]
+        .as_str()
+        .expect("location");
+    let pid = patient.split('/').nth(1).expect("id").to_owned();
+    assert!(out["entry"][1]["response"]["location"]
+        .as_str()
+        .expect("location")
+        .contains(&pid));
+    let obs_loc = out["entry"][2]["response"]["location"]
+        .as_str()
+        .expect("location");
+    let obs_id = obs_loc.split('/').nth(1).expect("id").to_owned();
+    let obs = json(app.get(&format!("Observation/{obs_id}")).await).await;
+    assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
     assert_eq!(
-        out["entry"][0]["response"]["outcome"]["issue"][0]["code"],
-        "not-supported"
+        app.count("resource where resource_type = 'Patient'").await,
+        1
     );
-    assert_eq!(out["entry"][1]["response"]["status"], "400 Bad Request");
+
+    // A batch: reads return the resource, searches return the searchset, conditional delete
+    // deletes the one match.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"request": {"method": "GET", "url": format!("Observation?subject=Patient/{pid}&_count=5")}},
+        {"request": {"method": "GET", "url": "Observation?unknown-param=1"}},
+        {"request": {"method": "GET", "url": "Patient/nobody"}},
+        {"request": {"method": "DELETE", "url": "Observation?_id=".to_owned() + &obs_id}}
+    ]});
+    let out = json(app.post("", &batch).await).await;
+    assert_eq!(out["entry"][0]["response"]["status"], "200 OK", "{out}");
+    assert_eq!(out["entry"][0]["resource"]["id"], pid.as_str(), "{out}");
+    assert_eq!(out["entry"][0]["resource"]["name"][0]["family"], "Same");
+    assert_eq!(out["entry"][1]["response"]["status"], "200 OK", "{out}");
+    assert_eq!(out["entry"][1]["resource"]["type"], "searchset", "{out}");
+    assert_eq!(
+        out["entry"][1]["resource"]["entry"][0]["resource"]["id"],
+        obs_id.as_str()
+    );
+    // Lenient, as over HTTP without `Prefer: handling=strict`: the unknown parameter is named.
+    assert_eq!(out["entry"][2]["response"]["status"], "200 OK", "{out}");
+    assert!(out["entry"][2]["resource"]
+        .to_string()
+        .contains("ignored unknown search parameters: unknown-param"));
+    assert_eq!(
+        out["entry"][3]["response"]["status"], "404 Not Found",
+        "{out}"
+    );
+    assert_eq!(
+        out["entry"][4]["response"]["status"], "204 No Content",
+        "{out}"
+    );
+    assert_eq!(
+        app.get(&format!("Observation/{obs_id}")).await.status(),
+        410
+    );
+    // A search in a batch sees only what the caller may see, and is audited as a search.
+    let other = crate::audit::token(&app, "app", "patient/*.rs", Some("someone-else"), None);
+    let r = reqwest::Client::new()
+        .post(&app.base)
+        .bearer_auth(&other)
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": "Patient?identifier=urn:mrn|77"}}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("batch");
+    let out = json(r).await;
+    assert_eq!(out["entry"][0]["response"]["status"], "200 OK", "{out}");
+    assert!(out["entry"][0]["resource"].get("entry").is_none(), "{out}");
+    let events: String = sqlx::query_scalar("select string_agg(events, '\n') from audit_log")
+        .fetch_one(&app.pool)
+        .await
+        .expect("events");
+    assert!(
+        events.contains("search-type"),
+        "the batch's searches are audited"
+    );
 }
 
 /// The ids (`Type/id`) of a search's `match` entries, following `next` links, sorted.
