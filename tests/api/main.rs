@@ -15,6 +15,7 @@ mod independent;
 mod ingest;
 mod newcomer;
 mod noninterference;
+mod oauth_interop;
 mod search;
 mod smart_app;
 mod smart_clients;
