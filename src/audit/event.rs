@@ -91,7 +91,8 @@ pub enum Kind {
     Login,
     /// Sign-out.
     Logout,
-    /// An OAuth event: `token-issue`, `token-refresh`, `token-revoke`, `assertion-failure`.
+    /// An OAuth event: `token-issue`, `token-refresh`, `token-revoke`, `token-introspect`,
+    /// `assertion-failure`.
     Token(&'static str),
     /// An administrator's call (`/admin/…`): `client-list`, `client-add`, `client-read`,
     /// `client-remove`.

@@ -536,29 +536,52 @@ async fn issue(
     Ok(body)
 }
 
-/// Revokes the grant of a refresh token presented by its own client (RFC 7009); `false` when the
-/// token is not one of this client's refresh tokens.
-pub async fn revoke_refresh_token(
+/// A refresh token as the revocation and introspection endpoints see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshInfo {
+    /// Its grant.
+    pub grant_id: String,
+    /// The client the grant belongs to.
+    pub client_id: String,
+    /// The signed-in user who approved the grant.
+    pub user_id: String,
+    /// The patient of the grant.
+    pub patient_id: String,
+    /// The scope the refresh token carries.
+    pub scope: String,
+    /// When it was issued (seconds since the epoch).
+    pub iat: i64,
+    /// When it expires (seconds since the epoch).
+    pub exp: i64,
+    /// Unexpired, never used, and its grant not revoked.
+    pub active: bool,
+}
+
+/// The refresh token `token`, whoever it was issued to; `None` when it is not one.
+pub async fn find_refresh_token(
     state: &AppState,
-    client: &Client,
     token: &str,
-) -> Result<bool, OAuthError> {
+) -> Result<Option<RefreshInfo>, OAuthError> {
     // language=PostgreSQL
-    let grant: Option<String> = sqlx::query_scalar(
-        r#"select g.grant_id::text from refresh_token r join oauth_grant g on g.grant_id = r.grant_id
-           where r.token_hash = $1 and g.client_id = $2"#,
+    let row: Option<RefreshInfo> = sqlx::query_as(
+        r#"select g.grant_id::text as grant_id, g.client_id, g.user_id::text as user_id, g.patient_id, r.scope,
+                  (extract(epoch from r.expires_at)::bigint - $2) as iat,
+                  extract(epoch from r.expires_at)::bigint as exp,
+                  (r.expires_at > now() and r.used_at is null and g.revoked_at is null) as active
+           from refresh_token r join oauth_grant g on g.grant_id = r.grant_id
+           where r.token_hash = $1"#,
     )
     .bind(digest(token))
-    .bind(&client.client_id)
+    .bind(REFRESH_SECS)
     .fetch_optional(&state.db)
     .await?;
-    match grant {
-        Some(g) => {
-            revoke_now(state, &g).await?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    Ok(row)
+}
+
+/// Revokes the grant of a refresh token (RFC 7009 §2.1: revoking a refresh token also ends the
+/// access tokens of the same grant). The caller checked that the token is its own.
+pub async fn revoke_grant_of(state: &AppState, refresh: &RefreshInfo) -> Result<(), OAuthError> {
+    revoke_now(state, &refresh.grant_id).await
 }
 
 #[cfg(test)]

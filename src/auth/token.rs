@@ -66,6 +66,11 @@ impl OAuthError {
         self.error
     }
 
+    /// The human-readable reason (for the audit trail; never contains a secret or a token).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
     /// 401 `invalid_client`: the client could not be authenticated.
     pub fn invalid_client(description: impl Into<String>) -> Self {
         Self {
@@ -162,21 +167,11 @@ pub async fn token(
     if let Some(wait) = state.limits.token_address.blocked(&key) {
         return Err(OAuthError::too_many(wait));
     }
-    let claimed = req
-        .client_id
-        .clone()
-        .or_else(|| {
-            grants::basic_credentials(&headers)
-                .ok()
-                .flatten()
-                .map(|(id, _)| id)
-        })
-        .or_else(|| {
-            req.client_assertion
-                .as_deref()
-                .and_then(unverified_claims)
-                .and_then(|c| c["iss"].as_str().map(str::to_owned))
-        });
+    let claimed = claimed_client(
+        &headers,
+        req.client_id.as_deref(),
+        req.client_assertion.as_deref(),
+    );
     let subtype = match req.grant_type.as_deref() {
         Some("refresh_token") => "token-refresh",
         _ => "token-issue",
@@ -236,8 +231,58 @@ fn unverified_claims(jwt: &str) -> Option<Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
 }
 
-async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Response, OAuthError> {
-    match req.client_assertion_type.as_deref() {
+/// The client authentication parameters of RFC 7523 §2.2 in a request's form.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AssertionParams<'a> {
+    /// `client_id`, optional; when present it must name the assertion's issuer.
+    pub client_id: Option<&'a str>,
+    /// `client_assertion_type`: only `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`.
+    pub assertion_type: Option<&'a str>,
+    /// `client_assertion`: the signed JWT.
+    pub assertion: Option<&'a str>,
+}
+
+impl AssertionParams<'_> {
+    /// Whether the request tries this method at all (either parameter is present).
+    pub fn present(&self) -> bool {
+        self.assertion_type.is_some() || self.assertion.is_some()
+    }
+}
+
+/// The client id a request claims, before any verification (for the audit trail only): the form's
+/// `client_id`, else the Basic user name, else the unverified `iss` of a client assertion.
+pub fn claimed_client(
+    headers: &HeaderMap,
+    client_id: Option<&str>,
+    assertion: Option<&str>,
+) -> Option<String> {
+    client_id
+        .map(str::to_owned)
+        .or_else(|| {
+            grants::basic_credentials(headers)
+                .ok()
+                .flatten()
+                .map(|(id, _)| id)
+        })
+        .or_else(|| {
+            assertion
+                .and_then(unverified_claims)
+                .and_then(|c| c["iss"].as_str().map(str::to_owned))
+        })
+}
+
+/// Authenticates a backend by its `private_key_jwt` client assertion (RFC 7523, SMART Backend
+/// Services): RS384 or ES384 only, verified with exactly one key of the client's registered JWKS
+/// (never a key named by the assertion itself), `iss` = `sub` = a registered backend, `aud` one of
+/// `audiences`, at most five minutes to `exp`, and a `jti` that was never seen before. The token,
+/// revocation and introspection endpoints share this check and its replay table, so an assertion
+/// spent at one cannot be replayed at another.
+pub async fn authenticate_assertion(
+    state: &AppState,
+    params: AssertionParams<'_>,
+    audiences: &[String],
+) -> Result<clients::Client, OAuthError> {
+    match params.assertion_type {
         Some(JWT_BEARER) => {}
         Some(_) => {
             return Err(OAuthError::invalid_client(
@@ -251,9 +296,8 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
             ))
         }
     }
-    let assertion = req
-        .client_assertion
-        .as_deref()
+    let assertion = params
+        .assertion
         .ok_or_else(|| OAuthError::bad("invalid_request", "client_assertion is missing"))?;
     // `alg=none` cannot even be represented by jsonwebtoken's header type: it fails here.
     let header = jsonwebtoken::decode_header(assertion)
@@ -278,7 +322,7 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
         .get("iss")
         .and_then(Value::as_str)
         .ok_or_else(|| OAuthError::invalid_client("the assertion has no iss"))?;
-    if req.client_id.as_deref().is_some_and(|c| c != iss) {
+    if params.client_id.is_some_and(|c| c != iss) {
         return Err(OAuthError::invalid_client(
             "client_id differs from the assertion issuer",
         ));
@@ -316,7 +360,7 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
     let mut v = Validation::new(header.alg);
     v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     v.set_issuer(&[&client.client_id]);
-    v.set_audience(&[&state.token_url()]);
+    v.set_audience(audiences);
     v.sub = Some(client.client_id.clone());
     v.leeway = LEEWAY_SECS;
     let verified = jsonwebtoken::decode::<Value>(assertion, &decoding, &v)
@@ -349,6 +393,17 @@ async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Respo
             "the assertion was already used (jti replay)",
         ));
     }
+    Ok(client)
+}
+
+async fn client_credentials(state: &AppState, req: TokenRequest) -> Result<Response, OAuthError> {
+    let params = AssertionParams {
+        client_id: req.client_id.as_deref(),
+        assertion_type: req.client_assertion_type.as_deref(),
+        assertion: req.client_assertion.as_deref(),
+    };
+    let client = authenticate_assertion(state, params, &[state.token_url()]).await?;
+    let now = chrono::Utc::now().timestamp();
     let requested = ScopeSet::parse(req.scope.as_deref().unwrap_or_default())
         .map_err(|e| OAuthError::bad("invalid_scope", e.to_string()))?;
     if requested

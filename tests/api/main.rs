@@ -17,6 +17,7 @@ mod independent;
 mod ingest;
 mod newcomer;
 mod noninterference;
+mod oauth_interop;
 mod search;
 mod smart_app;
 mod smart_clients;
