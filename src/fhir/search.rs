@@ -44,7 +44,24 @@ struct Shape {
     used: Vec<(String, String)>,
     /// The sealed `_cursor` asked for, opened once the caller and query are known.
     cursor: Option<String>,
+    /// `$everything`: also the resources outside the compartment that the page's resources
+    /// refer to (Organization, Practitioner, …).
+    referenced: bool,
 }
+
+/// What `$everything` follows out of the compartment (Patient-everything: "resources referenced
+/// by the compartment's resources", such as the organisations and practitioners of encounters).
+const REFERENCED_TYPES: &[&str] = &[
+    "Organization",
+    "Practitioner",
+    "PractitionerRole",
+    "Location",
+    "Medication",
+    "Device",
+    "Substance",
+    "HealthcareService",
+    "Endpoint",
+];
 
 /// `GET [base]/{type}?params`.
 pub async fn search_type(
@@ -530,6 +547,13 @@ async fn respond(
             included.extend(next.iter().cloned());
             frontier = next;
         }
+        if shape.referenced {
+            for f in exec::referenced(state, &page.rows, REFERENCED_TYPES, policy).await? {
+                if seen.insert(f.rid) {
+                    included.push(f);
+                }
+            }
+        }
     }
     let mut rids: Vec<i64> = page.rows.iter().map(|f| f.rid).collect();
     let matched = rids.len();
@@ -827,6 +851,7 @@ async fn everything(
     if !visible {
         return Err(FhirError::not_found("Patient", &id));
     }
+    shape.referenced = true;
     let path = format!("Patient/{id}/$everything");
     respond(state, policy, plan, shape, &path, &pairs, headers).await
 }

@@ -790,6 +790,29 @@ pub async fn count(state: &AppState, plan: &Plan, policy: &Policy) -> Result<i64
 /// Resources that `rows` refer to through `inc` (or, for `rev`, that refer to `rows`), that the
 /// caller sees. For a partner, resources of patients whose Consents name single codes are not
 /// included (only their searches' matches are decided one by one).
+/// The resources of `types` that `rows` refer to through any indexed reference, as the caller
+/// may see them (`$everything`'s resources outside the compartment).
+pub async fn referenced(
+    state: &AppState,
+    rows: &[Found],
+    types: &[&str],
+    policy: &Policy,
+) -> Result<Vec<Found>> {
+    let rids: Vec<i64> = rows.iter().map(|f| f.rid).collect();
+    let types: Vec<String> = types.iter().map(|t| (*t).to_owned()).collect();
+    let mut qb: QueryBuilder<'static, Postgres> = QueryBuilder::new(
+        "select r.rid, r.resource_type, r.id from resource r join (select distinct split_part(target, '/', 1) as t, split_part(target, '/', 2) as i from idx_reference where rid = any(",
+    );
+    qb.push_bind(rids);
+    qb.push(") and split_part(target, '/', 1) = any(");
+    qb.push_bind(types);
+    qb.push(") and target not like '%:%' and target not like '#%') u on r.resource_type = u.t and r.id = u.i where not r.deleted");
+    policy.restrict(&mut qb, "r", Permission::Search, None, None);
+    qb.push(" order by r.rid limit 1000");
+    let rows = qb.build().persistent(false).fetch_all(&state.db).await?;
+    rows.iter().map(|row| found_row(row, Vec::new())).collect()
+}
+
 pub async fn include(
     state: &AppState,
     rows: &[Found],

@@ -276,3 +276,120 @@ async fn conditional_reads_by_etag_and_by_date() {
         .expect("interactions")
         .contains(&json!({"code": "patch"})));
 }
+
+#[tokio::test]
+async fn everything_follows_references_out_of_the_compartment_within_access() {
+    let app = spawn_app().await;
+    let id_of = |v: Value| v["id"].as_str().expect("id").to_owned();
+    let pid = id_of(
+        json(
+            app.post("Patient", &json!({"resourceType": "Patient"}))
+                .await,
+        )
+        .await,
+    );
+    let org = id_of(
+        json(
+            app.post(
+                "Organization",
+                &json!({"resourceType": "Organization", "name": "Clinic"}),
+            )
+            .await,
+        )
+        .await,
+    );
+    let doc = id_of(
+        json(
+            app.post("Practitioner", &json!({"resourceType": "Practitioner"}))
+                .await,
+        )
+        .await,
+    );
+    let place = id_of(
+        json(
+            app.post(
+                "Location",
+                &json!({"resourceType": "Location", "name": "Room 1"}),
+            )
+            .await,
+        )
+        .await,
+    );
+    let unrelated = id_of(
+        json(
+            app.post(
+                "Organization",
+                &json!({"resourceType": "Organization", "name": "Elsewhere"}),
+            )
+            .await,
+        )
+        .await,
+    );
+    let enc = json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": format!("Patient/{pid}")},
+        "participant": [{"individual": {"reference": format!("Practitioner/{doc}")}}],
+        "location": [{"location": {"reference": format!("Location/{place}")}}],
+        "serviceProvider": {"reference": format!("Organization/{org}")}});
+    assert_eq!(app.post("Encounter", &enc).await.status(), 201);
+    let everything = |bearer: Option<String>| {
+        let app = &app;
+        let pid = pid.clone();
+        async move {
+            let mut r =
+                reqwest::Client::new().get(format!("{}/Patient/{pid}/$everything", app.base));
+            r = match bearer {
+                Some(b) => r.bearer_auth(b),
+                None => r.bearer_auth(token(app, "admin", "system/*.rs", None, None)),
+            };
+            r.send().await.expect("everything")
+        }
+    };
+    let b = json(everything(None).await).await;
+    let modes: Vec<(String, String)> = b["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap_or(""),
+                    e["resource"]["id"].as_str().unwrap_or("")
+                ),
+                e["search"]["mode"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        format!("Organization/{org}"),
+        format!("Practitioner/{doc}"),
+        format!("Location/{place}"),
+    ] {
+        assert!(
+            modes.contains(&(want.clone(), "include".into())),
+            "{want}: {modes:?}"
+        );
+    }
+    assert!(
+        !modes.iter().any(|(r, _)| r.ends_with(&unrelated)),
+        "{modes:?}"
+    );
+    // The patient's own app gets the same; another patient's app gets nothing (404).
+    let own = token(&app, "app", "patient/*.rs", Some(&pid), None);
+    let b = json(everything(Some(own)).await).await;
+    assert!(b.to_string().contains(&format!("\"id\":\"{org}\"")), "{b}");
+    let other = token(&app, "app", "patient/*.rs", Some("someone-else"), None);
+    assert_eq!(everything(Some(other)).await.status(), 404);
+    // Scopes still decide: without Organization in the scopes, no Organization comes back.
+    let narrow = token(
+        &app,
+        "app",
+        "patient/Patient.rs patient/Encounter.rs",
+        Some(&pid),
+        None,
+    );
+    let b = json(everything(Some(narrow)).await).await;
+    assert!(!b.to_string().contains("\"Organization\""), "{b}");
+    assert!(b.to_string().contains("\"Encounter\""), "{b}");
+}
