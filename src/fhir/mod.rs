@@ -14,6 +14,7 @@ pub mod operation;
 pub mod patch;
 pub mod respond;
 pub mod search;
+pub mod summary;
 pub mod write;
 
 use axum::response::{IntoResponse, Response};

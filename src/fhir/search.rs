@@ -706,37 +706,19 @@ fn shape_resource(resource: &mut Value, summary: Option<&str>, elements: Option<
     let mut subsetted = false;
     match summary {
         Some("data") => subsetted |= obj.remove("text").is_some(),
-        // Summary: the elements R4 marks as summary (Σ) for the types wearable data uses;
-        // for other types, drop what is never in the summary (narrative, contained resources,
-        // extensions) and the bulky free-text notes.
-        Some("true") => match obj
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .and_then(summary_elements)
-        {
-            Some(list) => {
-                let before = obj.len();
-                obj.retain(|k, _| {
-                    matches!(k.as_str(), "resourceType" | "id" | "meta" | "implicitRules")
-                        || list.iter().any(|e| match e.strip_suffix("[x]") {
-                            Some(choice) => k.starts_with(choice),
-                            None => k == e,
-                        })
-                });
-                subsetted |= obj.len() != before;
-            }
-            None => {
-                for k in [
-                    "text",
-                    "contained",
-                    "extension",
-                    "modifierExtension",
-                    "note",
-                ] {
+        // Summary: the elements the R4 StructureDefinitions mark as summary (Σ).
+        Some("true") => {
+            let rt = obj
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if !crate::fhir::summary::apply(&rt, obj, &mut subsetted) {
+                for k in ["text", "contained", "extension", "modifierExtension"] {
                     subsetted |= obj.remove(k).is_some();
                 }
             }
-        },
+        }
         _ => {}
     }
     if let Some(keep) = keep {
@@ -755,42 +737,6 @@ fn shape_resource(resource: &mut Value, summary: Option<&str>, elements: Option<
             }
         }
     }
-}
-
-/// The top-level summary (Σ) elements of a type in the R4 base definitions, where we list them.
-fn summary_elements(rt: &str) -> Option<&'static [&'static str]> {
-    Some(match rt {
-        "Observation" => &[
-            "identifier",
-            "basedOn",
-            "partOf",
-            "status",
-            "code",
-            "subject",
-            "focus",
-            "encounter",
-            "effective[x]",
-            "issued",
-            "performer",
-            "value[x]",
-            "hasMember",
-            "derivedFrom",
-            "component",
-        ],
-        "Patient" => &[
-            "identifier",
-            "active",
-            "name",
-            "telecom",
-            "gender",
-            "birthDate",
-            "deceased[x]",
-            "address",
-            "managingOrganization",
-            "link",
-        ],
-        _ => return None,
-    })
 }
 
 /// `Patient/{id}/$everything` with `_since`, `_type` and `_count`, paged.

@@ -55,12 +55,14 @@ async fn every_official_example_round_trips() {
     assert_eq!(all.len(), 746);
     let mut rejected: BTreeMap<String, String> = BTreeMap::new();
     let mut differing = Vec::new();
+    let mut invalid_summaries: Vec<String> = Vec::new();
     let mut audit_examples = 0;
     let mut consent_examples = 0;
     for (name, bytes) in &all {
         let original: Value = serde_json::from_slice(bytes).expect("example is JSON");
-        let rt = original["resourceType"].as_str().expect("rt");
-        let id = original["id"].as_str().expect("id");
+        let rt = original["resourceType"].as_str().expect("rt").to_owned();
+        let id = original["id"].as_str().expect("id").to_owned();
+        let (rt, id) = (rt.as_str(), id.as_str());
         if rt == "Consent" {
             // fhirgate accepts only Consents of its own profile (a patient's permit or deny for a
             // partner organisation); the specification's examples are other kinds of consent.
@@ -114,7 +116,30 @@ async fn every_official_example_round_trips() {
         if without_meta(back) != without_meta(original) {
             differing.push(name.clone());
         }
+        // `_summary=true` keeps only summary elements, and what it keeps is still valid R4.
+        let found = json(app.get(&format!("{rt}?_id={id}&_summary=true")).await).await;
+        let summary = found["entry"][0]["resource"].clone();
+        assert!(
+            summary.get("text").is_none(),
+            "{name}: narrative is not summary"
+        );
+        let mut bare = summary.clone();
+        if let Some(tags) = bare.pointer_mut("/meta/tag").and_then(Value::as_array_mut) {
+            tags.retain(|t| t["code"] != "SUBSETTED");
+            if tags.is_empty() {
+                if let Some(m) = bare.pointer_mut("/meta").and_then(Value::as_object_mut) {
+                    m.remove("tag");
+                }
+            }
+        }
+        if let Err(e) = fhirgate::fhir::write::check_resource(bare, rt, Some(id)) {
+            invalid_summaries.push(format!("{name}: {e:?}"));
+        }
     }
+    assert!(
+        invalid_summaries.is_empty(),
+        "summaries that are not valid: {invalid_summaries:#?}"
+    );
     assert_eq!(audit_examples, 9, "the R4 package's AuditEvent examples");
     assert_eq!(consent_examples, 12, "the R4 package's Consent examples");
     let expected: BTreeMap<String, String> = KNOWN_INVALID
