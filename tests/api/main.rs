@@ -16,6 +16,7 @@ mod ingest;
 mod newcomer;
 mod noninterference;
 mod search;
+mod search_modifiers;
 mod smart_app;
 mod smart_clients;
 mod spec_examples;
