@@ -68,7 +68,9 @@ pub fn check_fhir_version(range: &str, what: &str) -> Result<()> {
     match fhir_version(range) {
         Some(v) if !FHIR_VERSIONS.contains(&v) => Err(FhirError::Status(
             StatusCode::NOT_ACCEPTABLE,
-            format!("{what} asks for FHIR version {v}; this server speaks FHIR R4 (fhirVersion=4.0)"),
+            format!(
+                "{what} asks for FHIR version {v}; this server speaks FHIR R4 (fhirVersion=4.0)"
+            ),
         )),
         _ => Ok(()),
     }
@@ -172,15 +174,34 @@ mod tests {
     #[test]
     fn the_highest_quality_we_speak_wins() {
         for (values, want) in [
-            (vec!["application/fhir+xml;q=0.5, application/fhir+json"], Format::Json),
-            (vec!["application/fhir+json;q=0.2, application/fhir+xml;q=0.9"], Format::Xml),
-            (vec!["application/fhir+xml", "application/fhir+json"], Format::Xml),
-            (vec!["text/html, application/xml;q=0.9, */*;q=0.8"], Format::Xml),
-            (vec!["application/fhir+xml;q=0, application/json;q=0.1"], Format::Json),
+            (
+                vec!["application/fhir+xml;q=0.5, application/fhir+json"],
+                Format::Json,
+            ),
+            (
+                vec!["application/fhir+json;q=0.2, application/fhir+xml;q=0.9"],
+                Format::Xml,
+            ),
+            (
+                vec!["application/fhir+xml", "application/fhir+json"],
+                Format::Xml,
+            ),
+            (
+                vec!["text/html, application/xml;q=0.9, */*;q=0.8"],
+                Format::Xml,
+            ),
+            (
+                vec!["application/fhir+xml;q=0, application/json;q=0.1"],
+                Format::Json,
+            ),
             (vec!["text/html"], Format::Json),
             (vec![], Format::Json),
         ] {
-            assert_eq!(negotiate(&accept(&values), &[]).expect("ok"), want, "{values:?}");
+            assert_eq!(
+                negotiate(&accept(&values), &[]).expect("ok"),
+                want,
+                "{values:?}"
+            );
         }
     }
 
