@@ -363,6 +363,13 @@ fn blind_rows(
             for text in date_texts(d.low.micros(), d.high.micros()) {
                 out.push(Row::Blind(pid, blind(keys, pid, kind::DATE, &text)));
             }
+            // The year alone stays plain, so ranges at year precision can be searched.
+            if let (Some(p), Some((low, high))) = (
+                ids.get(rt, &format!("{}:year", entry.code)),
+                year_range(d.low.micros(), d.high.micros()),
+            ) {
+                out.push(Row::Date(p, low, high));
+            }
         }
         IndexValue::IdentifierOfType(o) => {
             if let Some(p) = ids.get(rt, &format!("{}:of-type", entry.code)) {
@@ -429,6 +436,16 @@ pub fn date_texts(low: i64, high: i64) -> Vec<String> {
         out.push(day);
     }
     out
+}
+
+/// The whole years a date range falls in, from the first instant of its first year to the last
+/// instant of its last: what the plain birth-year index keeps of a blind-indexed date.
+pub fn year_range(low: i64, high: i64) -> Option<(i64, i64)> {
+    use chrono::Datelike;
+    let year = |m: i64| chrono::DateTime::from_timestamp_micros(m).map(|t| t.year());
+    let first = fhirgate_fhirpath::parse_date_range(&format!("{:04}", year(low)?))?;
+    let last = fhirgate_fhirpath::parse_date_range(&format!("{:04}", year(high)?))?;
+    Some((first.low.micros(), last.high.micros()))
 }
 
 fn clip(s: &str) -> &str {

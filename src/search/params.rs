@@ -1,7 +1,8 @@
 //! Stable ids for search parameters (`search_param`): index rows carry a small integer rather
 //! than the type and code. Every parameter of the R4 definitions is registered at start-up, with
 //! the pseudo-parameters modifiers search (`code:text`, `subject:identifier`,
-//! `identifier:of-type`).
+//! `identifier:of-type`), and `birthdate:year`, the plain birth year of a blind-indexed date
+//! (ranges at year precision).
 
 use std::collections::HashMap;
 
@@ -66,6 +67,9 @@ impl ParamIds {
                         }
                     }
                     ParamType::Reference => push(format!("{}:identifier", def.code)),
+                    ParamType::Date if crate::search::index::is_blind(base, &def.code) => {
+                        push(format!("{}:year", def.code))
+                    }
                     _ => {}
                 }
             }

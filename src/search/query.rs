@@ -257,6 +257,13 @@ pub fn parse(
         }));
     }
     let (code, modifier) = split_modifier(name);
+    if matches!(code, "_text" | "_content") {
+        return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+            crate::error::IssueType::NotSupported,
+            name,
+            format!("'{code}' is not supported: this server does not index narrative or full text (search the coded and structured parameters instead)"),
+        )));
+    }
     if code == "_id" {
         return match modifier {
             None => Ok(Some(Clause::Id(
@@ -371,6 +378,51 @@ pub fn parse(
                     ));
                 }
             }
+            Some(m @ ("in" | "not-in")) => {
+                if blind_param {
+                    return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+                        crate::error::IssueType::NotSupported,
+                        name,
+                        format!("'{code}' of {rt} is blind-indexed and holds no codes of a ValueSet: ':{m}' cannot be searched"),
+                    )));
+                }
+                negate = m == "not-in";
+                for v in &values {
+                    let Some((system, codes)) = value_set(v) else {
+                        return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+                            crate::error::IssueType::NotSupported,
+                            name,
+                            format!(
+                                "ValueSet '{v}' is not known to this server; ':{m}' supports {}",
+                                VALUE_SETS
+                                    .iter()
+                                    .map(|(url, ..)| url.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        )));
+                    };
+                    alts.push(Alt::Sql(
+                        String::from("(system = ? and code = any(?))"),
+                        vec![
+                            Bind::Text(system.to_owned()),
+                            Bind::Texts(codes.iter().map(|c| (*c).to_owned()).collect()),
+                        ],
+                    ));
+                }
+            }
+            Some(m @ ("above" | "below")) => {
+                let v = values.first().map_or("", String::as_str);
+                let system = match split_escaped(v, '|').as_slice() {
+                    [s, _] if !s.is_empty() => format!("system '{s}'"),
+                    _ => format!("'{v}' (no system given)"),
+                };
+                return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+                    crate::error::IssueType::NotSupported,
+                    name,
+                    format!("':{m}' needs a code hierarchy, and none is available on this server for {system}: the code systems it resolves locally are flat (':above' and ':below' work on uri parameters)"),
+                )));
+            }
             Some(m) => return Err(unsupported_modifier(name, m, def)),
         },
         ParamType::String => {
@@ -421,8 +473,28 @@ pub fn parse(
             if let Some(m) = modifier {
                 return Err(unsupported_modifier(name, m, def));
             }
-            for v in &values {
-                alts.push(date_alt(ctx, name, pid, blind_param, v)?);
+            // A blind date is searched by its keyed hashes, except for ranges: those compare
+            // its plain year (`birthdate:year`), at year precision only.
+            let year = blind_param
+                .then(|| ctx.ids.get(rt, &format!("{code}:year")))
+                .flatten();
+            let ranged = values.iter().any(|v| {
+                let (prefix, text) = split_prefix(v);
+                prefix != Prefix::Eq || text.contains('T')
+            });
+            match year {
+                Some(year_pid) if ranged => {
+                    pid = year_pid;
+                    table = "idx_date";
+                    for v in &values {
+                        alts.push(year_alt(name, v)?);
+                    }
+                }
+                _ => {
+                    for v in &values {
+                        alts.push(date_alt(ctx, name, pid, blind_param, v)?);
+                    }
+                }
             }
         }
         ParamType::Number | ParamType::Quantity => {
@@ -656,6 +728,93 @@ fn date_alt(ctx: &Ctx<'_>, name: &str, pid: Pid, blind_param: bool, v: &str) -> 
             String::from("hash = ?"),
             vec![Bind::Bytes(blind(ctx.keys, pid, kind::DATE, text))],
         ));
+    }
+    Ok(range_alt(prefix, range, "low", "high"))
+}
+
+/// The ValueSets `:in` and `:not-in` resolve locally, with the codes each holds (one system).
+const VALUE_SETS: [(&str, &str, &[&str]); 2] = [
+    // The R4 (4.0.1) expansion of the vital signs profile's result codes.
+    (
+        "http://hl7.org/fhir/ValueSet/observation-vitalsignresult",
+        "http://loinc.org",
+        &[
+            "85353-1", "9279-1", "8867-4", "2708-6", "8310-5", "8302-2", "9843-4", "29463-7",
+            "39156-5", "85354-9", "8480-6", "8462-4", "8478-0",
+        ],
+    ),
+    // fhirgate's data classes (`fhir-profiles/fhirgate-consent.json`): the whole CodeSystem.
+    (
+        "https://fhirgate.org/ValueSet/data-class",
+        fhirgate_consent::DATA_CLASS_SYSTEM,
+        &[
+            "vital-signs",
+            "activity",
+            "sleep",
+            "body-measurement",
+            fhirgate_consent::EVERYTHING,
+        ],
+    ),
+];
+
+/// The system and codes of a ValueSet this server resolves.
+fn value_set(url: &str) -> Option<(&'static str, &'static [&'static str])> {
+    VALUE_SETS
+        .iter()
+        .find(|(u, ..)| *u == url)
+        .map(|(_, system, codes)| (*system, *codes))
+}
+
+/// Whether `micros` is the first instant of a year (UTC).
+fn is_year_start(micros: i64) -> bool {
+    use chrono::{Datelike, Timelike};
+    chrono::DateTime::from_timestamp_micros(micros).is_some_and(|t| {
+        t.ordinal() == 1 && t.num_seconds_from_midnight() == 0 && t.timestamp_subsec_micros() == 0
+    })
+}
+
+/// A range search on a blind-indexed date, against its plain year: sound only when the bound the
+/// prefix compares with falls on a year boundary, so the year alone decides as the full date
+/// would. `ge`, `lt` and `eb` compare with the value's first instant (`ge1980`, `lt1990-01-01`);
+/// `gt`, `le` and `sa` with its last (`gt1979`, `le1979-12-31`); `eq` and `ne` with both (a whole
+/// year). `ap` widens by a fraction of the distance from now, which no year boundary bounds.
+fn year_alt(name: &str, v: &str) -> Result<Alt> {
+    let (prefix, text) = split_prefix(v);
+    let range = parse_date_range(text).ok_or_else(|| {
+        bad(name, format!("'{v}' is not a valid date search value (use an optional prefix and a year such as 1980)"))
+    })?;
+    let (starts, ends) = (
+        is_year_start(range.low.micros()),
+        is_year_start(range.high.micros() + 1),
+    );
+    let whole_year =
+        starts && ends && range.high.micros() - range.low.micros() < 367 * 86_400_000_000;
+    let why = "only the birth year is searchable by range, to keep exact dates private (they are stored only as keyed hashes)";
+    let sound = match prefix {
+        Prefix::Ap => {
+            return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+                crate::error::IssueType::NotSupported,
+                name,
+                format!("'{name}' does not take the prefix ap: {why}, and an approximate range does not fall on year boundaries; use ge and le with years"),
+            )))
+        }
+        Prefix::Eq if !text.contains('T') && !whole_year => {
+            return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+                crate::error::IssueType::NotSupported,
+                name,
+                format!("'{v}' is an exact date and cannot be combined with a range in one '{name}' list: {why}; search the exact date on its own"),
+            )))
+        }
+        Prefix::Eq | Prefix::Ne => whole_year,
+        Prefix::Ge | Prefix::Lt | Prefix::Eb => starts,
+        Prefix::Gt | Prefix::Le | Prefix::Sa => ends,
+    };
+    if !sound {
+        return Err(FhirError::BadRequest(crate::error::OutcomeIssue::at(
+            crate::error::IssueType::NotSupported,
+            name,
+            format!("'{v}' is finer than a year: {why}; give a year (ge1980, lt1990, gt1979) or a date on a year boundary (ge1980-01-01, le1979-12-31)"),
+        )));
     }
     Ok(range_alt(prefix, range, "low", "high"))
 }

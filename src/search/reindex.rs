@@ -11,7 +11,8 @@ use crate::state::AppState;
 use crate::storage;
 
 /// Bumped when extraction or storage of index rows changes in a way that needs a rebuild.
-const INDEX_RULES_VERSION: &str = "1";
+/// 2: blind-indexed dates (birth dates) also keep their plain year (`birthdate:year`).
+const INDEX_RULES_VERSION: &str = "2";
 
 /// Fingerprint of what the index is built from: the definitions and the rules version.
 pub fn fingerprint() -> String {

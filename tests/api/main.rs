@@ -19,6 +19,7 @@ mod newcomer;
 mod noninterference;
 mod oauth_interop;
 mod search;
+mod search_modifiers;
 mod smart_app;
 mod smart_clients;
 mod spec_examples;

@@ -594,6 +594,21 @@ const BIRTHS: &[&str] = &[
     "lt1960",
     "1970-03-03",
     "le1945",
+    "ge1980-01-01",
+    "lt1990-01-01",
+    "gt1979",
+    "sa1969",
+    "eb1971",
+    "ne1980",
+    "le1950-12-31",
+    "1980,ge1990",
+    "ge1980-06-15",
+];
+const VALUE_SETS: &[&str] = &[
+    "http://hl7.org/fhir/ValueSet/observation-vitalsignresult",
+    "https://fhirgate.org/ValueSet/data-class",
+    "http://hl7.org/fhir/ValueSet/observation-vitalsignresult,https://fhirgate.org/ValueSet/data-class",
+    "http://example.org/ValueSet/unknown",
 ];
 const GENDERS: &[&str] = &["male", "female"];
 const CODES: &[&str] = &[
@@ -655,6 +670,11 @@ fn obs_param() -> impl Strategy<Value = (String, String)> {
         )),
         one(IDS).prop_map(|v| ("_id".to_owned(), v.to_owned())),
         p("code:missing", &["true", "false"]),
+        p("code:in", VALUE_SETS),
+        p("code:not-in", VALUE_SETS),
+        p("category:in", VALUE_SETS),
+        p("category:not-in", VALUE_SETS),
+        p("has-member:Observation.code:in", VALUE_SETS),
         p(
             "_sort",
             &["date", "-date", "_id", "value-quantity", "-code"]
@@ -674,6 +694,7 @@ fn patient_param() -> impl Strategy<Value = (String, String)> {
         p("gender", GENDERS),
         one(IDS).prop_map(|v| ("_id".to_owned(), v.to_owned())),
         p("_has:Observation:patient:code", CODES),
+        p("_has:Observation:patient:code:not-in", VALUE_SETS),
         p("_has:Observation:subject:value-quantity", QUANTITIES),
         p("_has:Observation:focus:code", CODES),
         p(

@@ -704,7 +704,7 @@ async fn bad_search_input_gets_a_precise_400() {
         ("Observation?code:below=123", "code:below"),
         ("Observation?status.name=x", "status.name"),
         ("Patient?family:contains=ller", "family:contains"),
-        ("Patient?birthdate=ge1970", "birthdate"),
+        ("Patient?birthdate=ge1970-06-15", "birthdate"),
         ("Patient?_sort=family", "_sort"),
         ("Observation?_include=Observation:status", "_include"),
         ("Observation?_total=maybe", "_total"),
