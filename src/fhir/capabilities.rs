@@ -54,14 +54,14 @@ fn modifiers(t: fhirgate_fhirpath::ParamType, blind: bool) -> &'static str {
     match (t, blind) {
         (T::String, false) => "default starts-with (case and accent folded), :exact, :contains, :missing",
         (T::String, true) => "blind-indexed (keyed hashes of normalised values and prefixes): default starts-with and :exact, :missing; :contains is refused with 400",
-        (T::Token, false) => "system|code, |code, code, system|; :not, :text, :missing",
-        (T::Token, true) => "blind-indexed: system|code, |code, code, system|, :of-type (identifier), :missing; :text is refused",
+        (T::Token, false) => "system|code, |code, code, system|; :not, :text, :missing; :in and :not-in with http://hl7.org/fhir/ValueSet/observation-vitalsignresult (the R4 vital-sign LOINC codes) or https://fhirgate.org/ValueSet/data-class (any other ValueSet: 400); :above and :below are refused with 400 (no code system with a hierarchy is resolved locally)",
+        (T::Token, true) => "blind-indexed: system|code, |code, code, system|, :of-type (identifier), :missing; :text, :in, :not-in, :above and :below are refused",
         (T::Date, false) => "prefixes eq ne gt lt ge le sa eb ap, any precision (compared as ranges); :missing",
-        (T::Date, true) => "blind-indexed: a date at year, month or day precision, no prefix; :missing",
+        (T::Date, true) => "blind-indexed: a date at year, month or day precision without a prefix (or eq) matches through keyed hashes; ranges at year precision through the plain birth year: eq/ne with a whole year, ge/lt/eb with a year or a date on 1 January, gt/le/sa with a year or a date on 31 December (ge1980, lt1990-01-01, gt1979); finer ranges and ap are refused with 400; :missing",
         (T::Number, _) => "prefixes eq ne gt lt ge le sa eb ap with implicit precision; :missing",
         (T::Quantity, _) => "prefixes eq ne gt lt ge le sa eb ap; number, number|system|code or number||code; :missing",
         (T::Reference, _) => "id, Type/id, absolute URL; :Type, :identifier, :missing; chaining (a.b.c) and _has",
-        (T::Uri, _) => "exact, :below, :above, :missing",
+        (T::Uri, _) => "exact, :below and :above (URL prefix), :missing",
         (T::Composite, _) => "token$value with the second component's own syntax (string components match whole values)",
         (T::Special, _) => "not supported",
     }
@@ -95,7 +95,7 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 .collect();
             let operations = match rt.as_str() {
                 "Patient" => json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                    "documentation": "GET Patient/[id]/$everything?_since&_type&_count, or POST with a Parameters body or a form: the patient and every resource in its compartment, paged; partners see only what the patient consented to."}]),
+                    "documentation": "GET Patient/[id]/$everything?_since&_type&_count, or POST with a Parameters body or a form: the patient and every resource in its compartment, paged, with the Organizations, Practitioners, Locations, Medications and Devices they refer to; partners see only what the patient consented to."}]),
                 "Observation" => json!([
                     {"name": "lastn", "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn",
                      "documentation": "GET Observation/$lastn?patient|subject&category&code&max (default 1), or POST with a Parameters body or a form: the most recent Observations per code, by date."},
@@ -151,7 +151,7 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                     ],
                 }],
             },
-            "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Search parameters that identify a person (names, identifiers, telecom, address, birth date) and Observation value text are stored only as keyed blind indexes: exact and starts-with search work, :contains does not. Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured (unknown search parameters: strict gives 400, lenient ignores them and reports them in the Bundle).",
+            "documentation": "Resource bodies are encrypted at rest (AES-256-GCM, per-patient keys). Search parameters that identify a person (names, identifiers, telecom, address, birth date) and Observation value text are stored only as keyed blind indexes: exact and starts-with search work, :contains does not (the birth year is kept plain, for ranges at year precision). _text and _content are not supported (the server does not index narrative or full text): 400 not-supported naming the parameter, also under Prefer: handling=lenient. Prefer: return=minimal|representation|OperationOutcome and handling=strict|lenient are honoured (unknown search parameters: strict gives 400, lenient ignores them and reports them in the Bundle).",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
             "searchParam": [
@@ -159,7 +159,7 @@ pub fn capability_statement(base: &str, token_url: &str) -> Value {
                 {"name": "_count", "type": "number", "documentation": "page size (default 50, at most 1000); pages are keyset cursors in the next/previous links"},
                 {"name": "_sort", "type": "string", "documentation": "any parameter but blind-indexed and composite ones, several keys, - for descending"},
                 {"name": "_total", "type": "token", "documentation": "none (default), estimate or accurate"},
-                {"name": "_summary", "type": "token", "documentation": "count, true, data, text"},
+                {"name": "_summary", "type": "token", "documentation": "count (also _count=0), true (the summary elements of the R4 StructureDefinitions), data, text"},
                 {"name": "_elements", "type": "string", "documentation": "top-level elements to keep"},
                 {"name": "_include", "type": "special", "documentation": "Type:param[:target], and _include:iterate"},
                 {"name": "_revinclude", "type": "special", "documentation": "Type:param[:target], and _revinclude:iterate"},
