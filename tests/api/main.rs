@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod independent;
 mod ingest;
+mod narrative;
 mod newcomer;
 mod noninterference;
 mod search;
