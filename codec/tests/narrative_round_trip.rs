@@ -104,6 +104,27 @@ fn xml_divs(xml: &[u8]) -> Vec<String> {
     out
 }
 
+/// Where `got` first differs from `want`, with a little context on each side.
+fn first_difference(want: &str, got: Option<&String>) -> String {
+    let Some(got) = got else {
+        return "the narrative is missing".to_owned();
+    };
+    let at = want
+        .bytes()
+        .zip(got.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(want.len().min(got.len()));
+    let around = |s: &str| -> String {
+        let from = at.saturating_sub(30);
+        String::from_utf8_lossy(&s.as_bytes()[from..(at + 30).min(s.len())]).into_owned()
+    };
+    format!(
+        "byte {at}: expected …{:?}… got …{:?}…",
+        around(want),
+        around(got)
+    )
+}
+
 #[test]
 fn every_official_narrative_round_trips_byte_for_byte() {
     let all = examples();
@@ -162,7 +183,7 @@ fn every_official_narrative_round_trips_byte_for_byte() {
             let first = divs
                 .iter()
                 .find(|(k, v)| back_divs.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k}: {v:?} became {:?}", back_divs.get(k)))
+                .map(|(k, v)| format!("{k}: {}", first_difference(v, back_divs.get(k))))
                 .unwrap_or_else(|| "an extra narrative".to_owned());
             differences.push(format!("{name}: JSON → XML → JSON: {first}"));
         }
