@@ -380,4 +380,31 @@ mod tests {
             br#"<Patient xmlns="http://hl7.org/fhir"><text><div xmlns="http://www.w3.org/1999/xhtml">a  b</div></text></Patient>"#
         );
     }
+
+    /// Every truncation of a narrative, and every one with a byte replaced by markup: the XML
+    /// written is still well formed, and nothing panics in either direction.
+    #[test]
+    fn mangled_json_divs_never_break_the_document() {
+        let xml = br#"<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml">x</div></text></Patient>"#.to_vec();
+        let good = r#"<div xmlns="http://www.w3.org/1999/xhtml">a <b title="t&amp;">b</b> <!--c--> &#160;<br/></div>"#;
+        let mut variants: Vec<String> = (0..=good.len()).map(|n| good[..n].to_owned()).collect();
+        for i in 0..good.len() {
+            for c in ["<", ">", "&", "\"", "/", "]]>", "\u{0}", "é"] {
+                variants.push(format!("{}{c}{}", &good[..i], &good[i + 1..]));
+            }
+        }
+        let mut spliced = 0;
+        for div in &variants {
+            let json = serde_json::json!({"resourceType":"Patient","text":{"status":"generated","div":div}});
+            let out = restore_json_divs(xml.clone(), &json);
+            assert!(crate::xml_check::well_formed(&out).is_ok(), "{div}");
+            if out != xml {
+                spliced += 1;
+                let mut back = serde_json::json!({"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"}});
+                keep_xml_divs(&out, &mut back);
+                assert_eq!(back["text"]["div"], div.as_str());
+            }
+        }
+        assert!(spliced > 10, "{spliced}");
+    }
 }
