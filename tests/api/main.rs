@@ -15,6 +15,7 @@ mod hardening;
 mod helpers;
 mod independent;
 mod ingest;
+mod narrative;
 mod newcomer;
 mod noninterference;
 mod oauth_interop;
