@@ -126,9 +126,18 @@ async fn update_as_create_and_unknown_resources() {
     .await;
     assert_outcome(app.get("nothing/here/at/all/x").await, 404, "not-found").await;
     assert_outcome(app.get("Patient/nope/_history").await, 404, "not-found").await;
+    // PATCH is supported; without a Content-Type naming the patch format it is 415, and a method
+    // no route takes is still 405.
     let resp = app
         .client
         .patch(format!("{}/Patient/x", app.base))
+        .send()
+        .await
+        .expect("patch");
+    assert_outcome(resp, 415, "not-supported").await;
+    let resp = app
+        .client
+        .patch(format!("{}/Patient/x/_history", app.base))
         .send()
         .await
         .expect("patch");
