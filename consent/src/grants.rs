@@ -36,13 +36,19 @@ pub struct Grant {
     pub to: Option<DateTime<Utc>>,
 }
 
-/// The grants of one patient's Consents, and whether any provision names single codes (then a
-/// class grant is not the whole answer and results must be checked code by code).
+/// The grants of one patient's Consents, and whether any provision names single codes or
+/// resource types (then a class grant is not the whole answer and results must be checked one
+/// by one by [`crate::decide`]).
+///
+/// With resource-type rules, a class is granted when some type could be permitted it: the
+/// grants only pre-select, and the exact decision per resource takes away the rest.
 pub fn grants(consents: &[Value]) -> (Vec<Grant>, bool) {
     let mut organizations: Vec<String> = Vec::new();
     let mut purposes: Vec<String> = vec![NO_PURPOSE.to_owned(), OTHER_PURPOSE.to_owned()];
     let mut instants: Vec<DateTime<Utc>> = Vec::new();
     let mut code_rules = false;
+    // The resource types provisions name, and "" for a resource of no named type.
+    let mut types: Vec<String> = vec![String::new()];
     for c in consents {
         for o in organizations_named(c) {
             if !organizations.contains(&o) {
@@ -50,8 +56,11 @@ pub fn grants(consents: &[Value]) -> (Vec<Grant>, bool) {
             }
         }
         if let Some(p) = c.get("provision") {
-            walk(p, &mut purposes, &mut instants, &mut code_rules);
+            walk(p, &mut purposes, &mut instants, &mut code_rules, &mut types);
         }
+    }
+    if types.len() > 1 {
+        code_rules = true;
     }
     instants.sort();
     instants.dedup();
@@ -83,15 +92,23 @@ pub fn grants(consents: &[Value]) -> (Vec<Grant>, bool) {
                 p => Some(p.to_owned()),
             };
             for &(from, to, at) in &stretches {
-                let ctx = AccessContext {
-                    organization: organization.clone(),
-                    purpose: asked.clone(),
-                    at: at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    ..AccessContext::default()
-                };
-                let mut classes: Vec<&str> = permitted_classes(consents, &ctx);
-                if decide(consents, &ctx).permits() {
-                    classes.push(CLASSLESS);
+                let mut classes: Vec<&str> = Vec::new();
+                for rt in &types {
+                    let ctx = AccessContext {
+                        organization: organization.clone(),
+                        purpose: asked.clone(),
+                        resource_type: rt.clone(),
+                        at: at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        ..AccessContext::default()
+                    };
+                    for class in permitted_classes(consents, &ctx) {
+                        if !classes.contains(&class) {
+                            classes.push(class);
+                        }
+                    }
+                    if !classes.contains(&CLASSLESS) && decide(consents, &ctx).permits() {
+                        classes.push(CLASSLESS);
+                    }
                 }
                 for class in classes {
                     out.push(Grant {
@@ -114,7 +131,20 @@ fn walk(
     purposes: &mut Vec<String>,
     instants: &mut Vec<DateTime<Utc>>,
     code_rules: &mut bool,
+    types: &mut Vec<String>,
 ) {
+    for c in p
+        .get("class")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c["system"] == crate::RESOURCE_TYPE_SYSTEM)
+    {
+        let code = c["code"].as_str().unwrap_or("").to_owned();
+        if !types.contains(&code) {
+            types.push(code);
+        }
+    }
     if let Some(period) = p.get("period") {
         if let Some(s) = period
             .get("start")
@@ -151,6 +181,6 @@ fn walk(
         .into_iter()
         .flatten()
     {
-        walk(child, purposes, instants, code_rules);
+        walk(child, purposes, instants, code_rules, types);
     }
 }

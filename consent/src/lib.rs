@@ -28,6 +28,16 @@ pub const DATA_CLASSES: [&str; 4] = ["vital-signs", "activity", "sleep", "body-m
 pub const EVERYTHING: &str = "everything";
 /// The CodeSystem of the data classes.
 pub const DATA_CLASS_SYSTEM: &str = "https://fhirgate.org/CodeSystem/data-class";
+/// The CodeSystem of FHIR resource types: a `provision.class` in it (R4's own usage) applies to
+/// every resource of that type.
+pub const RESOURCE_TYPE_SYSTEM: &str = "http://hl7.org/fhir/resource-types";
+
+/// Whether `code` could name a resource type (the server checks it against the R4 list).
+fn looks_like_resource_type(code: &str) -> bool {
+    code.len() <= 64
+        && code.starts_with(|c: char| c.is_ascii_uppercase())
+        && code.chars().all(|c| c.is_ascii_alphabetic())
+}
 const IRCP: &str = "IRCP";
 
 /// The context of one access request.
@@ -209,9 +219,15 @@ fn applies(p: &Value, effect: Effect, ctx: &AccessContext, at: DateTime<Utc>) ->
         }
     }
     if let Some(classes) = p.get("class").and_then(Value::as_array) {
-        let listed: Vec<&str> = classes.iter().filter_map(|c| c["code"].as_str()).collect();
-        let covered = listed.contains(&EVERYTHING)
-            || ctx.classes.iter().any(|c| listed.contains(&c.as_str()));
+        // A data class covers the resources of that class; a resource type (R4's usage of
+        // `class`) covers every resource of that type.
+        let covered = classes.iter().any(|c| {
+            let code = c["code"].as_str().unwrap_or("");
+            match c["system"].as_str() {
+                Some(RESOURCE_TYPE_SYSTEM) => code == ctx.resource_type,
+                _ => code == EVERYTHING || ctx.classes.iter().any(|x| x == code),
+            }
+        });
         if !covered {
             return false;
         }
@@ -467,12 +483,16 @@ fn check_provision(p: &Value, path: &str, root: bool, out: &mut Vec<Problem>) {
         .enumerate()
     {
         let code = c.get("code").and_then(Value::as_str).unwrap_or("");
-        let known = code == EVERYTHING || DATA_CLASSES.contains(&code);
-        if c.get("system").and_then(Value::as_str) != Some(DATA_CLASS_SYSTEM) || !known {
+        let ok = match c.get("system").and_then(Value::as_str) {
+            Some(DATA_CLASS_SYSTEM) => code == EVERYTHING || DATA_CLASSES.contains(&code),
+            Some(RESOURCE_TYPE_SYSTEM) => looks_like_resource_type(code),
+            _ => false,
+        };
+        if !ok {
             problem(
                 format!("{path}.class[{i}]"),
                 format!(
-                    "the class must be a code of {DATA_CLASS_SYSTEM}: {}, {EVERYTHING}",
+                    "the class must be a code of {DATA_CLASS_SYSTEM} ({}, {EVERYTHING}) or a resource type of {RESOURCE_TYPE_SYSTEM}",
                     DATA_CLASSES.join(", ")
                 ),
             );

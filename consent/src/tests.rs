@@ -438,3 +438,76 @@ proptest! {
         }
     }
 }
+
+fn types(list: &[&str]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|t| json!({"system": RESOURCE_TYPE_SYSTEM, "code": t}))
+            .collect(),
+    )
+}
+
+fn of_type(rt: &str, class: &str) -> AccessContext {
+    AccessContext {
+        resource_type: rt.into(),
+        classes: if class.is_empty() {
+            Vec::new()
+        } else {
+            vec![class.into()]
+        },
+        ..ctx("acme", class)
+    }
+}
+
+#[test]
+fn a_resource_type_class_covers_every_resource_of_that_type() {
+    let mut p = permit("acme", &[]);
+    p["class"] = types(&["Observation"]);
+    let c = [consent("c1", p)];
+    assert!(check(&c[0]).is_empty(), "{:?}", check(&c[0]));
+    assert!(allowed(&c, &of_type("Observation", "vital-signs")));
+    assert!(allowed(&c, &of_type("Observation", "sleep")));
+    assert!(allowed(&c, &of_type("Observation", "")));
+    assert!(!allowed(&c, &of_type("Condition", "")));
+    assert!(!allowed(&c, &of_type("Condition", "vital-signs")));
+    // The grants pre-select every class an Observation could have, and say that resources
+    // must be decided one by one.
+    let (g, one_by_one) = grants(&c);
+    assert!(one_by_one);
+    for class in DATA_CLASSES.iter().chain([&CLASSLESS]) {
+        assert!(g.iter().any(|x| x.class == *class), "{class}");
+    }
+}
+
+#[test]
+fn a_resource_type_deny_takes_away_what_a_class_permits() {
+    let mut p = permit("acme", &["vital-signs"]);
+    p["provision"] = json!([{"type": "deny", "class": types(&["Observation"])}]);
+    let c = [consent("c1", p)];
+    assert!(check(&c[0]).is_empty(), "{:?}", check(&c[0]));
+    assert!(!allowed(&c, &of_type("Observation", "vital-signs")));
+    assert!(allowed(&c, &of_type("DiagnosticReport", "vital-signs")));
+    let (_, one_by_one) = grants(&c);
+    assert!(
+        one_by_one,
+        "a class grant alone would show the denied Observations"
+    );
+}
+
+#[test]
+fn classes_of_other_systems_are_refused_by_the_profile() {
+    for bad in [
+        json!({"system": "http://example.org/x", "code": "Observation"}),
+        json!({"system": RESOURCE_TYPE_SYSTEM, "code": "not a type"}),
+        json!({"system": DATA_CLASS_SYSTEM, "code": "Observation"}),
+        json!({"code": "vital-signs"}),
+    ] {
+        let mut p = permit("acme", &[]);
+        p["class"] = json!([bad.clone()]);
+        let problems = check(&consent("c1", p));
+        assert!(
+            problems.iter().any(|x| x.path.ends_with(".class[0]")),
+            "{bad}: {problems:?}"
+        );
+    }
+}

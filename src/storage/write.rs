@@ -313,11 +313,30 @@ pub fn check_resource(resource: Value, rt: &str, url_id: Option<&str>) -> Result
     Ok(resource)
 }
 
+/// Resource-type classes must name R4 resource types (the consent crate checks only their form).
+fn unknown_resource_types(p: &Value, path: &str, out: &mut Vec<fhirgate_consent::Problem>) {
+    for (i, c) in p["class"].as_array().into_iter().flatten().enumerate() {
+        let code = c["code"].as_str().unwrap_or("");
+        if c["system"] == fhirgate_consent::RESOURCE_TYPE_SYSTEM
+            && !fhirgate_codec::is_resource_type(code)
+        {
+            out.push(fhirgate_consent::Problem {
+                path: format!("{path}.class[{i}]"),
+                message: format!("'{code}' is not an R4 resource type"),
+            });
+        }
+    }
+    for (i, child) in p["provision"].as_array().into_iter().flatten().enumerate() {
+        unknown_resource_types(child, &format!("{path}.provision[{i}]"), out);
+    }
+}
+
 /// A Consent must conform to fhirgate's profile (`fhir-profiles/fhirgate-consent.json`): 422
 /// naming each element that does not.
 fn check_consent_profile(consent: &Value) -> Result<()> {
     use crate::error::{IssueType, OutcomeIssue};
-    let problems = fhirgate_consent::check(consent);
+    let mut problems = fhirgate_consent::check(consent);
+    unknown_resource_types(&consent["provision"], "Consent.provision", &mut problems);
     if problems.is_empty() {
         return Ok(());
     }

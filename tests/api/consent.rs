@@ -478,3 +478,85 @@ async fn includes_everything_lastn_stats_and_totals_never_leak_to_a_partner() {
     let b = bundle("Observation?_summary=count").await;
     assert_eq!(b["total"], 0);
 }
+
+/// R4's usage of `provision.class`: a resource type (`http://hl7.org/fhir/resource-types`),
+/// accepted and enforced alongside the data classes, for reads, searches and operations.
+#[tokio::test]
+async fn consents_by_resource_type_are_accepted_and_enforced() {
+    let app = spawn_app().await;
+    let vital = observation_of(&app, "p1", "vital-signs").await;
+    let sleep = observation_of(&app, "p1", "sleep").await;
+    let condition = crate::helpers::json(
+        app.post(
+            "Condition",
+            &json!({"resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+                    "code": {"text": "asthma"}}),
+        )
+        .await,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let me = token(&app, "phone-app", "patient/Consent.cruds", Some("p1"), None);
+    let type_class = |t: &str| json!({"system": "http://hl7.org/fhir/resource-types", "code": t});
+    // An unknown type is refused, naming the element.
+    let mut bad = consent("p1", "acme", &[]);
+    bad["provision"]["class"] = json!([type_class("Observatoin")]);
+    let oo = crate::helpers::json(post(&app, &me, &bad).await).await;
+    assert!(
+        oo.to_string().contains("Consent.provision.class[0]"),
+        "{oo}"
+    );
+    // Every Observation, whatever its data class; nothing else.
+    let mut by_type = consent("p1", "acme", &[]);
+    by_type["provision"]["class"] = json!([type_class("Observation")]);
+    let resp = post(&app, &me, &by_type).await;
+    assert_eq!(resp.status(), 201);
+    let consent_id = crate::helpers::json(resp).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let status = |id: String| {
+        let app = &app;
+        async move { partner_read(app, "acme", &id).await.status().as_u16() }
+    };
+    assert_eq!(status(format!("Observation/{vital}")).await, 200);
+    assert_eq!(status(format!("Observation/{sleep}")).await, 200);
+    assert_eq!(status(format!("Condition/{condition}")).await, 404);
+    let mut seen = search_ids(&app, "acme", "Observation").await;
+    seen.sort();
+    let mut both = vec![vital.clone(), sleep.clone()];
+    both.sort();
+    assert_eq!(seen, both);
+    assert!(search_ids(&app, "acme", "Condition").await.is_empty());
+    let everything =
+        crate::helpers::json(partner_read(&app, "acme", "Patient/p1/$everything").await).await;
+    assert!(!everything.to_string().contains(&condition), "{everything}");
+    // A deny by type takes away what a data class permits.
+    let mut class_but_not_observations = consent("p1", "acme", &["vital-signs"]);
+    class_but_not_observations["id"] = json!(consent_id);
+    class_but_not_observations["provision"]["provision"] =
+        json!([{"type": "deny", "class": [type_class("Observation")]}]);
+    let resp = app_put(&app, &me, &consent_id, &class_but_not_observations).await;
+    assert_eq!(resp, 200);
+    assert_eq!(status(format!("Observation/{vital}")).await, 404);
+    assert!(search_ids(&app, "acme", "Observation").await.is_empty());
+    let lastn =
+        crate::helpers::json(partner_read(&app, "acme", "Observation/$lastn?patient=p1").await)
+            .await;
+    assert!(lastn.get("entry").is_none(), "{lastn}");
+}
+
+async fn app_put(app: &TestApp, bearer: &str, id: &str, body: &Value) -> u16 {
+    reqwest::Client::new()
+        .put(format!("{}/Consent/{id}", app.base))
+        .bearer_auth(bearer)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("put")
+        .status()
+        .as_u16()
+}
