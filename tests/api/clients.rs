@@ -86,6 +86,15 @@ async fn fhir_kit_client_operations_by_post_answer_as_by_get() {
     let stats = stats_values(&r["stats_post"]);
     assert!(!stats.is_empty(), "{r}");
     assert_eq!(stats, stats_values(&r["stats_get"]), "{r}");
+    // client.batch(): the read answers with the Patient, the search with its searchset.
+    assert_eq!(r["batch"][0]["status"], "200 OK", "{r}");
+    assert_eq!(r["batch"][0]["resource"]["id"], pid.as_str(), "{r}");
+    assert_eq!(r["batch"][1]["resource"]["type"], "searchset", "{r}");
+    assert_eq!(
+        r["batch"][1]["resource"]["entry"].as_array().map(Vec::len),
+        Some(4),
+        "{r}"
+    );
 }
 
 #[tokio::test]

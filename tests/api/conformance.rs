@@ -393,3 +393,101 @@ async fn everything_follows_references_out_of_the_compartment_within_access() {
     assert!(!b.to_string().contains("\"Organization\""), "{b}");
     assert!(b.to_string().contains("\"Encounter\""), "{b}");
 }
+
+/// Every interaction and operation the CapabilityStatement claims is routed and answered: none
+/// is 405, 501 or a server error, for every resource type it lists.
+#[tokio::test]
+async fn every_interaction_the_capability_statement_claims_is_answered() {
+    let app = spawn_app().await;
+    let caps = json(
+        app.anonymous
+            .get(format!("{}/metadata", app.base))
+            .send()
+            .await
+            .expect("metadata"),
+    )
+    .await;
+    let pid = json(
+        app.post("Patient", &json!({"resourceType": "Patient"}))
+            .await,
+    )
+    .await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let c = &app.client;
+    let url = |p: &str| format!("{}/{p}", app.base);
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for r in caps["rest"][0]["resource"].as_array().expect("resources") {
+        let rt = r["type"].as_str().expect("type");
+        let body = json!({"resourceType": rt, "id": "claimed"}).to_string();
+        for i in r["interaction"].as_array().expect("interactions") {
+            let code = i["code"].as_str().expect("code");
+            let req = match code {
+                "read" => c.get(url(&format!("{rt}/claimed"))),
+                "vread" => c.get(url(&format!("{rt}/claimed/_history/1"))),
+                "update" => c
+                    .put(url(&format!("{rt}/claimed")))
+                    .header("content-type", "application/fhir+json")
+                    .body(body.clone()),
+                "patch" => c
+                    .patch(url(&format!("{rt}/claimed")))
+                    .header("content-type", "application/merge-patch+json")
+                    .body("{}"),
+                "delete" => c.delete(url(&format!("{rt}/claimed"))),
+                "history-instance" => c.get(url(&format!("{rt}/claimed/_history"))),
+                "history-type" => c.get(url(&format!("{rt}/_history"))),
+                "create" => c
+                    .post(url(rt))
+                    .header("content-type", "application/fhir+json")
+                    .body(json!({"resourceType": rt}).to_string()),
+                "search-type" => c.get(url(&format!("{rt}?_count=1"))),
+                other => panic!("an interaction this test does not know: {other}"),
+            };
+            let status = req.send().await.expect("request").status().as_u16();
+            checked += 1;
+            if matches!(status, 405 | 501) || status >= 500 {
+                broken.push(format!("{code} {rt}: {status}"));
+            }
+        }
+        for op in r["operation"].as_array().into_iter().flatten() {
+            let name = op["name"].as_str().expect("name");
+            let path = match (rt, name) {
+                ("Patient", _) => format!("Patient/{pid}/${name}"),
+                _ => format!("{rt}/${name}"),
+            };
+            for req in [
+                c.get(url(&path)),
+                c.post(url(&path))
+                    .header("content-type", "application/fhir+json")
+                    .body(json!({"resourceType": "Parameters"}).to_string()),
+            ] {
+                let status = req.send().await.expect("operation").status().as_u16();
+                checked += 1;
+                // $export of the trail is GET only, as documented.
+                if (matches!(status, 405 | 501) && name != "export") || status >= 500 {
+                    broken.push(format!("${name} on {rt}: {status}"));
+                }
+            }
+        }
+    }
+    for i in caps["rest"][0]["interaction"].as_array().expect("system") {
+        let req = match i["code"].as_str().expect("code") {
+            kind @ ("batch" | "transaction") => c
+                .post(&app.base)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Bundle", "type": kind}).to_string()),
+            "history-system" => c.get(url("_history")),
+            "search-system" => c.get(format!("{}?_type=Patient", app.base)),
+            other => panic!("a system interaction this test does not know: {other}"),
+        };
+        let status = req.send().await.expect("system").status().as_u16();
+        checked += 1;
+        if status >= 400 {
+            broken.push(format!("{i}: {status}"));
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    assert!(broken.is_empty(), "claimed but not answered: {broken:#?}");
+}

@@ -37,4 +37,16 @@ report.stats_get = await client.operation({
   resourceType: 'Observation', name: '$stats', method: 'GET',
   input: { patient, code: '8867-4', statistic: 'count,minimum,maximum,average' },
 });
+// A batch with a read and a search: each entry answers with its resource.
+const batch = await client.batch({
+  body: {
+    resourceType: 'Bundle',
+    type: 'batch',
+    entry: [
+      { request: { method: 'GET', url: `Patient/${patient}` } },
+      { request: { method: 'GET', url: `Observation?patient=${patient}&code=http://loinc.org|8867-4` } },
+    ],
+  },
+});
+report.batch = batch.entry.map((e) => ({ status: e.response.status, resource: e.resource }));
 console.log(JSON.stringify(report));
