@@ -64,7 +64,7 @@ pub async fn instance_level(
 }
 
 /// The audit event records parameters sent in the body as if they had been in the URL.
-fn recorded(mut resp: Response, sent: Option<String>) -> Response {
+pub(crate) fn recorded(mut resp: Response, sent: Option<String>) -> Response {
     if let Some(sent) = sent {
         let mut info = resp
             .extensions_mut()

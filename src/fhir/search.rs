@@ -97,15 +97,9 @@ pub async fn search_type_post(
     let form = String::from_utf8_lossy(&form).into_owned();
     let mut pairs = query_pairs(q.as_deref());
     pairs.extend(query_pairs(Some(&form)));
-    let mut resp = type_search(&state, &policy, rt, None, pairs, &headers).await?;
+    let resp = type_search(&state, &policy, rt, None, pairs, &headers).await?;
     // The parameters came in the body: the audit event records them as if in the URL.
-    let mut info = resp
-        .extensions_mut()
-        .remove::<crate::audit::api::AuditInfo>()
-        .unwrap_or_default();
-    info.query = Some(form);
-    info.attach(&mut resp);
-    Ok(resp)
+    Ok(crate::fhir::operation::recorded(resp, Some(form)))
 }
 
 /// `GET [base]?_type=A,B&…`: search across types with the common parameters.
